@@ -1,0 +1,13 @@
+//! nixoci turns Nix closures into multi-platform OCI image layouts.
+//!
+//! The pipeline runs in one direction, one module a stage:
+//! [`eval`] (runs `nix`) -> [`closure`] -> [`plan`] -> [`layer`] -> [`oci`].
+//! [`store_path`] and [`platform`] are the values they share, [`cli`] the
+//! command line.
+
+pub mod closure;
+pub mod eval;
+pub mod layer;
+pub mod oci;
+pub mod platform;
+pub mod store_path;
