@@ -5,9 +5,12 @@
 //! [`store_path`] and [`platform`] are the values they share, [`cli`] the
 //! command line.
 
+pub mod cli;
 pub mod closure;
 pub mod eval;
 pub mod layer;
 pub mod oci;
+pub mod pipeline;
+pub mod plan;
 pub mod platform;
 pub mod store_path;

@@ -2,5 +2,9 @@
 //! canonical JSON, writing a layout atomically, and verifying one.
 
 pub mod digest;
+pub mod image;
+pub mod json;
+pub mod layout;
+pub mod verify;
 
 pub use digest::{Digest, DigestWriter};

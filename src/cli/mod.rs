@@ -1,0 +1,109 @@
+//! The command line: one module per subcommand, each owning its `Args`
+//! (whose doc comments are the help text) and its `run`.
+
+use std::io::{self, IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod build;
+pub mod verify;
+
+/// Turn Nix closures into multi-platform OCI image layouts, fast and
+/// bit-for-bit reproducibly.
+///
+/// Exit codes: 0 success, 1 the operation failed (build, verify), 2 usage or
+/// setup error.
+#[derive(Debug, Parser)]
+#[command(name = "nixoci", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Build(build::Args),
+    Verify(verify::Args),
+}
+
+/// An error caused by what the user asked for, not by the operation: exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The exit code for an error: 2 when any cause is a usage error.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let usage = err.chain().any(|cause| {
+        cause.is::<UsageError>()
+            || cause.is::<crate::platform::PlatformError>()
+            || cause.is::<crate::store_path::StorePathError>()
+            || cause
+                .downcast_ref::<crate::eval::EvalError>()
+                .is_some_and(|e| e.is_usage())
+            || cause
+                .downcast_ref::<crate::oci::layout::LayoutError>()
+                .is_some_and(|e| e.is_usage())
+            || cause.is::<crate::plan::PlanError>()
+    });
+    if usage {
+        2
+    } else {
+        1
+    }
+}
+
+/// One line: the error and its causes, joined by ": ".
+pub fn error_line(err: &anyhow::Error) -> String {
+    let parts: Vec<String> = err.chain().map(|c| c.to_string()).collect();
+    let mut line = String::from("nixoci: error: ");
+    // Some causes repeat their source's text; keep each piece once.
+    let mut last = String::new();
+    for (i, p) in parts.iter().enumerate() {
+        if p == &last || p.is_empty() {
+            continue;
+        }
+        if i > 0 {
+            line.push_str(": ");
+        }
+        line.push_str(p);
+        last = p.clone();
+    }
+    line.replace('\n', " ")
+}
+
+/// True when progress and colour belong on stderr.
+pub fn stderr_is_terminal() -> bool {
+    io::stderr().is_terminal()
+}
+
+/// Writes `bytes` to stdout; a closed pipe is not an error.
+pub fn print_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// Parses the command line, runs it and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let result = match cli.command {
+        Command::Build(args) => build::run(args),
+        Command::Verify(args) => verify::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{}", error_line(&err));
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}

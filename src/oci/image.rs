@@ -1,0 +1,477 @@
+//! The OCI documents of an image: per platform an image configuration and a
+//! manifest, and one image index listing every platform. Pure: values in,
+//! canonical JSON bytes out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use oci_spec::image::{
+    Arch, ConfigBuilder, DescriptorBuilder, HistoryBuilder, ImageConfigurationBuilder,
+    ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, PlatformBuilder, RootFsBuilder,
+};
+use serde::{Deserialize, Serialize};
+
+use super::json::to_canonical_vec;
+use super::Digest;
+use crate::layer::BuiltLayer;
+use crate::platform::Platform;
+
+pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+/// The annotation that names a tag in `index.json`.
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// What `history` entries say created each layer.
+pub const CREATED_BY: &str = "nixoci";
+
+/// The runtime configuration of an image, as the user gave it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunConfig {
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    /// `KEY=VALUE`, sorted by key.
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    /// `PORT/PROTO`.
+    pub exposed_ports: BTreeSet<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A document ready to be written as a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    pub media_type: &'static str,
+    pub bytes: Vec<u8>,
+    pub digest: Digest,
+}
+
+impl Blob {
+    fn new(media_type: &'static str, bytes: Vec<u8>) -> Blob {
+        let digest = Digest::of(&bytes);
+        Blob {
+            media_type,
+            bytes,
+            digest,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+}
+
+/// Why a document could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("assembling the {what}")]
+    Spec {
+        what: &'static str,
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
+    #[error("serialising the {what}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn spec(what: &'static str) -> impl FnOnce(oci_spec::OciSpecError) -> ImageError {
+    move |source| ImageError::Spec { what, source }
+}
+
+fn canonical<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, ImageError> {
+    to_canonical_vec(value).map_err(|source| ImageError::Json { what, source })
+}
+
+fn oci_digest(d: &Digest) -> Result<oci_spec::image::Digest, ImageError> {
+    d.as_str().parse().map_err(spec("digest"))
+}
+
+fn media_type(m: &str) -> MediaType {
+    MediaType::from(m)
+}
+
+/// The `history` comment of a layer: the store paths it holds.
+pub fn history_comment(layer: &BuiltLayer) -> String {
+    let names: Vec<&str> = layer.store_paths.iter().map(|p| p.as_str()).collect();
+    format!("store paths: {}", names.join(" "))
+}
+
+/// The image configuration of one platform.
+pub fn config_blob(
+    platform: &Platform,
+    run: &RunConfig,
+    layers: &[&BuiltLayer],
+    created: &str,
+) -> Result<Blob, ImageError> {
+    let mut cb = ConfigBuilder::default();
+    if let Some(e) = &run.entrypoint {
+        cb = cb.entrypoint(e.clone());
+    }
+    if let Some(c) = &run.cmd {
+        cb = cb.cmd(c.clone());
+    }
+    if !run.env.is_empty() {
+        cb = cb.env(run.env.clone());
+    }
+    if let Some(w) = &run.working_dir {
+        cb = cb.working_dir(w.clone());
+    }
+    if let Some(u) = &run.user {
+        cb = cb.user(u.clone());
+    }
+    if !run.exposed_ports.is_empty() {
+        cb = cb.exposed_ports(run.exposed_ports.iter().cloned().collect::<Vec<_>>());
+    }
+    if !run.labels.is_empty() {
+        cb = cb.labels(
+            run.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+    }
+    let config = cb.build().map_err(spec("image configuration"))?;
+
+    let rootfs = RootFsBuilder::default()
+        .typ("layers")
+        .diff_ids(
+            layers
+                .iter()
+                .map(|l| l.diff_id.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .build()
+        .map_err(spec("image configuration"))?;
+    let history = layers
+        .iter()
+        .map(|l| {
+            HistoryBuilder::default()
+                .created(created)
+                .created_by(CREATED_BY)
+                .comment(history_comment(l))
+                .build()
+                .map_err(spec("image configuration"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut ib = ImageConfigurationBuilder::default()
+        .created(created)
+        .architecture(Arch::from(platform.architecture.as_str()))
+        .os(Os::from(platform.os.as_str()))
+        .config(config)
+        .rootfs(rootfs)
+        .history(history);
+    if let Some(v) = &platform.variant {
+        ib = ib.variant(v.clone());
+    }
+    let doc = ib.build().map_err(spec("image configuration"))?;
+    Ok(Blob::new(
+        MEDIA_TYPE_CONFIG,
+        canonical("image configuration", &doc)?,
+    ))
+}
+
+/// The manifest of one platform's image.
+pub fn manifest_blob(
+    config: &Blob,
+    layers: &[&BuiltLayer],
+    annotations: &BTreeMap<String, String>,
+) -> Result<Blob, ImageError> {
+    let config_desc = DescriptorBuilder::default()
+        .media_type(media_type(config.media_type))
+        .digest(oci_digest(&config.digest)?)
+        .size(config.size())
+        .build()
+        .map_err(spec("image manifest"))?;
+    let layer_descs = layers
+        .iter()
+        .map(|l| {
+            DescriptorBuilder::default()
+                .media_type(media_type(&l.media_type))
+                .digest(oci_digest(&l.digest)?)
+                .size(l.size)
+                .build()
+                .map_err(spec("image manifest"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut mb = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(config_desc)
+        .layers(layer_descs);
+    if !annotations.is_empty() {
+        mb = mb.annotations(hash_map(annotations));
+    }
+    let doc = mb.build().map_err(spec("image manifest"))?;
+    Ok(Blob::new(
+        MEDIA_TYPE_MANIFEST,
+        canonical("image manifest", &doc)?,
+    ))
+}
+
+/// The image index listing every platform's manifest, in platform order.
+pub fn index_blob(
+    manifests: &[(&Platform, &Blob)],
+    annotations: &BTreeMap<String, String>,
+) -> Result<Blob, ImageError> {
+    let mut sorted: Vec<&(&Platform, &Blob)> = manifests.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let descs = sorted
+        .into_iter()
+        .map(|(platform, blob)| {
+            let mut pb = PlatformBuilder::default()
+                .architecture(Arch::from(platform.architecture.as_str()))
+                .os(Os::from(platform.os.as_str()));
+            if let Some(v) = &platform.variant {
+                pb = pb.variant(v.clone());
+            }
+            DescriptorBuilder::default()
+                .media_type(media_type(blob.media_type))
+                .digest(oci_digest(&blob.digest)?)
+                .size(blob.size())
+                .platform(pb.build().map_err(spec("image index"))?)
+                .build()
+                .map_err(spec("image index"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ib = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(descs);
+    if !annotations.is_empty() {
+        ib = ib.annotations(hash_map(annotations));
+    }
+    let doc = ib.build().map_err(spec("image index"))?;
+    Ok(Blob::new(MEDIA_TYPE_INDEX, canonical("image index", &doc)?))
+}
+
+/// One entry of a layout's `index.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexEntry {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Fields nixoci does not know, kept as they were.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+impl IndexEntry {
+    pub fn ref_name(&self) -> Option<&str> {
+        self.annotations
+            .get(ANNOTATION_REF_NAME)
+            .map(String::as_str)
+    }
+}
+
+/// A layout's top-level `index.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopIndex {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    pub manifests: Vec<IndexEntry>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for TopIndex {
+    fn default() -> Self {
+        TopIndex {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_INDEX.to_owned()),
+            manifests: Vec::new(),
+            other: BTreeMap::new(),
+        }
+    }
+}
+
+impl TopIndex {
+    /// Points `tag` at `target`: replaces the entry with that tag in place,
+    /// or appends one. Other tags stay as they were.
+    pub fn set_tag(&mut self, tag: &str, target: &Blob) {
+        let entry = IndexEntry {
+            media_type: target.media_type.to_owned(),
+            digest: target.digest.clone(),
+            size: target.size(),
+            annotations: BTreeMap::from([(ANNOTATION_REF_NAME.to_owned(), tag.to_owned())]),
+            other: BTreeMap::new(),
+        };
+        match self
+            .manifests
+            .iter_mut()
+            .find(|e| e.ref_name() == Some(tag))
+        {
+            Some(e) => *e = entry,
+            None => self.manifests.push(entry),
+        }
+    }
+
+    pub fn to_canonical(&self) -> Result<Vec<u8>, ImageError> {
+        canonical("index.json", self)
+    }
+}
+
+fn hash_map(m: &BTreeMap<String, String>) -> std::collections::HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// Checks a tag against the grammar of `org.opencontainers.image.ref.name`:
+/// components of alphanumerics joined by `-._:@+` or `--`, separated by `/`.
+pub fn valid_ref_name(tag: &str) -> bool {
+    fn component(c: &str) -> bool {
+        let b = c.as_bytes();
+        if b.is_empty() || !b[0].is_ascii_alphanumeric() || !b[b.len() - 1].is_ascii_alphanumeric()
+        {
+            return false;
+        }
+        let mut i = 0;
+        while i < b.len() {
+            if b[i].is_ascii_alphanumeric() {
+                i += 1;
+                continue;
+            }
+            // A separator: one of -._:@+ or "--", followed by an alphanumeric.
+            let sep_len = if b[i] == b'-' && b.get(i + 1) == Some(&b'-') {
+                2
+            } else if b"-._:@+".contains(&b[i]) {
+                1
+            } else {
+                return false;
+            };
+            i += sep_len;
+            if !b.get(i).is_some_and(u8::is_ascii_alphanumeric) {
+                return false;
+            }
+        }
+        true
+    }
+    tag.len() <= 1024 && tag.split('/').all(component)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::MEDIA_TYPE_TAR_GZIP;
+    use crate::store_path::StorePath;
+
+    fn layer(n: u8) -> BuiltLayer {
+        BuiltLayer {
+            store_paths: vec![StorePath::from_absolute(&format!(
+                "/nix/store/{}-p{n}",
+                "a".repeat(32)
+            ))
+            .unwrap()],
+            diff_id: Digest::of(&[n]),
+            digest: Digest::of(&[n, n]),
+            size: 100 + u64::from(n),
+            media_type: MEDIA_TYPE_TAR_GZIP.into(),
+        }
+    }
+
+    #[test]
+    fn config_has_platform_rootfs_and_history() {
+        let l1 = layer(1);
+        let l2 = layer(2);
+        let run = RunConfig {
+            entrypoint: Some(vec!["/bin/sh".into()]),
+            env: vec!["A=1".into(), "B=2".into()],
+            exposed_ports: ["8080/tcp".to_string()].into(),
+            labels: [("z".to_string(), "1".to_string()), ("a".into(), "2".into())].into(),
+            ..RunConfig::default()
+        };
+        let p: Platform = "linux/arm64".parse().unwrap();
+        let blob = config_blob(&p, &run, &[&l1, &l2], "1970-01-01T00:00:00Z").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&blob.bytes).unwrap();
+        assert_eq!(v["architecture"], "arm64");
+        assert_eq!(v["os"], "linux");
+        assert_eq!(v["variant"], "v8");
+        assert_eq!(v["created"], "1970-01-01T00:00:00Z");
+        assert_eq!(v["rootfs"]["type"], "layers");
+        assert_eq!(v["rootfs"]["diff_ids"][1], l2.diff_id.as_str());
+        assert_eq!(v["history"].as_array().unwrap().len(), 2);
+        assert!(v["history"][0]["comment"].as_str().unwrap().contains("-p1"));
+        assert_eq!(
+            v["config"]["ExposedPorts"]["8080/tcp"],
+            serde_json::json!({})
+        );
+        assert_eq!(v["config"]["Labels"]["a"], "2");
+        // Canonical: re-encoding gives the same bytes.
+        assert_eq!(to_canonical_vec(&v).unwrap(), blob.bytes);
+        assert_eq!(blob.digest, Digest::of(&blob.bytes));
+    }
+
+    #[test]
+    fn manifest_and_index() {
+        let l1 = layer(1);
+        let amd: Platform = "linux/amd64".parse().unwrap();
+        let arm: Platform = "linux/arm64".parse().unwrap();
+        let cfg = config_blob(&amd, &RunConfig::default(), &[&l1], "1970-01-01T00:00:00Z").unwrap();
+        let m = manifest_blob(&cfg, &[&l1], &BTreeMap::new()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap();
+        assert_eq!(v["schemaVersion"], 2);
+        assert_eq!(v["mediaType"], MEDIA_TYPE_MANIFEST);
+        assert_eq!(v["config"]["mediaType"], MEDIA_TYPE_CONFIG);
+        assert_eq!(v["config"]["digest"], cfg.digest.as_str());
+        assert_eq!(v["layers"][0]["mediaType"], MEDIA_TYPE_TAR_GZIP);
+        assert_eq!(v["layers"][0]["size"], 101);
+
+        // Platforms come out sorted whatever order they go in.
+        let a = index_blob(&[(&arm, &m), (&amd, &m)], &BTreeMap::new()).unwrap();
+        let b = index_blob(&[(&amd, &m), (&arm, &m)], &BTreeMap::new()).unwrap();
+        assert_eq!(a, b);
+        let v: serde_json::Value = serde_json::from_slice(&a.bytes).unwrap();
+        assert_eq!(v["mediaType"], MEDIA_TYPE_INDEX);
+        assert_eq!(v["manifests"][0]["platform"]["architecture"], "amd64");
+        assert_eq!(v["manifests"][1]["platform"]["variant"], "v8");
+    }
+
+    #[test]
+    fn tags_replace_in_place() {
+        let blob = Blob::new(MEDIA_TYPE_INDEX, b"{}".to_vec());
+        let other = Blob::new(MEDIA_TYPE_INDEX, b"[]".to_vec());
+        let mut idx = TopIndex::default();
+        idx.set_tag("a", &blob);
+        idx.set_tag("b", &blob);
+        idx.set_tag("a", &other);
+        assert_eq!(idx.manifests.len(), 2);
+        assert_eq!(idx.manifests[0].digest, other.digest);
+        assert_eq!(idx.manifests[1].ref_name(), Some("b"));
+        let text = String::from_utf8(idx.to_canonical().unwrap()).unwrap();
+        assert!(
+            text.starts_with(
+                r#"{"manifests":[{"annotations":{"org.opencontainers.image.ref.name":"a"}"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ref_names() {
+        for good in [
+            "latest",
+            "1.0",
+            "example.org/app:1.0",
+            "a--b",
+            "a_b.c-d",
+            "reg:5000/x/y:v1+build",
+        ] {
+            assert!(valid_ref_name(good), "{good}");
+        }
+        for bad in [
+            "", "Bad Tag!", "a/", "/a", "a//b", "-a", "a-", "a:", "a..", "é",
+        ] {
+            assert!(!valid_ref_name(bad), "{bad}");
+        }
+    }
+}

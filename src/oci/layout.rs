@@ -1,0 +1,325 @@
+//! Writing an OCI image layout: `oci-layout`, `blobs/sha256/…` and
+//! `index.json`.
+//!
+//! Blobs are written to a temporary name and renamed to their digest, so a
+//! blob that exists under its digest is complete. `index.json` is replaced
+//! atomically and last, after every blob it names is on disk: a run killed
+//! at any point leaves either the previous layout or no `index.json` at all,
+//! never an index that points at missing or partial blobs. A run that fails
+//! removes what it created.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::image::{Blob, TopIndex};
+use super::Digest;
+
+/// The content of `oci-layout`.
+pub const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// Why a layout could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("output {0} exists and is not a directory")]
+    NotADirectory(PathBuf),
+    #[error(
+        "output {0} is a non-empty directory without an oci-layout file; refusing to write into it"
+    )]
+    NotALayout(PathBuf),
+    #[error("{path} has an unsupported imageLayoutVersion (expected 1.0.0)")]
+    Version { path: PathBuf },
+    #[error("{path} is not a valid index.json")]
+    Index {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl LayoutError {
+    /// True when the user pointed at something we must not write into.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            LayoutError::NotADirectory(_)
+                | LayoutError::NotALayout(_)
+                | LayoutError::Version { .. }
+        )
+    }
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LayoutError {
+    let path = path.to_owned();
+    move |source| LayoutError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Checks that `dir` can be written as a layout without touching anything:
+/// it is missing, an empty directory, or an existing layout.
+pub fn check_output(dir: &Path) -> Result<(), LayoutError> {
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("reading", dir)(e)),
+        Ok(_) if !dir.is_dir() => Err(LayoutError::NotADirectory(dir.to_owned())),
+        Ok(_) => {
+            let layout_file = dir.join("oci-layout");
+            if layout_file.exists() {
+                let text = fs::read(&layout_file).map_err(io_err("reading", &layout_file))?;
+                let v: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+                if v["imageLayoutVersion"] != "1.0.0" {
+                    return Err(LayoutError::Version { path: layout_file });
+                }
+                return Ok(());
+            }
+            let mut entries = fs::read_dir(dir).map_err(io_err("reading", dir))?;
+            if entries.next().is_some() {
+                return Err(LayoutError::NotALayout(dir.to_owned()));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A layout being written. Dropped without [`Layout::commit`], it removes
+/// the blobs and directories it created.
+pub struct Layout {
+    dir: PathBuf,
+    created: Vec<PathBuf>,
+    new_blobs: Vec<PathBuf>,
+    committed: bool,
+}
+
+impl Layout {
+    /// Opens `dir` for writing, creating it (and `blobs/sha256`) if needed.
+    pub fn open(dir: &Path) -> Result<Layout, LayoutError> {
+        check_output(dir)?;
+        let mut layout = Layout {
+            dir: dir.to_owned(),
+            created: Vec::new(),
+            new_blobs: Vec::new(),
+            committed: false,
+        };
+        for d in [dir.to_owned(), dir.join("blobs"), dir.join("blobs/sha256")] {
+            match fs::create_dir(&d) {
+                Ok(()) => layout.created.push(d),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => {}
+                Err(e) => return Err(io_err("creating", &d)(e)),
+            }
+        }
+        Ok(layout)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `blobs/sha256`, where layers are written directly.
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.dir.join("blobs/sha256")
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blobs_dir().join(digest.hex())
+    }
+
+    /// Records a blob written by someone else (the layer builder) so that a
+    /// failed run removes it and a commit makes it durable first.
+    pub fn track_blob(&mut self, digest: &Digest, existed_before: bool) {
+        if !existed_before {
+            self.new_blobs.push(self.blob_path(digest));
+        }
+    }
+
+    /// Writes a small blob unless a blob with its digest is already there.
+    pub fn write_blob(&mut self, blob: &Blob) -> Result<(), LayoutError> {
+        let path = self.blob_path(&blob.digest);
+        if path.exists() {
+            return Ok(());
+        }
+        write_atomically(&self.blobs_dir(), &path, &blob.bytes)?;
+        self.new_blobs.push(path);
+        Ok(())
+    }
+
+    /// Makes every new blob durable, then points `tag` at `target` in
+    /// `index.json`, keeping the layout's other tags.
+    pub fn commit(mut self, tag: &str, target: &Blob) -> Result<(), LayoutError> {
+        for blob in &self.new_blobs {
+            File::open(blob)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err("syncing", blob))?;
+        }
+        let index_path = self.dir.join("index.json");
+        let mut index = match fs::read(&index_path) {
+            Ok(bytes) => {
+                serde_json::from_slice::<TopIndex>(&bytes).map_err(|source| LayoutError::Index {
+                    path: index_path.clone(),
+                    source,
+                })?
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => TopIndex::default(),
+            Err(e) => return Err(io_err("reading", &index_path)(e)),
+        };
+        index.set_tag(tag, target);
+        let bytes = index.to_canonical().map_err(|e| LayoutError::Io {
+            action: "serialising",
+            path: index_path.clone(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        let layout_file = self.dir.join("oci-layout");
+        if !layout_file.exists() {
+            write_atomically(&self.dir, &layout_file, OCI_LAYOUT)?;
+        }
+        write_atomically(&self.dir, &index_path, &bytes)?;
+        sync_dir(&self.dir)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Layout {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        for blob in &self.new_blobs {
+            let _ = fs::remove_file(blob);
+        }
+        // Remove temporary files a failed writer may have left.
+        if let Ok(entries) = fs::read_dir(self.blobs_dir()) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".tmp") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        for dir in self.created.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in `dir` and a rename.
+pub fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(io_err("creating a temporary file in", dir))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(io_err("writing", path))?;
+    // Readable by everyone, as `skopeo` and registries' static files expect.
+    set_mode_0644(tmp.as_file()).map_err(io_err("writing", path))?;
+    tmp.persist(path)
+        .map_err(|e| io_err("writing", path)(e.error))?;
+    Ok(())
+}
+
+fn set_mode_0644(file: &File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(fs::Permissions::from_mode(0o644))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), LayoutError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("syncing", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::image::MEDIA_TYPE_INDEX;
+    use super::*;
+
+    fn blob(bytes: &[u8]) -> Blob {
+        Blob {
+            media_type: MEDIA_TYPE_INDEX,
+            bytes: bytes.to_vec(),
+            digest: Digest::of(bytes),
+        }
+    }
+
+    #[test]
+    fn commit_writes_index_last_and_keeps_tags() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out.oci");
+        let mut l = Layout::open(&dir).unwrap();
+        let a = blob(b"{\"a\":1}");
+        l.write_blob(&a).unwrap();
+        assert!(!dir.join("index.json").exists());
+        l.commit("one", &a).unwrap();
+
+        let mut l = Layout::open(&dir).unwrap();
+        let b = blob(b"{\"b\":1}");
+        l.write_blob(&b).unwrap();
+        l.commit("two", &b).unwrap();
+        let index: TopIndex =
+            serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let tags: Vec<_> = index
+            .manifests
+            .iter()
+            .filter_map(|e| e.ref_name())
+            .collect();
+        assert_eq!(tags, ["one", "two"]);
+        assert_eq!(fs::read(dir.join("oci-layout")).unwrap(), OCI_LAYOUT);
+    }
+
+    #[test]
+    fn dropping_without_commit_removes_what_it_created() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out.oci");
+        {
+            let mut l = Layout::open(&dir).unwrap();
+            l.write_blob(&blob(b"x")).unwrap();
+        }
+        assert!(!dir.exists());
+
+        // In an existing layout, only the new blob goes.
+        let mut l = Layout::open(&dir).unwrap();
+        let a = blob(b"a");
+        l.write_blob(&a).unwrap();
+        l.commit("t", &a).unwrap();
+        {
+            let mut l = Layout::open(&dir).unwrap();
+            l.write_blob(&a).unwrap();
+            l.write_blob(&blob(b"b")).unwrap();
+        }
+        assert!(dir.join("blobs/sha256").join(a.digest.hex()).exists());
+        assert!(!dir
+            .join("blobs/sha256")
+            .join(Digest::of(b"b").hex())
+            .exists());
+    }
+
+    #[test]
+    fn refuses_files_and_foreign_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        fs::write(&file, "x").unwrap();
+        assert!(matches!(
+            check_output(&file),
+            Err(LayoutError::NotADirectory(_))
+        ));
+        let dir = tmp.path().join("d");
+        fs::create_dir(&dir).unwrap();
+        assert!(check_output(&dir).is_ok());
+        fs::write(dir.join("precious"), "x").unwrap();
+        assert!(matches!(
+            check_output(&dir),
+            Err(LayoutError::NotALayout(_))
+        ));
+        assert!(Layout::open(&dir).is_err());
+        assert!(dir.join("precious").exists() && !dir.join("blobs").exists());
+    }
+}

@@ -1,0 +1,399 @@
+//! Verifying an OCI image layout: every blob re-hashed, sizes checked,
+//! every manifest's layers decompressed and checked against the config's
+//! `diff_ids`, media types and platform fields checked. Stops at the first
+//! problem and names it.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::image::{MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+use super::{Digest, DigestWriter};
+use crate::layer::MEDIA_TYPE_TAR_GZIP;
+
+/// The first problem found in a layout.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{0}: missing")]
+    Missing(String),
+    #[error("{what}: {problem}")]
+    Invalid { what: String, problem: String },
+    #[error("blob {name}: content hashes to {found}")]
+    Digest { name: String, found: Digest },
+    #[error("{what}: size is {found} bytes, descriptor says {expected}")]
+    Size {
+        what: String,
+        expected: u64,
+        found: u64,
+    },
+    #[error("layer {layer} of {manifest}: uncompressed content hashes to {found}, config says {expected}")]
+    DiffId {
+        layer: Digest,
+        manifest: Digest,
+        expected: String,
+        found: Digest,
+    },
+    #[error("reading {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What a successful verification looked at.
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    pub version: u32,
+    pub tags: Vec<String>,
+    pub blobs: usize,
+    pub manifests: usize,
+    pub layers: usize,
+}
+
+fn invalid(what: impl Into<String>, problem: impl Into<String>) -> VerifyError {
+    VerifyError::Invalid {
+        what: what.into(),
+        problem: problem.into(),
+    }
+}
+
+fn read_json(path: &Path, what: &str) -> Result<Value, VerifyError> {
+    let bytes = fs::read(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            VerifyError::Missing(what.to_owned())
+        } else {
+            VerifyError::Io {
+                path: path.to_owned(),
+                source: e,
+            }
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| invalid(what, format!("not valid JSON ({e})")))
+}
+
+/// A descriptor as found in an index or manifest.
+struct Desc {
+    media_type: String,
+    digest: Digest,
+    size: u64,
+    platform: Option<Value>,
+}
+
+fn descriptor(v: &Value, what: &str) -> Result<Desc, VerifyError> {
+    let media_type = v["mediaType"]
+        .as_str()
+        .ok_or_else(|| invalid(what, "descriptor has no mediaType"))?
+        .to_owned();
+    let digest: Digest = v["digest"]
+        .as_str()
+        .ok_or_else(|| invalid(what, "descriptor has no digest"))?
+        .parse()
+        .map_err(|e: super::digest::DigestError| invalid(what, e.to_string()))?;
+    let size = v["size"]
+        .as_u64()
+        .ok_or_else(|| invalid(what, "descriptor has no size"))?;
+    Ok(Desc {
+        media_type,
+        digest,
+        size,
+        platform: v.get("platform").cloned(),
+    })
+}
+
+struct Verifier<'a> {
+    blobs: &'a Path,
+    report: VerifyReport,
+    /// Layers to check against diff_ids: (layer, media type, diff_id, manifest).
+    layer_checks: Vec<(Desc, String, Digest)>,
+    seen_manifests: BTreeSet<Digest>,
+}
+
+impl Verifier<'_> {
+    fn blob_json(&self, d: &Desc, what: &str) -> Result<Value, VerifyError> {
+        let path = self.blobs.join(d.digest.hex());
+        let bytes = fs::read(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                VerifyError::Missing(format!("{what} {}", d.digest))
+            } else {
+                VerifyError::Io { path, source: e }
+            }
+        })?;
+        if bytes.len() as u64 != d.size {
+            return Err(VerifyError::Size {
+                what: format!("{what} {}", d.digest),
+                expected: d.size,
+                found: bytes.len() as u64,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            invalid(
+                format!("{what} {}", d.digest),
+                format!("not valid JSON ({e})"),
+            )
+        })
+    }
+
+    fn index(&mut self, d: &Desc) -> Result<(), VerifyError> {
+        let what = format!("image index {}", d.digest);
+        let v = self.blob_json(d, "image index")?;
+        if v["schemaVersion"] != 2 {
+            return Err(invalid(&what, "schemaVersion is not 2"));
+        }
+        if let Some(mt) = v.get("mediaType") {
+            if mt != MEDIA_TYPE_INDEX {
+                return Err(invalid(&what, format!("mediaType is {mt}")));
+            }
+        }
+        let manifests = v["manifests"]
+            .as_array()
+            .ok_or_else(|| invalid(&what, "no manifests array"))?;
+        for m in manifests {
+            let md = descriptor(m, &what)?;
+            match md.media_type.as_str() {
+                MEDIA_TYPE_MANIFEST => {
+                    let platform = md.platform.clone().ok_or_else(|| {
+                        invalid(&what, format!("manifest {} has no platform", md.digest))
+                    })?;
+                    for field in ["os", "architecture"] {
+                        if !platform[field].is_string() {
+                            return Err(invalid(
+                                &what,
+                                format!("platform of manifest {} has no {field}", md.digest),
+                            ));
+                        }
+                    }
+                    self.manifest(&md, Some(&platform))?;
+                }
+                MEDIA_TYPE_INDEX => self.index(&md)?,
+                other => {
+                    return Err(invalid(&what, format!("unsupported media type {other}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn manifest(&mut self, d: &Desc, platform: Option<&Value>) -> Result<(), VerifyError> {
+        let what = format!("manifest {}", d.digest);
+        let v = self.blob_json(d, "manifest")?;
+        self.report.manifests += 1;
+        if v["schemaVersion"] != 2 {
+            return Err(invalid(&what, "schemaVersion is not 2"));
+        }
+        if let Some(mt) = v.get("mediaType") {
+            if mt != MEDIA_TYPE_MANIFEST {
+                return Err(invalid(&what, format!("mediaType is {mt}")));
+            }
+        }
+        let cd = descriptor(&v["config"], &what)?;
+        if cd.media_type != MEDIA_TYPE_CONFIG {
+            return Err(invalid(
+                &what,
+                format!("config media type is {}", cd.media_type),
+            ));
+        }
+        let config = self.blob_json(&cd, "config")?;
+        if let Some(p) = platform {
+            for field in ["os", "architecture", "variant"] {
+                if p.get(field) != config.get(field) {
+                    return Err(invalid(
+                        &what,
+                        format!(
+                            "index says {field} {}, config says {}",
+                            p.get(field).unwrap_or(&Value::Null),
+                            config.get(field).unwrap_or(&Value::Null)
+                        ),
+                    ));
+                }
+            }
+        }
+        if config["rootfs"]["type"] != "layers" {
+            return Err(invalid(
+                format!("config {}", cd.digest),
+                "rootfs.type is not layers",
+            ));
+        }
+        let diff_ids = config["rootfs"]["diff_ids"]
+            .as_array()
+            .ok_or_else(|| invalid(format!("config {}", cd.digest), "no rootfs.diff_ids"))?;
+        let layers = v["layers"]
+            .as_array()
+            .ok_or_else(|| invalid(&what, "no layers array"))?;
+        if layers.len() != diff_ids.len() {
+            return Err(invalid(
+                &what,
+                format!(
+                    "{} layers but {} diff_ids in its config",
+                    layers.len(),
+                    diff_ids.len()
+                ),
+            ));
+        }
+        if !self.seen_manifests.insert(d.digest.clone()) {
+            return Ok(());
+        }
+        for (l, diff) in layers.iter().zip(diff_ids) {
+            let ld = descriptor(l, &what)?;
+            if ld.media_type != MEDIA_TYPE_TAR_GZIP && ld.media_type != MEDIA_TYPE_TAR {
+                return Err(invalid(
+                    &what,
+                    format!(
+                        "layer {} has unsupported media type {}",
+                        ld.digest, ld.media_type
+                    ),
+                ));
+            }
+            let diff = diff.as_str().unwrap_or_default().to_owned();
+            self.layer_checks.push((ld, diff, d.digest.clone()));
+        }
+        Ok(())
+    }
+}
+
+const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// Re-hashes a file, returning its digest and size.
+fn hash_file(path: &Path, decompress: bool) -> Result<(Digest, u64), VerifyError> {
+    let io_err = |source| VerifyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let mut w = DigestWriter::new(io::sink());
+    let mut reader: Box<dyn Read> = if decompress {
+        Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
+    } else {
+        Box::new(file)
+    };
+    io::copy(&mut reader, &mut w).map_err(io_err)?;
+    let (_, digest, len) = w.finish();
+    Ok((digest, len))
+}
+
+/// Verifies the layout in `dir`.
+pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
+    let layout = read_json(&dir.join("oci-layout"), "oci-layout")?;
+    if layout["imageLayoutVersion"] != "1.0.0" {
+        return Err(invalid("oci-layout", "imageLayoutVersion is not 1.0.0"));
+    }
+    let index = read_json(&dir.join("index.json"), "index.json")?;
+    if index["schemaVersion"] != 2 {
+        return Err(invalid("index.json", "schemaVersion is not 2"));
+    }
+    let blobs = dir.join("blobs/sha256");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs.max(1))
+        .build()
+        .map_err(|e| VerifyError::Io {
+            path: dir.to_owned(),
+            source: io::Error::other(e.to_string()),
+        })?;
+
+    // Every blob's name must be its content's digest.
+    let mut names: Vec<String> = fs::read_dir(&blobs)
+        .map_err(|source| VerifyError::Io {
+            path: blobs.clone(),
+            source,
+        })?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    let results: Vec<Result<(), VerifyError>> = pool.install(|| {
+        names
+            .par_iter()
+            .map(|name| {
+                let (found, _) = hash_file(&blobs.join(name), false)?;
+                if found.hex() != name {
+                    return Err(VerifyError::Digest {
+                        name: name.clone(),
+                        found,
+                    });
+                }
+                Ok(())
+            })
+            .collect()
+    });
+    results.into_iter().collect::<Result<(), _>>()?;
+
+    let mut v = Verifier {
+        blobs: &blobs,
+        report: VerifyReport {
+            version: 1,
+            blobs: names.len(),
+            ..VerifyReport::default()
+        },
+        layer_checks: Vec::new(),
+        seen_manifests: BTreeSet::new(),
+    };
+    let entries = index["manifests"]
+        .as_array()
+        .ok_or_else(|| invalid("index.json", "no manifests array"))?;
+    for e in entries {
+        let d = descriptor(e, "index.json")?;
+        if let Some(tag) = e["annotations"]["org.opencontainers.image.ref.name"].as_str() {
+            v.report.tags.push(tag.to_owned());
+        }
+        match d.media_type.as_str() {
+            MEDIA_TYPE_INDEX => v.index(&d)?,
+            MEDIA_TYPE_MANIFEST => v.manifest(&d, d.platform.as_ref())?,
+            other => {
+                return Err(invalid(
+                    "index.json",
+                    format!("unsupported media type {other}"),
+                ))
+            }
+        }
+    }
+
+    // Decompress each distinct layer once, in parallel; report in order.
+    let mut checks = std::mem::take(&mut v.layer_checks);
+    let mut seen = BTreeSet::new();
+    checks.retain(|(l, diff, _)| seen.insert((l.digest.clone(), diff.clone())));
+    v.report.layers = checks.len();
+    let results: Vec<Result<(), VerifyError>> = pool.install(|| {
+        checks
+            .par_iter()
+            .map(|(l, diff, manifest)| {
+                let path = blobs.join(l.digest.hex());
+                let meta = fs::metadata(&path).map_err(|e| {
+                    if e.kind() == io::ErrorKind::NotFound {
+                        VerifyError::Missing(format!("layer {}", l.digest))
+                    } else {
+                        VerifyError::Io {
+                            path: path.clone(),
+                            source: e,
+                        }
+                    }
+                })?;
+                if meta.len() != l.size {
+                    return Err(VerifyError::Size {
+                        what: format!("layer {}", l.digest),
+                        expected: l.size,
+                        found: meta.len(),
+                    });
+                }
+                let (found, _) = hash_file(&path, l.media_type == MEDIA_TYPE_TAR_GZIP)?;
+                if found.as_str() != diff {
+                    return Err(VerifyError::DiffId {
+                        layer: l.digest.clone(),
+                        manifest: manifest.clone(),
+                        expected: diff.clone(),
+                        found,
+                    });
+                }
+                Ok(())
+            })
+            .collect()
+    });
+    results.into_iter().collect::<Result<(), _>>()?;
+    Ok(v.report)
+}
