@@ -100,6 +100,8 @@ pub enum BuildError {
         #[source]
         source: layer::LayerError,
     },
+    #[error("building layers")]
+    Layers(#[source] layer::LayerError),
     #[error("assembling the image documents")]
     Image(#[from] image::ImageError),
 }
@@ -138,14 +140,16 @@ pub fn build(
     let blobs_dir = layout.blobs_dir();
     let groups: Vec<Vec<StorePath>> = plan.layers.iter().map(|l| l.store_paths.clone()).collect();
     let before: std::collections::BTreeSet<String> = list_blobs(&blobs_dir);
-    let built = build_all(&groups, &req.layer_options, &blobs_dir, on_layer).map_err(
-        |(index, source)| BuildError::Layer {
-            index: index + 1,
-            count: groups.len(),
-            name: layer_name(&groups[index]),
-            source,
-        },
-    )?;
+    let built = layer::build_layers(&groups, &req.layer_options, &blobs_dir, req.jobs, on_layer)
+        .map_err(|e| match e {
+            layer::LayerError::InLayer { index, source } => BuildError::Layer {
+                index: index + 1,
+                count: groups.len(),
+                name: layer_name(&groups[index]),
+                source: *source,
+            },
+            other => BuildError::Layers(other),
+        })?;
     for l in &built {
         layout.track_blob(&l.digest, before.contains(l.digest.hex()));
     }
@@ -192,20 +196,4 @@ fn list_blobs(dir: &Path) -> std::collections::BTreeSet<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-// TEMPORARY until layer::build_layers lands.
-fn build_all(
-    groups: &[Vec<StorePath>],
-    opts: &LayerOptions,
-    blobs_dir: &Path,
-    on_layer: &(dyn Fn(&BuiltLayer) + Sync),
-) -> Result<Vec<BuiltLayer>, (usize, layer::LayerError)> {
-    let mut out = Vec::new();
-    for (i, g) in groups.iter().enumerate() {
-        let l = layer::build_layer(g, opts, blobs_dir).map_err(|e| (i, e))?;
-        on_layer(&l);
-        out.push(l);
-    }
-    Ok(out)
 }

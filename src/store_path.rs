@@ -239,7 +239,8 @@ mod tests {
     #[test]
     fn rejects_bad_paths() {
         let dir = StoreDir::default();
-        let cases: &[(&str, fn(&StorePathError) -> bool)] = &[
+        type Check = fn(&StorePathError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("/usr/bin/hello", |e| {
                 matches!(e, StorePathError::OutsideStore { .. })
             }),

@@ -23,7 +23,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    Build(build::Args),
+    Build(Box<build::Args>),
     Verify(verify::Args),
 }
 
@@ -96,7 +96,7 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Build(args) => build::run(args),
+        Command::Build(args) => build::run(*args),
         Command::Verify(args) => verify::run(args),
     };
     match result {

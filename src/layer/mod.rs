@@ -1,0 +1,496 @@
+//! Layers: deterministic tar streams of store paths, hashed, compressed and
+//! hashed again in one pass, written straight into `blobs/sha256/`.
+//!
+//! One pass per layer, constant memory:
+//!
+//! ```text
+//! tar (tar.rs) -> sha256 (diff_id) -> gzip -> sha256, size (digest) -> temp file in blobs_dir
+//! ```
+//!
+//! then the temp file is renamed to `blobs_dir/<hex of digest>`. The gzip
+//! header is fixed: mtime 0, no file name, no extra fields, OS byte 255
+//! ("unknown", what Go's `compress/gzip` and so Docker and containerd write),
+//! so the blob depends only on the tar, the level and the pinned zlib-rs.
+//! [`build_layers`] builds many layers on a local thread pool, biggest
+//! first, and returns them in input order. The tar rules are in [`tar`].
+
+pub mod tar;
+
+use std::collections::BTreeMap;
+use std::fs::{self, Permissions};
+use std::io::BufWriter;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use flate2::{Compression, GzBuilder};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::oci::{Digest, DigestWriter};
+use crate::store_path::StorePath;
+
+pub use self::tar::write_tar;
+use self::tar::StreamError;
+
+/// The media type of a gzip-compressed tar layer.
+pub const MEDIA_TYPE_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// The gzip header's OS byte: 255, "unknown".
+pub const GZIP_OS_UNKNOWN: u8 = 255;
+
+/// Highest gzip level.
+pub const MAX_GZIP_LEVEL: u32 = 9;
+
+/// Buffer between the compressor and the blob file.
+const FILE_BUFFER: usize = 256 * 1024;
+
+/// Where layer contents come from and how they are compressed.
+#[derive(Debug, Clone)]
+pub struct LayerOptions {
+    /// Files of `/nix/store/x` are read from `store_root/nix/store/x`; `/` for
+    /// the real store.
+    pub store_root: PathBuf,
+    /// gzip level, 0 to 9.
+    pub gzip_level: u32,
+}
+
+/// A layer written to `blobs/sha256/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuiltLayer {
+    pub store_paths: Vec<StorePath>,
+    /// Digest of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Digest of the compressed blob.
+    pub digest: Digest,
+    /// Size of the compressed blob.
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// Why a layer could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// The error of one layer of [`build_layers`], by its input index.
+    #[error("layer {} of the input", index + 1)]
+    InLayer {
+        index: usize,
+        #[source]
+        source: Box<LayerError>,
+    },
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: unsupported file type (only regular files, directories and symlinks belong in the store)")]
+    FileType { path: PathBuf },
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing the output of [`write_tar`] failed; it has no path to name.
+    #[error("writing the tar stream")]
+    WriteStream {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gzip level {level} is out of range (0 to 9)")]
+    GzipLevel { level: u32 },
+    #[error("starting {jobs} layer threads")]
+    ThreadPool {
+        jobs: usize,
+        #[source]
+        source: rayon::ThreadPoolBuildError,
+    },
+}
+
+/// Builds one layer from store paths into `blobs_dir` (`blobs/sha256/`).
+///
+/// The paths are written sorted and without duplicates, and returned so.
+/// If the blob is already there it is left alone. On error no temp file is
+/// left behind.
+pub fn build_layer(
+    paths: &[StorePath],
+    opts: &LayerOptions,
+    blobs_dir: &Path,
+) -> Result<BuiltLayer, LayerError> {
+    let level = gzip_level(opts.gzip_level)?;
+    let mut store_paths = paths.to_vec();
+    store_paths.sort();
+    store_paths.dedup();
+
+    // The temp file is removed when dropped, on any early return.
+    let temp = tempfile::Builder::new()
+        .prefix(".tmp-layer-")
+        .permissions(Permissions::from_mode(0o666))
+        .tempfile_in(blobs_dir)
+        .map_err(|source| LayerError::Write {
+            path: blobs_dir.to_owned(),
+            source,
+        })?;
+    let temp_path = temp.path().to_owned();
+    let write_error = |source| LayerError::Write {
+        path: temp_path.clone(),
+        source,
+    };
+
+    let file = BufWriter::with_capacity(FILE_BUFFER, temp.as_file());
+    let gzip = GzBuilder::new()
+        .mtime(0)
+        .operating_system(GZIP_OS_UNKNOWN)
+        .write(DigestWriter::new(file), level);
+    let tar = tar::write_stream(&store_paths, &opts.store_root, DigestWriter::new(gzip)).map_err(
+        |e| match e {
+            StreamError::Layer(e) => e,
+            StreamError::Write(source) => write_error(source),
+        },
+    )?;
+    let (gzip, diff_id, _) = tar.finish();
+    let compressed = gzip.finish().map_err(write_error)?;
+    let (file, digest, size) = compressed.finish();
+    file.into_inner().map_err(|e| write_error(e.into_error()))?;
+
+    let blob = blobs_dir.join(digest.hex());
+    if !matches!(blob.try_exists(), Ok(true)) {
+        temp.persist(&blob).map_err(|e| LayerError::Write {
+            path: blob.clone(),
+            source: e.error,
+        })?;
+    }
+    Ok(BuiltLayer {
+        store_paths,
+        diff_id,
+        digest,
+        size,
+        media_type: MEDIA_TYPE_TAR_GZIP.to_owned(),
+    })
+}
+
+/// Builds `layers` on a pool of `jobs` threads (0: one per CPU), the
+/// biggest first so that a big layer does not start last, and returns them
+/// in input order.
+///
+/// Equal layers are built once. `on_done` is called from the worker threads
+/// as layers finish, once per entry of `layers`. If layers fail, the error is
+/// the one of the first failing layer in input order; layers after it that
+/// have not started yet are not built.
+pub fn build_layers(
+    layers: &[Vec<StorePath>],
+    opts: &LayerOptions,
+    blobs_dir: &Path,
+    jobs: usize,
+    on_done: &(dyn Fn(&BuiltLayer) + Sync),
+) -> Result<Vec<BuiltLayer>, LayerError> {
+    gzip_level(opts.gzip_level)?;
+
+    // Distinct layers, numbered in order of first appearance, so that their
+    // order is input order.
+    let mut distinct: Vec<Vec<StorePath>> = Vec::new();
+    let mut copies: Vec<usize> = Vec::new();
+    let mut number: BTreeMap<Vec<StorePath>, usize> = BTreeMap::new();
+    let mut slots = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let mut key = layer.clone();
+        key.sort();
+        key.dedup();
+        let k = *number.entry(key.clone()).or_insert_with(|| {
+            distinct.push(key);
+            copies.push(0);
+            distinct.len() - 1
+        });
+        copies[k] += 1;
+        slots.push(k);
+    }
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .thread_name(|i| format!("nixoci-layer-{i}"))
+        .build()
+        .map_err(|source| LayerError::ThreadPool { jobs, source })?;
+
+    let results: Vec<Mutex<Option<Result<BuiltLayer, LayerError>>>> =
+        distinct.iter().map(|_| Mutex::new(None)).collect();
+    pool.install(|| {
+        let sizes: Vec<u64> = distinct
+            .par_iter()
+            .map(|paths| estimate_size(paths, &opts.store_root))
+            .collect();
+        let mut order: Vec<usize> = (0..distinct.len()).collect();
+        order.sort_by_key(|&k| (std::cmp::Reverse(sizes[k]), k));
+
+        // Each worker takes the next layer in `order` until none is left:
+        // biggest first, whatever the pool's own scheduling.
+        let next = AtomicUsize::new(0);
+        let first_failed = AtomicUsize::new(usize::MAX);
+        rayon::scope(|scope| {
+            for _ in 0..rayon::current_num_threads() {
+                scope.spawn(|_| {
+                    while let Some(&k) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        if k > first_failed.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        let result = build_layer(&distinct[k], opts, blobs_dir);
+                        match &result {
+                            Ok(built) => (0..copies[k]).for_each(|_| on_done(built)),
+                            Err(_) => {
+                                first_failed.fetch_min(k, Ordering::Relaxed);
+                            }
+                        }
+                        if let Ok(mut slot) = results[k].lock() {
+                            *slot = Some(result);
+                        }
+                    }
+                });
+            }
+        });
+    });
+
+    // Every layer before the first failure was built; skipped ones come
+    // after it, so the first error in order is the one to return.
+    let mut built = Vec::with_capacity(distinct.len());
+    for (k, result) in results.into_iter().enumerate() {
+        let result = result
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(result) = result {
+            built.push(result.map_err(|source| LayerError::InLayer {
+                index: slots.iter().position(|&s| s == k).unwrap_or(k),
+                source: Box::new(source),
+            })?);
+        }
+    }
+    Ok(slots
+        .iter()
+        .filter_map(|&k| built.get(k).cloned())
+        .collect())
+}
+
+/// A rough size of a layer's tar, from metadata alone, to order the work.
+/// Anything unreadable counts as nothing: the build reports it.
+fn estimate_size(paths: &[StorePath], store_root: &Path) -> u64 {
+    let mut total = 0u64;
+    let mut pending: Vec<PathBuf> = paths
+        .iter()
+        .map(|p| store_root.join(p.as_str().trim_start_matches('/')))
+        .collect();
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        total = total.saturating_add(512);
+        if meta.is_file() {
+            total = total.saturating_add(meta.len());
+        } else if meta.is_dir() {
+            if let Ok(entries) = fs::read_dir(&path) {
+                pending.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    total
+}
+
+fn gzip_level(level: u32) -> Result<Compression, LayerError> {
+    if level > MAX_GZIP_LEVEL {
+        return Err(LayerError::GzipLevel { level });
+    }
+    Ok(Compression::new(level))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::sync::atomic::AtomicUsize;
+
+    use flate2::read::GzDecoder;
+
+    use super::tar::tests::{Fixture, H1};
+    use super::*;
+
+    fn options(fixture: &Fixture) -> LayerOptions {
+        LayerOptions {
+            store_root: fixture.root.path().to_owned(),
+            gzip_level: 6,
+        }
+    }
+
+    fn dir_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn build_layer_hashes_tar_and_blob() {
+        let fixture = Fixture::new(false);
+        let blobs = tempfile::tempdir().unwrap();
+        let built = build_layer(&fixture.paths, &options(&fixture), blobs.path()).unwrap();
+        let tar = fixture.tar();
+        assert_eq!(built.diff_id, Digest::of(&tar));
+        assert_eq!(built.store_paths, fixture.paths);
+        assert_eq!(built.media_type, MEDIA_TYPE_TAR_GZIP);
+
+        let blob = fs::read(blobs.path().join(built.digest.hex())).unwrap();
+        assert_eq!(built.digest, Digest::of(&blob));
+        assert_eq!(built.size, blob.len() as u64);
+        assert_eq!(dir_names(blobs.path()), vec![built.digest.hex().to_owned()]);
+
+        let mut unpacked = Vec::new();
+        GzDecoder::new(&blob[..])
+            .read_to_end(&mut unpacked)
+            .unwrap();
+        assert_eq!(unpacked, tar);
+
+        assert_eq!(&blob[..3], &[0x1f, 0x8b, 8]);
+        assert_eq!(blob[3], 0, "no FNAME or other flags");
+        assert_eq!(&blob[4..8], &[0, 0, 0, 0], "mtime");
+        assert_eq!(blob[9], GZIP_OS_UNKNOWN);
+
+        // Again: same layer, the existing blob kept, no temp file left.
+        let again = build_layer(&fixture.paths, &options(&fixture), blobs.path()).unwrap();
+        assert_eq!(again, built);
+        assert_eq!(dir_names(blobs.path()), vec![built.digest.hex().to_owned()]);
+    }
+
+    #[test]
+    fn build_layer_is_reproducible() {
+        let (a, b) = (Fixture::new(false), Fixture::new(true));
+        let blobs = tempfile::tempdir().unwrap();
+        let other_blobs = tempfile::tempdir().unwrap();
+        let built_a = build_layer(&a.paths, &options(&a), blobs.path()).unwrap();
+        let built_b = build_layer(&b.paths, &options(&b), other_blobs.path()).unwrap();
+        assert_eq!(built_a, built_b);
+    }
+
+    #[test]
+    fn failed_build_leaves_no_temp_file() {
+        let root = tempfile::tempdir().unwrap();
+        let blobs = tempfile::tempdir().unwrap();
+        let opts = LayerOptions {
+            store_root: root.path().to_owned(),
+            gzip_level: 6,
+        };
+        let gone = StorePath::from_absolute(&format!("/nix/store/{H1}-gone")).unwrap();
+        let err = build_layer(&[gone], &opts, blobs.path()).unwrap_err();
+        assert!(matches!(err, LayerError::Read { .. }), "{err:?}");
+        assert!(dir_names(blobs.path()).is_empty());
+    }
+
+    #[test]
+    fn missing_blobs_dir_is_a_write_error() {
+        let fixture = Fixture::new(false);
+        let blobs = fixture.root.path().join("no/such/dir");
+        let err = build_layer(&fixture.paths, &options(&fixture), &blobs).unwrap_err();
+        match err {
+            LayerError::Write { path, .. } => assert_eq!(path, blobs),
+            other => panic!("expected Write, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn gzip_level_is_checked() {
+        let fixture = Fixture::new(false);
+        let blobs = tempfile::tempdir().unwrap();
+        let opts = LayerOptions {
+            gzip_level: 10,
+            ..options(&fixture)
+        };
+        let err = build_layer(&fixture.paths, &opts, blobs.path()).unwrap_err();
+        assert_eq!(err.to_string(), "gzip level 10 is out of range (0 to 9)");
+        let err = build_layers(
+            std::slice::from_ref(&fixture.paths),
+            &opts,
+            blobs.path(),
+            1,
+            &|_| {},
+        )
+        .unwrap_err();
+        assert!(matches!(err, LayerError::GzipLevel { level: 10 }));
+    }
+
+    #[test]
+    fn build_layers_same_for_any_thread_count() {
+        let fixture = Fixture::new(false);
+        let p = &fixture.paths;
+        // Different sizes, a duplicate, and one layer given unsorted.
+        let layers = vec![
+            vec![p[2].clone()],
+            vec![p[0].clone(), p[1].clone()],
+            vec![p[1].clone()],
+            vec![p[2].clone()],
+            vec![p[1].clone(), p[0].clone()],
+        ];
+        let mut runs = Vec::new();
+        for jobs in [1, 3] {
+            let blobs = tempfile::tempdir().unwrap();
+            let done = AtomicUsize::new(0);
+            let built = build_layers(&layers, &options(&fixture), blobs.path(), jobs, &|_| {
+                done.fetch_add(1, Ordering::Relaxed);
+            })
+            .unwrap();
+            assert_eq!(done.load(Ordering::Relaxed), layers.len());
+            assert_eq!(built.len(), layers.len());
+            for (layer, b) in layers.iter().zip(&built) {
+                let mut sorted = layer.clone();
+                sorted.sort();
+                assert_eq!(b.store_paths, sorted);
+                assert_eq!(
+                    b,
+                    &build_layer(layer, &options(&fixture), blobs.path()).unwrap()
+                );
+            }
+            assert_eq!(built[0], built[3]);
+            assert_eq!(built[1], built[4]);
+            assert_eq!(dir_names(blobs.path()).len(), 3);
+            runs.push(built);
+        }
+        assert_eq!(runs[0], runs[1]);
+    }
+
+    #[test]
+    fn build_layers_returns_first_failure_in_input_order() {
+        let fixture = Fixture::new(false);
+        let gone =
+            |name: &str| StorePath::from_absolute(&format!("/nix/store/{H1}-{name}")).unwrap();
+        let layers = vec![
+            fixture.paths.clone(),
+            vec![gone("first")],
+            vec![fixture.paths[1].clone()],
+            vec![gone("second")],
+        ];
+        for jobs in [1, 3] {
+            let blobs = tempfile::tempdir().unwrap();
+            let err =
+                build_layers(&layers, &options(&fixture), blobs.path(), jobs, &|_| {}).unwrap_err();
+            let LayerError::InLayer { index, source } = err else {
+                panic!("expected InLayer, got {err:?}");
+            };
+            assert_eq!(index, 1, "the first failing layer in input order");
+            match *source {
+                LayerError::Read { path, .. } => {
+                    assert!(path.ends_with(gone("first").base_name()), "{path:?}");
+                }
+                other => panic!("expected Read, got {other:?}"),
+            }
+            assert!(dir_names(blobs.path()).iter().all(|n| !n.starts_with('.')));
+        }
+    }
+
+    #[test]
+    fn estimate_orders_by_size() {
+        let fixture = Fixture::new(false);
+        let root = fixture.root.path();
+        let tree = estimate_size(&fixture.paths[..1], root);
+        let file = estimate_size(&fixture.paths[1..2], root);
+        assert!(tree > file, "{tree} > {file}");
+        assert_eq!(file, 512 + 11);
+    }
+}
