@@ -1,4 +1,7 @@
-//! The only place that runs `nix`: reads closures from the Nix store.
+//! The only place that runs `nix`: evaluates and builds flake outputs and
+//! reads closures from the Nix store. The user's Nix configuration
+//! (`NIX_CONFIG`, `nix.conf`, `--option`) passes through untouched; nixoci
+//! only adds the experimental features its own calls need.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -13,13 +16,39 @@ use crate::store_path::{StoreDir, StorePath};
 pub struct Nix {
     /// The `nix` program, `nix` from `PATH` by default.
     pub program: PathBuf,
+    /// `--option NAME VALUE` pairs passed to every call.
+    pub options: Vec<(String, String)>,
 }
 
 impl Default for Nix {
     fn default() -> Self {
         Nix {
             program: PathBuf::from("nix"),
+            options: Vec::new(),
         }
+    }
+}
+
+impl Nix {
+    /// `nix --extra-experimental-features FEATURES [--option N V]… SUBCOMMAND`.
+    fn command(&self, features: &str, subcommand: &str) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(["--extra-experimental-features", features]);
+        cmd.arg(subcommand);
+        for (name, value) in &self.options {
+            cmd.args(["--option", name, value]);
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    fn program_name(&self) -> String {
+        self.program.display().to_string()
+    }
+
+    fn missing(&self) -> impl FnOnce(io::Error) -> EvalError {
+        let program = self.program_name();
+        move |source| EvalError::NixMissing { program, source }
     }
 }
 
@@ -36,6 +65,16 @@ pub enum EvalError {
     NotInStore(String),
     #[error("'{command}' failed: {stderr}")]
     NixFailed { command: String, stderr: String },
+    #[error("flake output {installable} does not exist {detail}")]
+    MissingAttr {
+        installable: String,
+        /// Where nixoci looked and what the flake does have.
+        detail: String,
+    },
+    #[error("nix build failed for {what}: {detail}")]
+    BuildFailed { what: String, detail: String },
+    #[error("'{command}' printed output nixoci cannot read: {detail}")]
+    Output { command: String, detail: String },
     #[error("reading the output of '{command}'")]
     Closure {
         command: String,
@@ -49,7 +88,7 @@ impl EvalError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            EvalError::NixMissing { .. } | EvalError::NotInStore(_)
+            EvalError::NixMissing { .. } | EvalError::NotInStore(_) | EvalError::MissingAttr { .. }
         )
     }
 }
@@ -76,22 +115,18 @@ pub fn path_info_closure(
             paths: BTreeMap::new(),
         });
     }
-    let program = nix.program.display().to_string();
+    let program = nix.program_name();
     // `nix-command` is experimental up to at least Nix 2.8; newer Nix
     // accepts the flag for a stable feature. `--` keeps paths from being
     // read as options.
-    let output = Command::new(&nix.program)
-        .args(["--extra-experimental-features", "nix-command"])
-        .args(["path-info", "--json", "--recursive", "--"])
+    let output = nix
+        .command("nix-command", "path-info")
+        .args(["--json", "--recursive", "--"])
         .args(roots.iter().map(StorePath::as_str))
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|source| EvalError::NixMissing {
-            program: program.clone(),
-            source,
-        })?;
+        .map_err(nix.missing())?;
     let command = describe_command(&program, roots);
     if !output.status.success() {
         let stderr = strip_ansi(&String::from_utf8_lossy(&output.stderr));
@@ -111,6 +146,222 @@ pub fn path_info_closure(
             source => EvalError::Closure { command, source },
         })?;
     Ok(closure)
+}
+
+const FLAKES: &str = "nix-command flakes";
+
+/// Runs a quiet `nix` command and returns its stdout, or the failure.
+fn run_captured(
+    nix: &Nix,
+    mut cmd: Command,
+    what: &str,
+) -> Result<Vec<u8>, Box<(String, EvalError)>> {
+    let output = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| Box::new((String::new(), nix.missing()(e))))?;
+    if output.status.success() {
+        return Ok(output.stdout);
+    }
+    let stderr = strip_ansi(&String::from_utf8_lossy(&output.stderr));
+    let detail = last_lines(&stderr, STDERR_LINES)
+        .unwrap_or_else(|| format!("no error message, {}", output.status));
+    Err(Box::new((
+        stderr,
+        EvalError::NixFailed {
+            command: what.to_owned(),
+            stderr: detail,
+        },
+    )))
+}
+
+/// The system Nix builds for by default, `builtins.currentSystem`.
+pub fn current_system(nix: &Nix) -> Result<String, EvalError> {
+    let mut cmd = nix.command(FLAKES, "eval");
+    cmd.args(["--impure", "--raw", "--expr", "builtins.currentSystem"]);
+    let out = run_captured(nix, cmd, "nix eval builtins.currentSystem").map_err(|f| f.1)?;
+    String::from_utf8(out)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| EvalError::Output {
+            command: "nix eval builtins.currentSystem".into(),
+            detail: "not a system name".into(),
+        })
+}
+
+/// `packages` of a flake: system -> attribute names. A flake without
+/// `packages` gives an empty map.
+pub fn flake_packages(
+    nix: &Nix,
+    flake_ref: &str,
+) -> Result<BTreeMap<String, Vec<String>>, EvalError> {
+    let target = format!("{flake_ref}#packages");
+    let mut cmd = nix.command(FLAKES, "eval");
+    cmd.args([
+        "--json",
+        &target,
+        "--apply",
+        "builtins.mapAttrs (s: builtins.attrNames)",
+    ]);
+    match run_captured(nix, cmd, &format!("nix eval {target}")) {
+        Ok(out) => serde_json::from_slice(&out).map_err(|e| EvalError::Output {
+            command: format!("nix eval {target}"),
+            detail: e.to_string(),
+        }),
+        Err(f) if f.0.contains("does not provide attribute") => Ok(BTreeMap::new()),
+        Err(f) => Err(f.1),
+    }
+}
+
+/// True when `flake_ref#attr_path` exists (`nix eval` of its type).
+pub fn flake_has_attr(nix: &Nix, flake_ref: &str, attr_path: &str) -> Result<bool, EvalError> {
+    let target = format!("{flake_ref}#{attr_path}");
+    let mut cmd = nix.command(FLAKES, "eval");
+    cmd.args(["--raw", &target, "--apply", "builtins.typeOf"]);
+    match run_captured(nix, cmd, &format!("nix eval {target}")) {
+        Ok(_) => Ok(true),
+        Err(f) if f.0.contains("does not provide attribute") => Ok(false),
+        Err(f) => Err(f.1),
+    }
+}
+
+/// One output of a `nix build --json` entry: `out` if it has one, else the
+/// first by name; `path` for store paths built as themselves.
+fn built_path(entry: &serde_json::Value) -> Option<&str> {
+    if let Some(outputs) = entry.get("outputs").and_then(|o| o.as_object()) {
+        if let Some(out) = outputs.get("out").and_then(|v| v.as_str()) {
+            return Some(out);
+        }
+        let mut names: Vec<&String> = outputs.keys().collect();
+        names.sort();
+        return names.first().and_then(|n| outputs[*n].as_str());
+    }
+    entry.get("path").and_then(|p| p.as_str())
+}
+
+/// The derivations Nix says failed: `builder for '/nix/store/….drv' failed`.
+fn failed_derivations(stderr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in stderr.lines() {
+        if let Some(start) = line.find("builder for '") {
+            let rest = &line[start + "builder for '".len()..];
+            if let Some(end) = rest.find('\'') {
+                out.push(rest[..end].to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Builds `targets` (label, installable) with ONE `nix build --json
+/// --no-link`, so Nix schedules them together and sends foreign systems to
+/// the user's remote builders. Nix's own progress and errors stream to
+/// stderr. Returns one store path per target, in order.
+pub fn build(
+    nix: &Nix,
+    store_dir: &StoreDir,
+    targets: &[(String, String)],
+) -> Result<Vec<StorePath>, EvalError> {
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut cmd = nix.command(FLAKES, "build");
+    cmd.args(["--json", "--no-link", "--"]);
+    cmd.args(targets.iter().map(|(_, t)| t));
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(nix.missing())?;
+    // Forward Nix's stderr as it comes, keeping it to explain a failure.
+    let stderr = child.stderr.take();
+    let forward = std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let mut kept = String::new();
+        if let Some(stderr) = stderr {
+            for line in io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(io::stderr(), "{line}");
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        }
+        kept
+    });
+    let mut stdout = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        use std::io::Read;
+        let _ = out.read_to_end(&mut stdout);
+    }
+    let status = child.wait().map_err(nix.missing())?;
+    let stderr = strip_ansi(&forward.join().unwrap_or_default());
+    if !status.success() {
+        let failed = failed_derivations(&stderr);
+        // Nix's whole output is on the terminal already; repeat its first
+        // error line only.
+        let detail = stderr
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("error: "))
+            .map(|l| l.trim_end_matches(';').to_owned())
+            .unwrap_or_else(|| format!("nix exited with {status}"));
+        let what = match blame(nix, targets, &failed) {
+            Some(labels) => labels,
+            None => targets
+                .iter()
+                .map(|(l, t)| format!("{l} ({t})"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        return Err(EvalError::BuildFailed { what, detail });
+    }
+    let command = "nix build --json".to_owned();
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_slice(&stdout).map_err(|e| EvalError::Output {
+            command: command.clone(),
+            detail: e.to_string(),
+        })?;
+    if entries.len() != targets.len() {
+        return Err(EvalError::Output {
+            command,
+            detail: format!(
+                "{} results for {} installables",
+                entries.len(),
+                targets.len()
+            ),
+        });
+    }
+    entries
+        .iter()
+        .map(|e| {
+            let path = built_path(e).ok_or_else(|| EvalError::Output {
+                command: command.clone(),
+                detail: format!("no output path in {e}"),
+            })?;
+            store_dir.parse(path).map_err(|e| EvalError::Output {
+                command: command.clone(),
+                detail: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Which targets a failed derivation belongs to: each target's derivation
+/// closure is asked of Nix (evaluation only, nothing is built).
+fn blame(nix: &Nix, targets: &[(String, String)], failed: &[String]) -> Option<String> {
+    if failed.is_empty() {
+        return None;
+    }
+    let mut guilty = Vec::new();
+    for (label, target) in targets {
+        let mut cmd = nix.command(FLAKES, "path-info");
+        cmd.args(["--derivation", "--recursive", "--", target]);
+        let Ok(out) = run_captured(nix, cmd, "nix path-info --derivation") else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&out);
+        if failed.iter().any(|f| text.lines().any(|l| l.trim() == f)) {
+            guilty.push(format!("{label} ({target})"));
+        }
+    }
+    (!guilty.is_empty()).then(|| guilty.join(", "))
 }
 
 /// The command for messages, with at most two roots spelled out.
@@ -256,6 +507,7 @@ mod tests {
     fn a_missing_program_is_nix_missing() {
         let nix = Nix {
             program: PathBuf::from("/nonexistent/nixoci-test/nix"),
+            ..Nix::default()
         };
         let root =
             StorePath::from_absolute("/nix/store/00000000000000000000000000000000-x").unwrap();

@@ -8,9 +8,11 @@
 pub mod cli;
 pub mod closure;
 pub mod eval;
+pub mod installable;
 pub mod layer;
 pub mod oci;
 pub mod pipeline;
 pub mod plan;
 pub mod platform;
+pub mod spec;
 pub mod store_path;

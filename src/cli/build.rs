@@ -1,8 +1,8 @@
-//! `nixoci build`: store paths per platform to one multi-platform OCI
+//! `nixoci build`: installables per platform to one multi-platform OCI
 //! image layout.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context};
@@ -10,48 +10,81 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::UsageError;
 use crate::closure::Closure;
-use crate::eval::{self, Nix};
+use crate::eval::{self, EvalError, Nix};
+use crate::installable::Installable;
 use crate::layer::LayerOptions;
 use crate::oci::image::{valid_ref_name, RunConfig};
 use crate::oci::layout::check_output;
 use crate::pipeline::{self, BuildRequest, ImageRequest};
 use crate::plan::DEFAULT_MAX_LAYERS;
 use crate::platform::Platform;
+use crate::spec::{self, ImageSpec};
 use crate::store_path::{StoreDir, StorePath};
 
-/// Build one multi-platform OCI image layout from Nix store paths.
+/// Build one multi-platform OCI image layout from Nix flake outputs or
+/// store paths.
 ///
-/// Each `--platform` names a platform and the store path whose closure
-/// becomes that platform's image. Store paths shared by several platforms
-/// are stored once. The layout's `index.json` gets an entry tagged `--tag`
-/// pointing at an image index that lists every platform; other tags already
-/// in the layout are kept.
+/// Each platform's image is the closure of one installable: a flake output
+/// (.#app, path:./x#app, github:owner/repo#app) or a store path. With
+/// --system, INSTALLABLE resolves per system as `nix build` would
+/// (packages.SYSTEM.app, then legacyPackages.SYSTEM.app), and all platforms
+/// are built by ONE `nix build` call, so Nix schedules them together and
+/// sends foreign systems to your remote builders. Store paths shared by
+/// several platforms are stored once. The layout's index.json gets an entry
+/// tagged --tag pointing at an image index that lists every platform; other
+/// tags already in the layout are kept.
 ///
-/// In `--entrypoint`, `--cmd`, `--env` and `--workdir` values, `{root}`
-/// stands for the platform's root store path, so one command line serves
-/// every platform:
+/// An installable that builds an image spec (the Nix library's `image`)
+/// gives its roots, config, tag and layer budget; flags override them.
 ///
-///   nixoci build --platform linux/amd64=/nix/store/…-hello
-///                --platform linux/arm64=/nix/store/…-hello
-///                --entrypoint '{root}/bin/hello' --tag example.org/hello:1.0 -o hello.oci
+/// In --entrypoint, --cmd, --env and --workdir values, `{root}` stands for
+/// the platform's root store path, so one command line serves every
+/// platform.
+///
+/// Examples:
+///
+///   nixoci build .#app --system x86_64-linux --system aarch64-linux \
+///       --entrypoint '{root}/bin/app' --tag example.org/app:1.0 -o app.oci
+///
+///   nixoci build --platform linux/amd64=.#app \
+///       --platform linux/arm64=.#app-aarch64-cross -o app.oci
+///
+///   nixoci build --platform linux/amd64=/nix/store/…-hello \
+///       --platform linux/arm/v7=/nix/store/…-hello-armv7 -o hello.oci
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// PLATFORM=STORE_PATH: build PLATFORM's image from STORE_PATH's
-    /// closure. PLATFORM is os/arch[/variant] (linux/amd64, linux/arm64,
-    /// linux/arm/v7) or a Nix system (aarch64-linux). Repeatable.
-    #[arg(long = "platform", value_name = "PLATFORM=STORE_PATH", required = true)]
+    /// A flake output or store path to image for every --system (default:
+    /// the current system).
+    #[arg(value_name = "INSTALLABLE")]
+    pub installable: Option<String>,
+
+    /// A Nix system to build INSTALLABLE for (x86_64-linux,
+    /// aarch64-linux, armv7l-linux, …). Repeatable.
+    #[arg(long = "system", value_name = "SYSTEM")]
+    pub systems: Vec<String>,
+
+    /// PLATFORM=INSTALLABLE: PLATFORM's image is INSTALLABLE's closure, for
+    /// cross-compiled or explicitly chosen outputs. PLATFORM is
+    /// os/arch[/variant] (linux/amd64, linux/arm64, linux/arm/v7) or a Nix
+    /// system (aarch64-linux). Repeatable; each platform once.
+    #[arg(long = "platform", value_name = "PLATFORM=INSTALLABLE")]
     pub platforms: Vec<String>,
 
     /// The layout directory to create or add to.
-    #[arg(long, short = 'o', value_name = "DIR")]
-    pub output: PathBuf,
+    #[arg(
+        long,
+        short = 'o',
+        value_name = "DIR",
+        required_unless_present = "structured_attrs"
+    )]
+    pub output: Option<PathBuf>,
 
     /// The tag to point at the image, stored as the
     /// org.opencontainers.image.ref.name of its index.json entry (read it
-    /// back as oci:DIR:TAG).
-    #[arg(long, default_value = "latest")]
-    pub tag: String,
+    /// back as oci:DIR:TAG). Default: the image spec's tag, else latest.
+    #[arg(long)]
+    pub tag: Option<String>,
 
     /// One element of the entrypoint's argv. Repeatable, in order.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
@@ -86,7 +119,8 @@ pub struct Args {
     pub annotation: Vec<String>,
 
     /// Creation time in the image configs, RFC 3339 (2024-01-01T00:00:00Z).
-    /// Default: SOURCE_DATE_EPOCH if set, else 1970-01-01T00:00:00Z.
+    /// Default: SOURCE_DATE_EPOCH if set, else the spec's, else
+    /// 1970-01-01T00:00:00Z.
     #[arg(long, value_name = "TIME")]
     pub created: Option<String>,
 
@@ -94,9 +128,9 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
-    /// Most layers in each platform's image.
-    #[arg(long, default_value_t = DEFAULT_MAX_LAYERS, value_name = "N")]
-    pub max_layers: usize,
+    /// Most layers in each platform's image [default: the spec's, else 100].
+    #[arg(long, value_name = "N")]
+    pub max_layers: Option<usize>,
 
     /// Layers built at once [default: all cores].
     #[arg(long, short = 'j', value_name = "N")]
@@ -107,10 +141,22 @@ pub struct Args {
     pub level: u32,
 
     /// Read the closure from FILE instead of asking Nix: the JSON list that
-    /// exportReferencesGraph gives a derivation with __structuredAttrs, or
-    /// the output of `nix path-info --json --recursive`.
+    /// exportReferencesGraph gives a derivation with __structuredAttrs (or
+    /// its whole .attrs.json), or `nix path-info --json --recursive` output.
+    /// Installables must then be store paths.
     #[arg(long, value_name = "FILE")]
     pub closure_json: Option<PathBuf>,
+
+    /// Pass `--option NAME VALUE` to every nix call. Repeatable.
+    #[arg(long = "option", num_args = 2, value_names = ["NAME", "VALUE"])]
+    pub options: Vec<String>,
+
+    /// Run as the builder of the Nix library's ociLayout: read images, tag
+    /// and the closure from the derivation's structured attributes
+    /// (NIX_ATTRS_JSON_FILE or .attrs.json), write the layout to its `out`
+    /// and nix-support/hydra-build-products. Calls no nix.
+    #[arg(long)]
+    pub structured_attrs: bool,
 
     /// The Nix store directory.
     #[arg(
@@ -257,69 +303,250 @@ fn created(flag: Option<&str>, source_date_epoch: Option<&str>) -> anyhow::Resul
     }
 }
 
-/// The run config of one platform, with `{root}` replaced.
-fn run_config(args: &Args, root: &StorePath) -> anyhow::Result<RunConfig> {
+/// The run config of one platform: the spec's, with what the flags set
+/// replacing it field by field, and `{root}` replaced.
+fn run_config(args: &Args, base: RunConfig, root: &StorePath) -> anyhow::Result<RunConfig> {
     let subst = |s: &String| s.replace("{root}", root.as_str());
-    let mut env = BTreeMap::new();
-    for e in &args.env {
-        let (k, _) = key_value("--env", e)?;
-        if env.insert(k.to_owned(), subst(e)).is_some() {
-            bail!(UsageError(format!("--env {k} given twice")));
-        }
-    }
-    Ok(RunConfig {
-        entrypoint: (!args.entrypoint.is_empty())
-            .then(|| args.entrypoint.iter().map(subst).collect()),
-        cmd: (!args.cmd.is_empty()).then(|| args.cmd.iter().map(subst).collect()),
-        env: env.into_values().collect(),
-        working_dir: args.workdir.as_ref().map(subst),
-        user: args.user.clone(),
-        exposed_ports: args
-            .expose
+    let mut run = base;
+    if !args.env.is_empty() {
+        let mut env: BTreeMap<String, String> = run
+            .env
             .iter()
-            .map(|p| exposed_port(p))
-            .collect::<anyhow::Result<BTreeSet<_>>>()?,
-        labels: key_values("--label", &args.label)?,
-    })
+            .filter_map(|e| e.split_once('=').map(|(k, _)| (k.to_owned(), e.clone())))
+            .collect();
+        let mut given = BTreeSet::new();
+        for e in &args.env {
+            let (k, _) = key_value("--env", e)?;
+            if !given.insert(k.to_owned()) {
+                bail!(UsageError(format!("--env {k} given twice")));
+            }
+            env.insert(k.to_owned(), subst(e));
+        }
+        run.env = env.into_values().collect();
+    }
+    if !args.entrypoint.is_empty() {
+        run.entrypoint = Some(args.entrypoint.iter().map(subst).collect());
+    }
+    if !args.cmd.is_empty() {
+        run.cmd = Some(args.cmd.iter().map(subst).collect());
+    }
+    if let Some(w) = &args.workdir {
+        run.working_dir = Some(subst(w));
+    }
+    if let Some(u) = &args.user {
+        run.user = Some(u.clone());
+    }
+    for p in &args.expose {
+        run.exposed_ports.insert(exposed_port(p)?);
+    }
+    run.labels.extend(key_values("--label", &args.label)?);
+    Ok(run)
 }
 
-/// Parses `--platform` values: platforms must differ after normalisation.
-fn platform_roots(
+/// What one platform's image is made of, and the Nix system that short
+/// flake attributes resolve for.
+#[derive(Debug, Clone)]
+struct Target {
+    installable: Installable,
+    system: String,
+    /// Also look under the current system's packages, where
+    /// cross-compiled outputs built on this host live.
+    or_host: bool,
+}
+
+/// What to image for each platform, from INSTALLABLE + --system and
+/// --platform. Platforms must differ after normalisation.
+fn targets(
     args: &Args,
     store_dir: &StoreDir,
-) -> anyhow::Result<BTreeMap<Platform, StorePath>> {
-    let mut out: BTreeMap<Platform, StorePath> = BTreeMap::new();
-    let mut given: BTreeMap<Platform, &str> = BTreeMap::new();
-    for spec in &args.platforms {
-        let (p, path) = spec.split_once('=').ok_or_else(|| {
-            usage(format!("--platform '{spec}': expected PLATFORM=STORE_PATH, such as linux/arm64=/nix/store/…-hello"))
-        })?;
-        let platform: Platform = p.parse().with_context(|| format!("--platform '{spec}'"))?;
-        let root = store_dir
-            .parse(path)
-            .with_context(|| format!("--platform '{spec}'"))?;
+    nix: &Nix,
+) -> anyhow::Result<BTreeMap<Platform, Target>> {
+    let mut out: BTreeMap<Platform, Target> = BTreeMap::new();
+    let mut given: BTreeMap<Platform, String> = BTreeMap::new();
+    let mut add = |platform: Platform, inst: Target, spec: String| -> anyhow::Result<()> {
         if let Some(first) = given.get(&platform) {
             bail!(UsageError(format!(
-                "--platform '{spec}': {platform} is already given by '{first}'"
+                "{spec}: {platform} is already given by {first}"
             )));
         }
         given.insert(platform.clone(), spec);
-        out.insert(platform, root);
+        out.insert(platform, inst);
+        Ok(())
+    };
+    if let Some(text) = &args.installable {
+        let inst = Installable::parse(text, store_dir).context(format!("'{text}'"))?;
+        let systems = if args.systems.is_empty() {
+            if args.closure_json.is_some() || !args.platforms.is_empty() {
+                bail!(UsageError(format!(
+                    "'{text}': say which platforms it is for with --system"
+                )));
+            }
+            vec![eval::current_system(nix).context("asking nix for the current system")?]
+        } else {
+            args.systems.clone()
+        };
+        for system in systems {
+            let platform = Platform::from_nix_system(&system).ok_or_else(|| {
+                usage(format!(
+                    "--system {system}: unknown Nix system (known: x86_64-linux, aarch64-linux, armv7l-linux, armv6l-linux, i686-linux, riscv64-linux, powerpc64le-linux, s390x-linux)"
+                ))
+            })?;
+            let target = Target {
+                installable: inst.clone(),
+                system: system.clone(),
+                or_host: false,
+            };
+            add(platform, target, format!("--system {system}"))?;
+        }
+    } else if !args.systems.is_empty() {
+        bail!(UsageError("--system needs an INSTALLABLE to build".into()));
+    }
+    for spec in &args.platforms {
+        let (p, text) = spec.split_once('=').ok_or_else(|| {
+            usage(format!(
+                "--platform '{spec}': expected PLATFORM=INSTALLABLE, such as linux/arm64=.#hello or linux/arm64=/nix/store/…-hello"
+            ))
+        })?;
+        let platform: Platform = p.parse().with_context(|| format!("--platform '{spec}'"))?;
+        let inst =
+            Installable::parse(text, store_dir).with_context(|| format!("--platform '{spec}'"))?;
+        // Short attributes resolve for the platform's own system first
+        // (packages.aarch64-linux.app), then for the current system, where
+        // cross-compiled outputs built on this host live
+        // (packages.x86_64-linux.app-aarch64-cross).
+        let system = platform.nix_system().unwrap_or("x86_64-linux").to_owned();
+        let target = Target {
+            installable: inst,
+            system,
+            or_host: true,
+        };
+        add(platform.clone(), target, format!("--platform '{spec}'"))?;
+    }
+    if out.is_empty() {
+        bail!(UsageError(
+            "nothing to build: give an INSTALLABLE (with --system) or --platform PLATFORM=INSTALLABLE".into()
+        ));
     }
     Ok(out)
 }
 
-/// Validates the arguments and reads the closures: everything that can be
-/// wrong with the input fails here, before anything is written.
+/// Flake outputs to `nix build` arguments: short attributes resolve per
+/// system as `nix build` would; a missing one lists what the flake has.
+fn resolve_attrs(
+    nix: &Nix,
+    targets: &BTreeMap<Platform, Target>,
+) -> anyhow::Result<Vec<(Platform, String)>> {
+    let mut packages: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut host: Option<String> = None;
+    let mut out = Vec::new();
+    for (platform, target) in targets {
+        let Installable::Flake { flake_ref, attr } = &target.installable else {
+            continue;
+        };
+        if attr.contains('.') {
+            out.push((platform.clone(), format!("{flake_ref}#{attr}")));
+            continue;
+        }
+        let mut systems = vec![target.system.clone()];
+        if target.or_host {
+            if host.is_none() {
+                host =
+                    Some(eval::current_system(nix).context("asking nix for the current system")?);
+            }
+            if let Some(h) = host.as_ref().filter(|h| **h != target.system) {
+                systems.push(h.clone());
+            }
+        }
+        let mut candidates = Vec::new();
+        let mut chosen = None;
+        for system in &systems {
+            if !packages.contains_key(flake_ref) {
+                let p = eval::flake_packages(nix, flake_ref)
+                    .with_context(|| format!("evaluating {flake_ref}"))?;
+                packages.insert(flake_ref.clone(), p);
+            }
+            let paths = Installable::attr_paths(attr, system);
+            candidates.extend(paths.iter().cloned());
+            let have = &packages[flake_ref];
+            if have
+                .get(system.as_str())
+                .is_some_and(|a| a.iter().any(|x| x == attr))
+            {
+                chosen = Some(paths[0].clone());
+                break;
+            }
+            if eval::flake_has_attr(nix, flake_ref, &paths[1])
+                .with_context(|| format!("evaluating {flake_ref}"))?
+            {
+                chosen = Some(paths[1].clone());
+                break;
+            }
+        }
+        let have = &packages[flake_ref];
+        let Some(chosen) = chosen else {
+            let list: Vec<String> = have
+                .iter()
+                .map(|(s, attrs)| {
+                    format!(
+                        "{s}: {}",
+                        if attrs.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            attrs.join(" ")
+                        }
+                    )
+                })
+                .collect();
+            let available = if list.is_empty() {
+                "the flake has no packages".to_owned()
+            } else {
+                format!("the flake's packages are {}", list.join("; "))
+            };
+            return Err(EvalError::MissingAttr {
+                installable: format!("{flake_ref}#{attr}"),
+                detail: format!(
+                    "for {platform} (looked for {}); {available}",
+                    candidates.join(", ")
+                ),
+            }
+            .into());
+        };
+        out.push((platform.clone(), format!("{flake_ref}#{chosen}")));
+    }
+    Ok(out)
+}
+
+/// A root that is an image spec, read from the store.
+fn read_spec(store_root: &Path, root: &StorePath) -> anyhow::Result<Option<ImageSpec>> {
+    let file = store_root.join(root.as_str().trim_start_matches('/'));
+    match std::fs::symlink_metadata(&file) {
+        Ok(meta) if meta.is_file() && meta.len() < 16 << 20 => {}
+        _ => return Ok(None),
+    }
+    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    if !spec::is_spec(&bytes) {
+        return Ok(None);
+    }
+    let spec = ImageSpec::parse(&bytes).map_err(|e| usage(format!("{root}: {e}")))?;
+    Ok(Some(spec))
+}
+
+/// Validates the arguments, builds what must be built and reads the
+/// closures: everything that can be wrong with the input fails here,
+/// before anything is written.
 pub fn request(args: &Args) -> anyhow::Result<BuildRequest> {
     let store_dir =
         StoreDir::new(&args.store_dir).map_err(|e| usage(format!("--store-dir: {e}")))?;
-    let roots = platform_roots(args, &store_dir)?;
-    if !valid_ref_name(&args.tag) {
-        bail!(UsageError(format!(
-            "--tag '{}': not a valid reference name (letters and digits joined by . _ - : @ +, components separated by /)",
-            args.tag
-        )));
+    let nix = Nix {
+        options: args
+            .options
+            .chunks(2)
+            .map(|c| (c[0].clone(), c.get(1).cloned().unwrap_or_default()))
+            .collect(),
+        ..Nix::default()
+    };
+    if let Some(tag) = &args.tag {
+        check_tag("--tag", tag)?;
     }
     if args.level > 9 {
         bail!(UsageError(format!(
@@ -330,28 +557,121 @@ pub fn request(args: &Args) -> anyhow::Result<BuildRequest> {
     if args.jobs == Some(0) {
         bail!(UsageError("--jobs 0: expected at least 1".into()));
     }
-    if args.max_layers == 0 {
+    if args.max_layers == Some(0) {
         bail!(UsageError("--max-layers 0: expected at least 1".into()));
     }
-    let created = created(
+    let created_flag = created(
         args.created.as_deref(),
         std::env::var("SOURCE_DATE_EPOCH").ok().as_deref(),
     )?;
-    let annotations = key_values("--annotation", &args.annotation)?;
-    let mut runs = BTreeMap::new();
-    for (platform, root) in &roots {
-        runs.insert(platform.clone(), run_config(args, root)?);
+    let mut annotations = key_values("--annotation", &args.annotation)?;
+    // Flag syntax, before anything runs.
+    for e in &args.env {
+        key_value("--env", e)?;
     }
-    check_output(&args.output)?;
+    key_values("--label", &args.label)?;
+    for p in &args.expose {
+        exposed_port(p)?;
+    }
+    let output = args
+        .output
+        .clone()
+        .ok_or_else(|| usage("--output is required"))?;
+    check_output(&output)?;
     if !args.store_root.is_dir() {
         bail!(UsageError(format!(
             "--store-root {}: not a directory",
             args.store_root.display()
         )));
     }
+    let targets = targets(args, &store_dir, &nix)?;
 
-    let all_roots: Vec<StorePath> = roots
+    // Build the flake outputs with one nix call.
+    let mut roots: BTreeMap<Platform, StorePath> = BTreeMap::new();
+    for (platform, target) in &targets {
+        if let Installable::StorePath(p) = &target.installable {
+            roots.insert(platform.clone(), p.clone());
+        }
+    }
+    if roots.len() < targets.len() {
+        if args.closure_json.is_some() {
+            bail!(UsageError(
+                "--closure-json needs store paths, not flake outputs".into()
+            ));
+        }
+        let flake_targets = resolve_attrs(&nix, &targets)?;
+        let labelled: Vec<(String, String)> = flake_targets
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.clone()))
+            .collect();
+        let built = eval::build(&nix, &store_dir, &labelled)?;
+        for ((platform, _), path) in flake_targets.into_iter().zip(built) {
+            roots.insert(platform, path);
+        }
+    }
+
+    // Image specs give roots and config.
+    let mut specs: BTreeMap<Platform, ImageSpec> = BTreeMap::new();
+    for (platform, root) in &roots {
+        if let Some(spec) = read_spec(&args.store_root, root)? {
+            specs.insert(platform.clone(), spec);
+        }
+    }
+    let tag = match &args.tag {
+        Some(t) => t.clone(),
+        None => {
+            let tags: BTreeSet<&String> = specs.values().filter_map(|s| s.tag.as_ref()).collect();
+            match tags.len() {
+                0 => "latest".to_owned(),
+                1 => {
+                    let t = tags.into_iter().next().cloned().unwrap_or_default();
+                    check_tag("the image spec's tag", &t)?;
+                    t
+                }
+                _ => bail!(UsageError(format!(
+                    "the image specs name different tags ({}); choose one with --tag",
+                    tags.into_iter().cloned().collect::<Vec<_>>().join(", ")
+                ))),
+            }
+        }
+    };
+    let max_layers = args
+        .max_layers
+        .or_else(|| specs.values().filter_map(|s| s.max_layers).min())
+        .unwrap_or(DEFAULT_MAX_LAYERS);
+    if max_layers == 0 {
+        bail!(UsageError("the image spec's maxLayers is 0".into()));
+    }
+    let created = match (&args.created, std::env::var_os("SOURCE_DATE_EPOCH")) {
+        (None, None) => {
+            let from_specs: BTreeSet<&String> =
+                specs.values().filter_map(|s| s.created.as_ref()).collect();
+            match from_specs.into_iter().next() {
+                Some(c) => created(Some(c), None).context("the image spec's created")?,
+                None => created_flag,
+            }
+        }
+        _ => created_flag,
+    };
+    for spec in specs.values() {
+        for (k, v) in &spec.annotations {
+            annotations.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    let image_roots: BTreeMap<Platform, Vec<StorePath>> = roots
+        .iter()
+        .map(|(p, r)| {
+            let rs = specs
+                .get(p)
+                .map(|s| s.roots.clone())
+                .unwrap_or_else(|| vec![r.clone()]);
+            (p.clone(), rs)
+        })
+        .collect();
+
+    let all_roots: Vec<StorePath> = image_roots
         .values()
+        .flatten()
         .cloned()
         .collect::<BTreeSet<_>>()
         .into_iter()
@@ -364,26 +684,32 @@ pub fn request(args: &Args) -> anyhow::Result<BuildRequest> {
                 .or_else(|_| Closure::from_path_info_json(&store_dir, &bytes))
                 .map_err(|e| usage(format!("--closure-json {}: {e}", file.display())))?
         }
-        None => eval::path_info_closure(&Nix::default(), &store_dir, &all_roots)
+        None => eval::path_info_closure(&nix, &store_dir, &all_roots)
             .context("reading closures from the Nix store")?,
     };
     let mut images = BTreeMap::new();
-    for (platform, root) in roots {
+    for (platform, rs) in image_roots {
         let closure = graph
-            .subclosure(std::slice::from_ref(&root))
-            .map_err(|e| usage(format!("closure of {root} for {platform}: {e}")))?;
-        let on_disk = args.store_root.join(root.as_str().trim_start_matches('/'));
-        if std::fs::symlink_metadata(&on_disk).is_err() {
-            bail!(UsageError(format!(
-                "{root} is not in the store (looked for {})",
-                on_disk.display()
-            )));
+            .subclosure(&rs)
+            .map_err(|e| usage(format!("closure of {} for {platform}: {e}", rs[0])))?;
+        for root in &rs {
+            let on_disk = args.store_root.join(root.as_str().trim_start_matches('/'));
+            if std::fs::symlink_metadata(&on_disk).is_err() {
+                bail!(UsageError(format!(
+                    "{root} is not in the store (looked for {})",
+                    on_disk.display()
+                )));
+            }
         }
-        let run = runs.remove(&platform).unwrap_or_default();
+        let base = specs
+            .get(&platform)
+            .map(ImageSpec::run_config)
+            .unwrap_or_default();
+        let run = run_config(args, base, &rs[0])?;
         images.insert(
             platform,
             ImageRequest {
-                roots: vec![root],
+                roots: rs,
                 closure,
                 run,
             },
@@ -391,17 +717,26 @@ pub fn request(args: &Args) -> anyhow::Result<BuildRequest> {
     }
     Ok(BuildRequest {
         images,
-        tag: args.tag.clone(),
-        output: args.output.clone(),
+        tag,
+        output,
         created,
         annotations,
-        max_layers: args.max_layers,
+        max_layers,
         jobs: args.jobs.unwrap_or_else(default_jobs),
         layer_options: LayerOptions {
             store_root: args.store_root.clone(),
             gzip_level: args.level,
         },
     })
+}
+
+fn check_tag(what: &str, tag: &str) -> anyhow::Result<()> {
+    if !valid_ref_name(tag) {
+        bail!(UsageError(format!(
+            "{what} '{tag}': not a valid reference name (letters and digits joined by . _ - : @ +, components separated by /)"
+        )));
+    }
+    Ok(())
 }
 
 fn human_bytes(n: u64) -> String {
@@ -419,7 +754,58 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+/// Fills `args` from the structured attributes of an ociLayout derivation.
+fn apply_structured_attrs(args: &mut Args) -> anyhow::Result<()> {
+    let (file, attrs) = super::write_spec::read_structured_attrs()?;
+    let bad = |what: &str| usage(format!("{}: {what}", file.display()));
+    let images = attrs["images"]
+        .as_object()
+        .ok_or_else(|| bad("no `images` attribute set"))?;
+    for (platform, path) in images {
+        let path = path
+            .as_str()
+            .ok_or_else(|| bad(&format!("images.{platform} is not a store path")))?;
+        args.platforms.push(format!("{platform}={path}"));
+    }
+    if let Some(tag) = attrs["tag"].as_str() {
+        args.tag.get_or_insert_with(|| tag.to_owned());
+    }
+    if let Some(n) = attrs["maxLayers"].as_u64() {
+        args.max_layers
+            .get_or_insert(usize::try_from(n).map_err(|_| bad("maxLayers is too large"))?);
+    }
+    if let Some(c) = attrs["created"].as_str() {
+        args.created.get_or_insert_with(|| c.to_owned());
+    }
+    if let Some(map) = attrs["annotations"].as_object() {
+        for (k, v) in map {
+            let v = v
+                .as_str()
+                .ok_or_else(|| bad(&format!("annotations.{k} is not a string")))?;
+            args.annotation.push(format!("{k}={v}"));
+        }
+    }
+    let out = attrs["outputs"]["out"]
+        .as_str()
+        .ok_or_else(|| bad("no outputs.out"))?;
+    args.output = Some(PathBuf::from(out));
+    args.closure_json = Some(file);
+    Ok(())
+}
+
+/// Names the layout as the build product Hydra shows.
+fn write_hydra_products(out: &Path) -> anyhow::Result<()> {
+    let dir = out.join("nix-support");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join("hydra-build-products");
+    std::fs::write(&file, format!("file oci-layout {}\n", out.display()))
+        .with_context(|| format!("writing {}", file.display()))
+}
+
+pub fn run(mut args: Args) -> anyhow::Result<()> {
+    if args.structured_attrs {
+        apply_structured_attrs(&mut args)?;
+    }
     let req = request(&args)?;
     let bar = if super::stderr_is_terminal() {
         ProgressBar::new(0)
@@ -441,8 +827,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             bar.inc(1);
         },
     )
-    .with_context(|| format!("building {}", args.output.display()))?;
+    .with_context(|| format!("building {}", req.output.display()))?;
     bar.finish_and_clear();
+    if args.structured_attrs {
+        write_hydra_products(&req.output)?;
+    }
 
     if args.json {
         let mut bytes = serde_json::to_vec_pretty(&report)?;
@@ -452,7 +841,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let total: u64 = report.layers.iter().map(|l| l.size).sum();
     eprintln!(
         "wrote {}:{} ({} platform{}, {} layer{}, {}) index {}",
-        args.output.display(),
+        req.output.display(),
         report.tag,
         report.platforms.len(),
         if report.platforms.len() == 1 { "" } else { "s" },
