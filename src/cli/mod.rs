@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 pub mod build;
 pub mod verify;
+pub mod write_spec;
 
 /// Turn Nix closures into multi-platform OCI image layouts, fast and
 /// bit-for-bit reproducibly.
@@ -25,6 +26,7 @@ pub struct Cli {
 pub enum Command {
     Build(Box<build::Args>),
     Verify(verify::Args),
+    WriteSpec(write_spec::Args),
 }
 
 /// An error caused by what the user asked for, not by the operation: exit 2.
@@ -98,6 +100,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(args) => build::run(*args),
         Command::Verify(args) => verify::run(args),
+        Command::WriteSpec(args) => write_spec::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
