@@ -52,7 +52,10 @@ const EXTRA_SYSTEMS: &[(&str, &str, &str)] = &[
 fn known() -> String {
     let mut names: Vec<String> = TABLE
         .iter()
-        .map(|(sys, arch, _, _)| format!("linux/{arch} ({sys})"))
+        .map(|(sys, arch, variant, _)| match variant {
+            Some(v) => format!("linux/{arch}/{v} ({sys})"),
+            None => format!("linux/{arch} ({sys})"),
+        })
         .collect();
     names.extend(
         EXTRA_SYSTEMS

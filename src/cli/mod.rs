@@ -40,6 +40,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         cause.is::<UsageError>()
             || cause.is::<crate::platform::PlatformError>()
             || cause.is::<crate::store_path::StorePathError>()
+            || cause.is::<crate::installable::InstallableError>()
             || cause
                 .downcast_ref::<crate::eval::EvalError>()
                 .is_some_and(|e| e.is_usage())
