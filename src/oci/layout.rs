@@ -66,7 +66,8 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Layout
 }
 
 /// Checks that `dir` can be written as a layout without touching anything:
-/// it is missing, an empty directory, or an existing layout.
+/// it is missing, an empty directory, an existing layout, or what an
+/// interrupted build left (a `blobs/` folder and nothing else).
 pub fn check_output(dir: &Path) -> Result<(), LayoutError> {
     match fs::symlink_metadata(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -82,9 +83,13 @@ pub fn check_output(dir: &Path) -> Result<(), LayoutError> {
                 }
                 return Ok(());
             }
-            let mut entries = fs::read_dir(dir).map_err(io_err("reading", dir))?;
-            if entries.next().is_some() {
-                return Err(LayoutError::NotALayout(dir.to_owned()));
+            // Empty, or left by an interrupted build (only `blobs/`, whose
+            // complete blobs a new build reuses).
+            for entry in fs::read_dir(dir).map_err(io_err("reading", dir))? {
+                let entry = entry.map_err(io_err("reading", dir))?;
+                if entry.file_name() != "blobs" || !entry.path().is_dir() {
+                    return Err(LayoutError::NotALayout(dir.to_owned()));
+                }
             }
             Ok(())
         }
@@ -314,12 +319,15 @@ mod tests {
         let dir = tmp.path().join("d");
         fs::create_dir(&dir).unwrap();
         assert!(check_output(&dir).is_ok());
+        // What an interrupted build leaves can be built into again.
+        fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        assert!(check_output(&dir).is_ok());
         fs::write(dir.join("precious"), "x").unwrap();
         assert!(matches!(
             check_output(&dir),
             Err(LayoutError::NotALayout(_))
         ));
         assert!(Layout::open(&dir).is_err());
-        assert!(dir.join("precious").exists() && !dir.join("blobs").exists());
+        assert!(dir.join("precious").exists() && dir.join("blobs/sha256").exists());
     }
 }
