@@ -14,5 +14,6 @@ pub mod oci;
 pub mod pipeline;
 pub mod plan;
 pub mod platform;
+pub mod publish;
 pub mod spec;
 pub mod store_path;

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod build;
+pub mod export_static;
+pub mod push;
 pub mod verify;
 pub mod write_spec;
 
@@ -27,6 +29,8 @@ pub enum Command {
     Build(Box<build::Args>),
     Verify(verify::Args),
     WriteSpec(write_spec::Args),
+    Push(push::Args),
+    ExportStatic(export_static::Args),
 }
 
 /// An error caused by what the user asked for, not by the operation: exit 2.
@@ -102,6 +106,8 @@ pub fn main() -> ExitCode {
         Command::Build(args) => build::run(*args),
         Command::Verify(args) => verify::run(args),
         Command::WriteSpec(args) => write_spec::run(args),
+        Command::Push(args) => push::run(args),
+        Command::ExportStatic(args) => export_static::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

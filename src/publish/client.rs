@@ -1,0 +1,822 @@
+//! An HTTP client for one repository of a registry: the `/v2/` ping that
+//! picks HTTPS or (on loopback or with `--insecure`) plain HTTP, the
+//! basic and bearer-token authentication flows, and retries with backoff
+//! on transient failures.
+//!
+//! Built on `ureq` (blocking, rustls): see `docs/publish.md` for why.
+//! Authorization headers go only to the registry's own origin, never to a
+//! redirect target or another host named in a `Location`.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::Duration;
+
+use serde::Deserialize;
+use ureq::http::Response;
+use url::Url;
+
+use super::auth::{Challenge, Credentials};
+use super::reference::Reference;
+
+/// Content types the client accepts for manifests.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// Longest wait a `Retry-After` may ask for.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{method} {url}")]
+    Transport {
+        method: &'static str,
+        url: String,
+        #[source]
+        source: ureq::Error,
+    },
+    #[error("{method} {url}: the registry answered {status}{detail}")]
+    Status {
+        method: &'static str,
+        url: String,
+        status: u16,
+        /// ` (CODE: message)` from the registry's error body, or empty.
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{registry} rejected the credentials of user '{user}' (from {from}): wrong user name or password")]
+    Unauthorized {
+        registry: String,
+        user: String,
+        from: String,
+    },
+    #[error("{registry} refused access to {repository}{who} even after authenticating: the account may lack pull or push rights there")]
+    Denied {
+        registry: String,
+        repository: String,
+        who: String,
+    },
+    #[error("{registry} requires authentication: give --creds USER:PASSWORD, set NIXOCI_REGISTRY_USER and NIXOCI_REGISTRY_PASSWORD, or log in with podman, skopeo or docker{hint}")]
+    AuthRequired { registry: String, hint: String },
+    #[error("the token server {realm} rejected the credentials of user '{user}' (from {from}): wrong user name or password")]
+    TokenRejected {
+        realm: String,
+        user: String,
+        from: String,
+    },
+    #[error("the token server {realm}: {problem}")]
+    Token { realm: String, problem: String },
+    #[error("{registry} asks for authentication nixoci does not speak ({challenge})")]
+    Scheme { registry: String, challenge: String },
+    #[error("{registry} is not a registry: GET /v2/ answered {status}")]
+    NotARegistry { registry: String, status: u16 },
+    #[error("{method} {url}: the answer has no usable Location header")]
+    Location { method: &'static str, url: String },
+    #[error("{what}: the registry stored digest {found}, expected {expected}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        found: String,
+    },
+    #[error("reading {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading TLS certificates from {path}")]
+    Certificates { path: PathBuf },
+}
+
+impl ClientError {
+    /// True for what may go away by itself: connection errors, timeouts,
+    /// 5xx, 408 and 429.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Transport { source, .. } => matches!(
+                source,
+                ureq::Error::Io(_)
+                    | ureq::Error::Timeout(_)
+                    | ureq::Error::ConnectionFailed
+                    | ureq::Error::Protocol(_)
+                    | ureq::Error::BodyStalled
+            ),
+            ClientError::Status { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+            ClientError::Token { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The delay a 429 or 503 asked for.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// True when credentials or rights are the problem.
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unauthorized { .. }
+                | ClientError::Denied { .. }
+                | ClientError::AuthRequired { .. }
+                | ClientError::TokenRejected { .. }
+                | ClientError::Scheme { .. }
+        )
+    }
+}
+
+/// How to reach the registry.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Allow plain HTTP and unverified TLS to a registry off this machine.
+    pub insecure: bool,
+    /// Retries after the first attempt of each operation.
+    pub retries: u32,
+    /// The first retry's delay; each next one doubles, up to 30 s.
+    pub backoff: Duration,
+    /// Read certificates from this PEM file instead of the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            insecure: false,
+            retries: 5,
+            backoff: Duration::from_millis(500),
+            ca_file: None,
+        }
+    }
+}
+
+/// A request body that can be sent again (after a 401 or a retry).
+pub enum Body<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    /// `len` bytes of `path` from `offset`; `sent` hears how many went out.
+    File {
+        path: &'a Path,
+        offset: u64,
+        len: u64,
+        sent: &'a (dyn Fn(u64) + Sync),
+    },
+}
+
+impl Body<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Body::Empty => 0,
+            Body::Bytes(b) => b.len() as u64,
+            Body::File { len, .. } => *len,
+        }
+    }
+}
+
+/// Counts bytes as the HTTP client reads them.
+struct Counting<'a, R> {
+    inner: R,
+    sent: &'a (dyn Fn(u64) + Sync),
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.sent)(n as u64);
+        Ok(n)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum AuthState {
+    Anonymous,
+    Basic,
+    Bearer(String),
+}
+
+struct Auth {
+    state: AuthState,
+    /// Bumped at each change, so concurrent 401s refresh once.
+    generation: u64,
+}
+
+/// A connection to one repository of a registry.
+pub struct Client {
+    agent: ureq::Agent,
+    base: Url,
+    registry: String,
+    repository: String,
+    creds: Option<Credentials>,
+    helper_hint: Option<String>,
+    scopes: Vec<String>,
+    auth: RwLock<Auth>,
+    options: ClientOptions,
+    notify: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<ErrorItem>,
+}
+
+#[derive(Deserialize)]
+struct ErrorItem {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// A URL without its query, for messages (upload URLs carry long state).
+fn short(url: &Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.to_string()
+}
+
+fn header<'a, B>(resp: &'a Response<B>, name: &str) -> Option<&'a str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn retry_after<B>(resp: &Response<B>) -> Option<Duration> {
+    header(resp, "retry-after")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
+}
+
+fn tls_roots(ca_file: Option<&Path>) -> Result<ureq::tls::RootCerts, ClientError> {
+    let nix = std::env::var_os("NIX_SSL_CERT_FILE")
+        .filter(|_| std::env::var_os("SSL_CERT_FILE").is_none());
+    let file = ca_file.map(Path::to_path_buf).or(nix.map(PathBuf::from));
+    let Some(path) = file else {
+        return Ok(ureq::tls::RootCerts::PlatformVerifier);
+    };
+    let pem = std::fs::read(&path).map_err(|source| ClientError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(ClientError::Certificates { path });
+    }
+    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
+}
+
+fn agent(options: &ClientOptions) -> Result<ureq::Agent, ClientError> {
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(tls_roots(options.ca_file.as_deref())?)
+        .disable_verification(options.insecure)
+        .build();
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(5)
+        .user_agent(format!("nixoci/{}", env!("CARGO_PKG_VERSION")))
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(600)))
+        .timeout_recv_body(Some(Duration::from_secs(600)))
+        .tls_config(tls)
+        .build();
+    Ok(config.new_agent())
+}
+
+impl Client {
+    /// Connects to the registry of `reference`: pings `/v2/` over HTTPS,
+    /// falls back to plain HTTP where allowed, and authenticates with
+    /// `creds` for `scopes` (`repository:NAME:pull,push`, …) when the
+    /// registry asks. Wrong credentials fail here, before any upload.
+    pub fn connect(
+        reference: &Reference,
+        creds: Option<Credentials>,
+        helper_hint: Option<String>,
+        scopes: Vec<String>,
+        options: ClientOptions,
+        notify: Box<dyn Fn(&str) + Send + Sync>,
+    ) -> Result<Client, ClientError> {
+        let plain_ok = options.insecure || reference.is_loopback();
+        let base_url = |scheme: &str| {
+            let base = format!("{scheme}://{}/", reference.api_host());
+            Url::parse(&base).map_err(|_| ClientError::Location {
+                method: "GET",
+                url: base,
+            })
+        };
+        let mut client = Client {
+            agent: agent(&options)?,
+            base: base_url("https")?,
+            registry: reference.registry.clone(),
+            repository: reference.repository.clone(),
+            creds,
+            helper_hint,
+            scopes,
+            auth: RwLock::new(Auth {
+                state: AuthState::Anonymous,
+                generation: 0,
+            }),
+            options,
+            notify,
+        };
+        let mut last = None;
+        let schemes: &[&str] = if plain_ok {
+            &["https", "http"]
+        } else {
+            &["https"]
+        };
+        for scheme in schemes {
+            client.base = base_url(scheme)?;
+            let https_probe = plain_ok && *scheme == "https";
+            let result = if https_probe {
+                // One try: a plain-HTTP registry fails the TLS handshake.
+                client.ping()
+            } else {
+                client.with_retries("GET /v2/", |_| client.ping())
+            };
+            match result {
+                Err(e @ ClientError::Transport { .. }) if https_probe => last = Some(e),
+                other => return other.map(|()| client),
+            }
+        }
+        Err(last.unwrap_or(ClientError::NotARegistry {
+            registry: reference.registry.clone(),
+            status: 0,
+        }))
+    }
+
+    fn ping(&self) -> Result<(), ClientError> {
+        let url = self.url("v2/")?;
+        let resp = self.send("GET", &url, &[], &Body::Empty)?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(()),
+            401 => Err(self.after_auth_failure()),
+            s if s >= 500 || s == 429 || s == 408 => Err(status_error("GET", &url, resp)),
+            s => Err(ClientError::NotARegistry {
+                registry: self.registry.clone(),
+                status: s,
+            }),
+        }
+    }
+
+    /// `http(s)://host/` of the registry.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// The URL of `path` (relative to the registry root).
+    pub fn url(&self, path: &str) -> Result<Url, ClientError> {
+        self.base.join(path).map_err(|_| ClientError::Location {
+            method: "GET",
+            url: path.to_owned(),
+        })
+    }
+
+    /// `/v2/NAME/…`.
+    pub fn repo_url(&self, rest: &str) -> Result<Url, ClientError> {
+        self.url(&format!("v2/{}/{rest}", self.repository))
+    }
+
+    /// Resolves a `Location` header against the URL it answered.
+    pub fn location<B>(
+        &self,
+        method: &'static str,
+        url: &Url,
+        resp: &Response<B>,
+    ) -> Result<Url, ClientError> {
+        header(resp, "location")
+            .and_then(|l| url.join(l).ok())
+            .ok_or_else(|| ClientError::Location {
+                method,
+                url: short(url),
+            })
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or runs out of retries;
+    /// waits between tries as the registry asked (`Retry-After`) or with
+    /// exponential backoff. `op` gets the attempt number, from 0.
+    pub fn with_retries<T>(
+        &self,
+        what: &str,
+        op: impl FnMut(u32) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        self.with_retries_progress(what, op, || false)
+    }
+
+    /// [`Client::with_retries`] for long operations: when `progressed`
+    /// says a failed attempt still got further than the one before (a
+    /// chunk went up), the retry count starts again, so `retries` bounds
+    /// failures in a row, not failures in all.
+    pub fn with_retries_progress<T>(
+        &self,
+        what: &str,
+        mut op: impl FnMut(u32) -> Result<T, ClientError>,
+        mut progressed: impl FnMut() -> bool,
+    ) -> Result<T, ClientError> {
+        let mut attempt = 0;
+        let mut total = 0;
+        loop {
+            let result = op(total);
+            total += 1;
+            if result.is_err() && progressed() {
+                attempt = 0;
+            }
+            match result {
+                Err(e) if e.is_transient() && attempt < self.options.retries => {
+                    let backoff = self
+                        .options
+                        .backoff
+                        .saturating_mul(1 << attempt.min(16))
+                        .min(Duration::from_secs(30));
+                    let delay = e.retry_after().unwrap_or(backoff);
+                    (self.notify)(&format!(
+                        "{what}: {}; retrying in {:.1}s ({} of {})",
+                        error_chain(&e),
+                        delay.as_secs_f64(),
+                        attempt + 1,
+                        self.options.retries
+                    ));
+                    std::thread::sleep(delay);
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn same_origin(&self, url: &Url) -> bool {
+        url.scheme() == self.base.scheme()
+            && url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default()
+    }
+
+    /// Sends one request, authenticating and sending again once when the
+    /// registry answers 401. Any other status is the caller's to judge.
+    pub fn send(
+        &self,
+        method: &'static str,
+        url: &Url,
+        headers: &[(&str, &str)],
+        body: &Body,
+    ) -> Result<Response<ureq::Body>, ClientError> {
+        let mut refreshed = false;
+        loop {
+            let (state, generation) = {
+                let a = self.auth.read().unwrap_or_else(|e| e.into_inner());
+                (a.state.clone(), a.generation)
+            };
+            let resp = self.send_once(method, url, headers, body, &state)?;
+            if resp.status().as_u16() != 401 || refreshed || !self.same_origin(url) {
+                return Ok(resp);
+            }
+            refreshed = true;
+            let challenge = header(&resp, "www-authenticate").unwrap_or("").to_owned();
+            self.authenticate(&challenge, generation)?;
+        }
+    }
+
+    fn send_once(
+        &self,
+        method: &'static str,
+        url: &Url,
+        headers: &[(&str, &str)],
+        body: &Body,
+        state: &AuthState,
+    ) -> Result<Response<ureq::Body>, ClientError> {
+        let transport = |source| ClientError::Transport {
+            method,
+            url: short(url),
+            source,
+        };
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(url.as_str());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if self.same_origin(url) {
+            match state {
+                AuthState::Anonymous => {}
+                AuthState::Basic => {
+                    if let Some(c) = &self.creds {
+                        req = req.header("authorization", c.basic_header());
+                    }
+                }
+                AuthState::Bearer(t) => req = req.header("authorization", format!("Bearer {t}")),
+            }
+        }
+        let has_body = !matches!(method, "GET" | "HEAD");
+        if has_body {
+            req = req.header("content-length", body.len().to_string());
+        }
+        let result = match body {
+            Body::Empty | Body::Bytes(_) if !has_body => {
+                let r = req.body(()).map_err(|e| transport(ureq::Error::Http(e)))?;
+                self.agent.run(r)
+            }
+            Body::Empty => {
+                let r = req
+                    .body(&[][..])
+                    .map_err(|e| transport(ureq::Error::Http(e)))?;
+                self.agent.run(r)
+            }
+            Body::Bytes(b) => {
+                let r = req.body(*b).map_err(|e| transport(ureq::Error::Http(e)))?;
+                self.agent.run(r)
+            }
+            Body::File {
+                path,
+                offset,
+                len,
+                sent,
+            } => {
+                let io_err = |source| ClientError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                };
+                let mut f = File::open(path).map_err(io_err)?;
+                f.seek(SeekFrom::Start(*offset)).map_err(io_err)?;
+                let mut reader = Counting {
+                    inner: f.take(*len),
+                    sent: *sent,
+                };
+                let r = req
+                    .body(ureq::SendBody::from_reader(&mut reader))
+                    .map_err(|e| transport(ureq::Error::Http(e)))?;
+                self.agent.run(r)
+            }
+        };
+        result.map_err(transport)
+    }
+
+    /// The error for a 401 that authenticating did not cure.
+    fn after_auth_failure(&self) -> ClientError {
+        let state = self
+            .auth
+            .read()
+            .map(|a| a.state.clone())
+            .unwrap_or(AuthState::Anonymous);
+        match (&self.creds, state) {
+            (None, _) => ClientError::AuthRequired {
+                registry: self.registry.clone(),
+                hint: self.hint(),
+            },
+            (Some(c), AuthState::Basic) => ClientError::Unauthorized {
+                registry: self.registry.clone(),
+                user: c.username.clone(),
+                from: c.source.clone(),
+            },
+            (Some(c), _) => ClientError::Denied {
+                registry: self.registry.clone(),
+                repository: self.repository.clone(),
+                who: format!(" for user '{}'", c.username),
+            },
+        }
+    }
+
+    fn hint(&self) -> String {
+        self.helper_hint
+            .as_ref()
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default()
+    }
+
+    /// Answers a 401 challenge: basic credentials, or a bearer token from
+    /// the realm for our scopes. Does nothing when another thread already
+    /// did since `seen_generation`.
+    fn authenticate(
+        &self,
+        challenge_header: &str,
+        seen_generation: u64,
+    ) -> Result<(), ClientError> {
+        let mut auth = self.auth.write().unwrap_or_else(|e| e.into_inner());
+        if auth.generation != seen_generation {
+            return Ok(());
+        }
+        let challenges = Challenge::parse(challenge_header);
+        let bearer = challenges.iter().find(|c| c.scheme == "bearer");
+        let basic = challenges.iter().find(|c| c.scheme == "basic");
+        let state = if let Some(b) = bearer {
+            AuthState::Bearer(self.fetch_token(b)?)
+        } else if basic.is_some() {
+            match (&self.creds, &auth.state) {
+                (None, _) => {
+                    return Err(ClientError::AuthRequired {
+                        registry: self.registry.clone(),
+                        hint: self.hint(),
+                    })
+                }
+                (Some(c), AuthState::Basic) => {
+                    return Err(ClientError::Unauthorized {
+                        registry: self.registry.clone(),
+                        user: c.username.clone(),
+                        from: c.source.clone(),
+                    })
+                }
+                (Some(_), _) => AuthState::Basic,
+            }
+        } else {
+            return Err(ClientError::Scheme {
+                registry: self.registry.clone(),
+                challenge: challenges
+                    .first()
+                    .map(|c| c.scheme.clone())
+                    .unwrap_or_else(|| "no WWW-Authenticate challenge".into()),
+            });
+        };
+        auth.state = state;
+        auth.generation += 1;
+        Ok(())
+    }
+
+    /// The bearer-token flow: GET realm?service=…&scope=… with basic
+    /// credentials when we have them.
+    fn fetch_token(&self, challenge: &Challenge) -> Result<String, ClientError> {
+        let realm = challenge.param("realm").unwrap_or_default().to_owned();
+        let token_err = |problem: String| ClientError::Token {
+            realm: realm.clone(),
+            problem,
+        };
+        let mut url = Url::parse(&realm).map_err(|_| token_err("the realm is not a URL".into()))?;
+        if url.scheme() != "https" && !(url.scheme() == "http" && self.base.scheme() == "http") {
+            return Err(token_err(
+                "the realm must be https unless the registry is plain HTTP".into(),
+            ));
+        }
+        let mut scopes = self.scopes.clone();
+        if let Some(s) = challenge.param("scope") {
+            for one in s.split(' ') {
+                if !one.is_empty() && !scopes.iter().any(|x| x == one) {
+                    scopes.push(one.to_owned());
+                }
+            }
+        }
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(service) = challenge.param("service") {
+                q.append_pair("service", service);
+            }
+            for s in &scopes {
+                q.append_pair("scope", s);
+            }
+        }
+        let mut req = self.agent.get(url.as_str());
+        if let Some(c) = &self.creds {
+            req = req.header("authorization", c.basic_header());
+        }
+        let mut resp = req.call().map_err(|source| ClientError::Transport {
+            method: "GET",
+            url: short(&url),
+            source,
+        })?;
+        match resp.status().as_u16() {
+            200 => {}
+            401 | 403 => {
+                return Err(match &self.creds {
+                    Some(c) => ClientError::TokenRejected {
+                        realm: realm.clone(),
+                        user: c.username.clone(),
+                        from: c.source.clone(),
+                    },
+                    None => ClientError::AuthRequired {
+                        registry: self.registry.clone(),
+                        hint: self.hint(),
+                    },
+                })
+            }
+            s => return Err(token_err(format!("answered {s}"))),
+        }
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_vec()
+            .map_err(|e| token_err(format!("reading the answer failed ({e})")))?;
+        let answer: TokenAnswer = serde_json::from_slice(&bytes)
+            .map_err(|_| token_err("the answer is not a JSON token".into()))?;
+        answer
+            .token
+            .or(answer.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| token_err("the answer holds no token".into()))
+    }
+}
+
+/// The error for an unexpected status, with the registry's error code.
+pub fn status_error(
+    method: &'static str,
+    url: &Url,
+    mut resp: Response<ureq::Body>,
+) -> ClientError {
+    let status = resp.status().as_u16();
+    let retry_after = retry_after(&resp);
+    let bytes = resp
+        .body_mut()
+        .with_config()
+        .limit(64 << 10)
+        .read_to_vec()
+        .unwrap_or_default();
+    let detail = serde_json::from_slice::<ErrorBody>(&bytes)
+        .ok()
+        .and_then(|b| b.errors.into_iter().next())
+        .map(|e| {
+            if e.message.is_empty() {
+                format!(" ({})", e.code)
+            } else {
+                format!(" ({}: {})", e.code, e.message)
+            }
+        })
+        .unwrap_or_default();
+    ClientError::Status {
+        method,
+        url: short(url),
+        status,
+        detail,
+        retry_after,
+    }
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.ends_with(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Reads a small answer body (manifests, errors), at most `limit` bytes.
+pub fn read_small(resp: &mut Response<ureq::Body>, limit: u64) -> Vec<u8> {
+    resp.body_mut()
+        .with_config()
+        .limit(limit)
+        .read_to_vec()
+        .unwrap_or_default()
+}
+
+/// The value of a response header.
+pub fn response_header<'a, B>(resp: &'a Response<B>, name: &str) -> Option<&'a str> {
+    header(resp, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_or_not() {
+        let status = |s| ClientError::Status {
+            method: "PUT",
+            url: "u".into(),
+            status: s,
+            detail: String::new(),
+            retry_after: None,
+        };
+        for s in [500, 502, 503, 429, 408] {
+            assert!(status(s).is_transient(), "{s}");
+        }
+        for s in [400, 401, 403, 404] {
+            assert!(!status(s).is_transient(), "{s}");
+        }
+        let io = ClientError::Transport {
+            method: "GET",
+            url: "u".into(),
+            source: ureq::Error::Io(io::Error::from(io::ErrorKind::ConnectionReset)),
+        };
+        assert!(io.is_transient());
+        let creds = ClientError::Unauthorized {
+            registry: "r".into(),
+            user: "u".into(),
+            from: "--creds".into(),
+        };
+        assert!(!creds.is_transient() && creds.is_auth());
+    }
+
+    #[test]
+    fn urls_in_messages_lose_their_query() {
+        let u =
+            Url::parse("http://r:5000/v2/a/blobs/uploads/x?_state=abc&digest=sha256:1").unwrap();
+        assert_eq!(short(&u), "http://r:5000/v2/a/blobs/uploads/x");
+    }
+}

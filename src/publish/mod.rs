@@ -1,0 +1,21 @@
+//! Publish: the last pipeline stage, getting an OCI image layout out to
+//! the places people pull from.
+//!
+//! - [`push`] speaks the OCI distribution API to a registry (blobs first,
+//!   then per-platform manifests, then the image index under its tag), over
+//!   the HTTP client in [`client`] with the credentials and challenges of
+//!   [`auth`].
+//! - [`static_export`] writes a static registry tree that a plain web
+//!   server or an S3 bucket serves read-only, with the nginx, Caddy and S3
+//!   metadata a static server cannot guess.
+//!
+//! Both read the image through [`source`] and check names and tags with the
+//! pure [`reference`] grammar, so nothing a user types reaches a URL or a
+//! file name unchecked.
+
+pub mod auth;
+pub mod client;
+pub mod push;
+pub mod reference;
+pub mod source;
+pub mod static_export;

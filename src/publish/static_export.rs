@@ -1,0 +1,715 @@
+//! A static registry tree: the files a plain web server or an S3 bucket
+//! serves so that registry clients can pull, read-only.
+//!
+//! ```text
+//! TREE/
+//!   v2/index.html                      {} (the /v2/ ping, for buckets)
+//!   v2/NAME/manifests/TAG              the tagged index (or manifest)
+//!   v2/NAME/manifests/sha256:HEX       the index and every manifest
+//!   v2/NAME/blobs/sha256:HEX           configs and layers
+//!   v2/NAME/tags/list                  {"name":…,"tags":[…]}
+//!   objects.json                       every object under v2/: key, content type, digest, size
+//!   nginx.conf                         a snippet for a server block
+//!   Caddyfile                          a site serving the tree
+//!   .nixoci/blobs/sha256/HEX           one copy of each blob and manifest
+//!   .nixoci/lock
+//! ```
+//!
+//! Each file under `v2/` is a hard link to its one copy in `.nixoci/blobs`
+//! (a copy where the file system cannot link), so repositories and tags
+//! that share blobs share their bytes; the copy itself is a hard link to
+//! the layout's blob when both are on one file system. Exports into one
+//! tree add to it: what is there is kept, a tag is re-pointed atomically,
+//! and `objects.json`, `nginx.conf` and `Caddyfile` are rewritten from the
+//! whole tree, last. Names and tags are checked against the distribution
+//! grammar and every directory on the way is checked not to be a symlink,
+//! so nothing is written outside the tree.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::reference::{valid_repository, valid_tag};
+use super::source::Image;
+use crate::oci::Digest;
+
+/// The folder of the blob store and the lock.
+pub const STATE_DIR: &str = ".nixoci";
+/// The list of objects, for S3 uploads and for regenerating the configs.
+pub const OBJECTS_FILE: &str = "objects.json";
+pub const NGINX_FILE: &str = "nginx.conf";
+pub const CADDY_FILE: &str = "Caddyfile";
+
+const BLOB_TYPE: &str = "application/octet-stream";
+const JSON_TYPE: &str = "application/json";
+
+/// Why the export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("repository name '{0}' is not valid (lowercase letters and digits separated by '.', '_', '__' or dashes, components joined by '/'; no '..', no leading '/')")]
+    Name(String),
+    #[error("tag '{0}' is not valid (up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'; no '/')")]
+    Tag(String),
+    #[error("output {0} exists and is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("output {0} is a non-empty directory without a .nixoci folder; refusing to write into a tree export-static did not create")]
+    NotATree(PathBuf),
+    #[error(
+        "{0} is a symlink or not a directory; a static tree holds only what export-static wrote"
+    )]
+    Unexpected(PathBuf),
+    #[error("the image has no manifest")]
+    Empty,
+    #[error("{0} is not a valid objects list")]
+    Objects(PathBuf, #[source] serde_json::Error),
+    #[error("{action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ExportError {
+    /// True when the user asked for something invalid (exit 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            ExportError::Name(_)
+                | ExportError::Tag(_)
+                | ExportError::NotADirectory(_)
+                | ExportError::NotATree(_)
+        )
+    }
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ExportError {
+    let path = path.to_owned();
+    move |source| ExportError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// What kind of object a key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Ping,
+    Manifest,
+    Blob,
+    Tags,
+}
+
+/// One object of the tree, as an S3 upload needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Object {
+    /// The path under the tree, and the object key.
+    pub key: String,
+    pub content_type: String,
+    /// The `Docker-Content-Digest` a registry would send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    pub size: u64,
+    pub kind: Kind,
+}
+
+/// What an export did (the `--json` report, version 1).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportReport {
+    pub version: u32,
+    pub tree: PathBuf,
+    pub repository: String,
+    pub tags: Vec<String>,
+    /// The digest the tags point at.
+    pub digest: Digest,
+    pub media_type: String,
+    /// Files added to the blob store, and how many bytes were copied for
+    /// them (0 when hard-linked from the layout).
+    pub stored: usize,
+    pub bytes_copied: u64,
+    /// Files under `v2/` created or re-pointed.
+    pub written: Vec<String>,
+    /// Files under `v2/` that were already right.
+    pub unchanged: usize,
+}
+
+/// Checks the repository name and tags, before anything is written.
+pub fn check_names(repository: &str, tags: &[String]) -> Result<(), ExportError> {
+    if !valid_repository(repository) {
+        return Err(ExportError::Name(repository.to_owned()));
+    }
+    for t in tags {
+        if !valid_tag(t) {
+            return Err(ExportError::Tag(t.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `tree` is missing, empty, or a tree we wrote.
+pub fn check_tree(tree: &Path) -> Result<(), ExportError> {
+    match fs::symlink_metadata(tree) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("reading", tree)(e)),
+        Ok(_) if !tree.is_dir() => Err(ExportError::NotADirectory(tree.to_owned())),
+        Ok(_) => {
+            if tree.join(STATE_DIR).is_dir() {
+                return Ok(());
+            }
+            let mut entries = fs::read_dir(tree).map_err(io_err("reading", tree))?;
+            if entries.next().is_some() {
+                return Err(ExportError::NotATree(tree.to_owned()));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Creates (or checks) `tree/a/b/…`, each step a real directory.
+fn ensure_dir(tree: &Path, parts: &[&str]) -> Result<PathBuf, ExportError> {
+    let mut dir = tree.to_owned();
+    for part in parts {
+        for piece in part.split('/') {
+            dir.push(piece);
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.file_type().is_dir() => {}
+                Ok(_) => return Err(ExportError::Unexpected(dir)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    let made = fs::DirBuilder::new().mode(0o755).create(&dir);
+                    match made {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+                        Err(e) => return Err(io_err("creating", &dir)(e)),
+                    }
+                    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+                        .map_err(io_err("setting the mode of", &dir))?;
+                }
+                Err(e) => return Err(io_err("reading", &dir)(e)),
+            }
+        }
+    }
+    Ok(dir)
+}
+
+/// A fresh name in `dir` for a temporary file.
+fn temp_name(dir: &Path, purpose: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(".tmp-{purpose}-{}-{n}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` (mode 0644) through a rename.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = temp_name(dir, "write");
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.set_permissions(fs::Permissions::from_mode(0o644))?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io_err("writing", path))
+}
+
+/// Makes `dest` the same file as `src`: a hard link, or a copy where the
+/// file system cannot link. Returns the bytes copied.
+fn link_or_copy(src: &Path, dest: &Path) -> Result<u64, ExportError> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let tmp = temp_name(dir, "link");
+    let copied = match fs::hard_link(src, &tmp) {
+        Ok(()) => 0,
+        Err(_) => {
+            let r = fs::copy(src, &tmp).and_then(|n| {
+                fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
+                File::open(&tmp)?.sync_all()?;
+                Ok(n)
+            });
+            match r {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(io_err("copying to", dest)(e));
+                }
+            }
+        }
+    };
+    if let Err(e) = fs::rename(&tmp, dest) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err("writing", dest)(e));
+    }
+    Ok(copied)
+}
+
+/// True when `path` is a regular file with `size` bytes (and, if given,
+/// the same inode as `same_as`).
+fn is_in_place(path: &Path, size: u64, same_as: Option<&fs::Metadata>) -> bool {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() && m.len() == size => match same_as {
+            Some(s) => m.ino() == s.ino() && m.dev() == s.dev(),
+            None => true,
+        },
+        _ => false,
+    }
+}
+
+/// An exclusive lock on the tree, released when dropped.
+struct TreeLock(File);
+
+impl TreeLock {
+    fn take(path: &Path) -> Result<TreeLock, ExportError> {
+        use std::os::fd::AsRawFd;
+        let f = File::create(path).map_err(io_err("creating", path))?;
+        // SAFETY: flock on a descriptor we own; it touches no memory.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(io_err("locking", path)(io::Error::last_os_error()));
+        }
+        Ok(TreeLock(f))
+    }
+}
+
+impl Drop for TreeLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as above.
+        unsafe {
+            libc::flock(self.0.as_raw_fd(), libc::LOCK_UN);
+        }
+    }
+}
+
+/// What goes into the tree for one image: store content and v2/ files.
+struct Planned<'a> {
+    digest: Digest,
+    size: u64,
+    /// Where the bytes come from.
+    source: Source<'a>,
+}
+
+enum Source<'a> {
+    File(&'a Path),
+    Bytes(&'a [u8]),
+}
+
+/// Exports `image` into `tree` as `repository` under each of `tags`.
+pub fn export(
+    image: &Image,
+    repository: &str,
+    tags: &[String],
+    tree: &Path,
+) -> Result<ExportReport, ExportError> {
+    check_names(repository, tags)?;
+    check_tree(tree)?;
+    let root = image.root().ok_or(ExportError::Empty)?;
+    match fs::DirBuilder::new().mode(0o755).create(tree) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tree.is_dir() => {}
+        Err(e) => return Err(io_err("creating", tree)(e)),
+    }
+    let state = ensure_dir(tree, &[STATE_DIR])?;
+    let _lock = TreeLock::take(&state.join("lock"))?;
+    let store = ensure_dir(tree, &[STATE_DIR, "blobs/sha256"])?;
+
+    let mut report = ExportReport {
+        version: 1,
+        tree: tree.to_owned(),
+        repository: repository.to_owned(),
+        tags: tags.to_vec(),
+        digest: root.digest.clone(),
+        media_type: root.media_type.clone(),
+        stored: 0,
+        bytes_copied: 0,
+        written: Vec::new(),
+        unchanged: 0,
+    };
+
+    // 1. One copy of everything in the store.
+    let mut planned: Vec<Planned> = image
+        .blobs
+        .iter()
+        .map(|b| Planned {
+            digest: b.digest.clone(),
+            size: b.size,
+            source: Source::File(&b.path),
+        })
+        .collect();
+    planned.extend(image.documents.iter().map(|d| Planned {
+        digest: d.digest.clone(),
+        size: d.bytes.len() as u64,
+        source: Source::Bytes(&d.bytes),
+    }));
+    for p in &planned {
+        let dest = store.join(p.digest.hex());
+        if is_in_place(&dest, p.size, None) {
+            continue;
+        }
+        match &p.source {
+            Source::Bytes(b) => write_file(&dest, b)?,
+            Source::File(src) => {
+                let meta = fs::metadata(src).map_err(io_err("reading", src))?;
+                // Link the layout's blob only if a web server can read it.
+                if meta.permissions().mode() & 0o004 != 0 {
+                    report.bytes_copied += link_or_copy(src, &dest)?;
+                } else {
+                    let bytes = fs::read(src).map_err(io_err("reading", src))?;
+                    write_file(&dest, &bytes)?;
+                    report.bytes_copied += bytes.len() as u64;
+                }
+            }
+        }
+        report.stored += 1;
+    }
+
+    // 2. The repository's files, linked to the store; tags last.
+    let mut objects = read_objects(tree)?;
+    let blobs_dir = ensure_dir(tree, &["v2", repository, "blobs"])?;
+    let manifests_dir = ensure_dir(tree, &["v2", repository, "manifests"])?;
+    let mut place = |dir: &Path,
+                     name: String,
+                     digest: &Digest,
+                     size: u64,
+                     content_type: &str,
+                     kind: Kind,
+                     report: &mut ExportReport|
+     -> Result<(), ExportError> {
+        let stored = store.join(digest.hex());
+        let stored_meta = fs::metadata(&stored).map_err(io_err("reading", &stored))?;
+        let dest = dir.join(&name);
+        let key = format!(
+            "v2/{repository}/{}/{name}",
+            if kind == Kind::Blob {
+                "blobs"
+            } else {
+                "manifests"
+            }
+        );
+        if is_in_place(&dest, size, Some(&stored_meta))
+            || (kind == Kind::Blob || name.starts_with("sha256:")) && is_in_place(&dest, size, None)
+        {
+            report.unchanged += 1;
+        } else {
+            report.bytes_copied += link_or_copy(&stored, &dest)?;
+            report.written.push(key.clone());
+        }
+        objects.insert(
+            key.clone(),
+            Object {
+                key,
+                content_type: content_type.to_owned(),
+                digest: Some(digest.clone()),
+                size,
+                kind,
+            },
+        );
+        Ok(())
+    };
+    for b in &image.blobs {
+        place(
+            &blobs_dir,
+            b.digest.to_string(),
+            &b.digest,
+            b.size,
+            BLOB_TYPE,
+            Kind::Blob,
+            &mut report,
+        )?;
+    }
+    for d in &image.documents {
+        place(
+            &manifests_dir,
+            d.digest.to_string(),
+            &d.digest,
+            d.bytes.len() as u64,
+            &d.media_type,
+            Kind::Manifest,
+            &mut report,
+        )?;
+    }
+    for t in tags {
+        place(
+            &manifests_dir,
+            t.clone(),
+            &root.digest,
+            root.bytes.len() as u64,
+            &root.media_type,
+            Kind::Manifest,
+            &mut report,
+        )?;
+    }
+
+    // 3. The ping, the tag lists, then the metadata of the whole tree.
+    let v2 = ensure_dir(tree, &["v2"])?;
+    let ping = v2.join("index.html");
+    if !is_in_place(&ping, 2, None) {
+        write_file(&ping, b"{}")?;
+    }
+    objects.insert(
+        "v2/index.html".into(),
+        Object {
+            key: "v2/index.html".into(),
+            content_type: JSON_TYPE.into(),
+            digest: None,
+            size: 2,
+            kind: Kind::Ping,
+        },
+    );
+    for (repo, repo_tags) in tags_by_repository(&objects) {
+        let body = serde_json::to_vec(&serde_json::json!({"name": repo, "tags": repo_tags}))
+            .map_err(|e| io_err("serialising", tree)(io::Error::other(e)))?;
+        let dir = ensure_dir(tree, &["v2", &repo, "tags"])?;
+        let path = dir.join("list");
+        if fs::read(&path).ok().as_deref() != Some(&body[..]) {
+            write_file(&path, &body)?;
+        }
+        let key = format!("v2/{repo}/tags/list");
+        objects.insert(
+            key.clone(),
+            Object {
+                key,
+                content_type: JSON_TYPE.into(),
+                digest: None,
+                size: body.len() as u64,
+                kind: Kind::Tags,
+            },
+        );
+    }
+    write_metadata(tree, &objects)?;
+    report.written.sort();
+    Ok(report)
+}
+
+/// The tags of each repository, from the manifest keys that are not
+/// digests.
+fn tags_by_repository(objects: &BTreeMap<String, Object>) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for o in objects.values().filter(|o| o.kind == Kind::Manifest) {
+        let Some(rest) = o.key.strip_prefix("v2/") else {
+            continue;
+        };
+        let Some((repo, reference)) = rest.rsplit_once("/manifests/") else {
+            continue;
+        };
+        if !reference.starts_with("sha256:") {
+            out.entry(repo.to_owned())
+                .or_default()
+                .insert(reference.to_owned());
+        }
+    }
+    out
+}
+
+fn read_objects(tree: &Path) -> Result<BTreeMap<String, Object>, ExportError> {
+    let path = tree.join(OBJECTS_FILE);
+    let list: Vec<Object> = match fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| ExportError::Objects(path.clone(), e))?
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_err("reading", &path)(e)),
+    };
+    Ok(list.into_iter().map(|o| (o.key.clone(), o)).collect())
+}
+
+fn write_metadata(tree: &Path, objects: &BTreeMap<String, Object>) -> Result<(), ExportError> {
+    let abs = fs::canonicalize(tree).map_err(io_err("resolving", tree))?;
+    let list: Vec<&Object> = objects.values().collect();
+    let mut json = serde_json::to_vec_pretty(&list)
+        .map_err(|e| io_err("serialising", tree)(io::Error::other(e)))?;
+    json.push(b'\n');
+    write_file(&tree.join(OBJECTS_FILE), &json)?;
+    write_file(
+        &tree.join(NGINX_FILE),
+        nginx_config(&abs, objects).as_bytes(),
+    )?;
+    write_file(
+        &tree.join(CADDY_FILE),
+        caddy_config(&abs, objects).as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// A double-quoted string for nginx and Caddy configs.
+fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// The nginx snippet: a `location /v2/` for a server block.
+pub fn nginx_config(root: &Path, objects: &BTreeMap<String, Object>) -> String {
+    let api = "        add_header Docker-Distribution-API-Version registry/2.0 always;\n";
+    let mut s = String::new();
+    s.push_str("# Generated by nixoci export-static; every export into this tree rewrites it.\n");
+    s.push_str("# A read-only OCI registry served from files. Include it in a server block:\n");
+    s.push_str(&format!(
+        "#     server {{ listen 8080; include {}; }}\n",
+        root.join(NGINX_FILE).display()
+    ));
+    s.push_str("location /v2/ {\n");
+    s.push_str(&format!(
+        "    root {};\n",
+        quoted(&root.display().to_string())
+    ));
+    s.push_str("    types { }\n");
+    s.push_str(&format!("    default_type {BLOB_TYPE};\n"));
+    s.push_str("    add_header Docker-Distribution-API-Version registry/2.0 always;\n\n");
+    s.push_str("    location = /v2/ {\n");
+    s.push_str(&format!("        default_type {JSON_TYPE};\n"));
+    s.push_str(api);
+    s.push_str("        return 200 '{}';\n    }\n");
+    s.push_str("    location ~ \"^/v2/.+/blobs/(sha256:[0-9a-f]{64})$\" {\n");
+    s.push_str("        add_header Docker-Content-Digest $1 always;\n");
+    s.push_str(api);
+    s.push_str("    }\n");
+    s.push_str("    location ~ \"^/v2/.+/tags/list$\" {\n");
+    s.push_str(&format!("        default_type {JSON_TYPE};\n"));
+    s.push_str(api);
+    s.push_str("    }\n");
+    for o in objects.values().filter(|o| o.kind == Kind::Manifest) {
+        s.push_str(&format!(
+            "    location = {} {{\n",
+            quoted(&format!("/{}", o.key))
+        ));
+        s.push_str(&format!("        default_type {};\n", o.content_type));
+        if let Some(d) = &o.digest {
+            s.push_str(&format!(
+                "        add_header Docker-Content-Digest {d} always;\n"
+            ));
+        }
+        s.push_str(api);
+        s.push_str("    }\n");
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// The Caddyfile: a site on :8080 serving the tree.
+pub fn caddy_config(root: &Path, objects: &BTreeMap<String, Object>) -> String {
+    let mut s = String::new();
+    s.push_str("# Generated by nixoci export-static; every export into this tree rewrites it.\n");
+    s.push_str("# A read-only OCI registry served from files:\n");
+    s.push_str(&format!(
+        "#     caddy run --adapter caddyfile --config {}\n",
+        root.join(CADDY_FILE).display()
+    ));
+    s.push_str("# It listens on :8080; change the address, or copy the directives into a site.\n");
+    s.push_str(":8080 {\n");
+    s.push_str(&format!(
+        "\troot * {}\n",
+        quoted(&root.display().to_string())
+    ));
+    s.push_str("\t@outside not path /v2/*\n\trespond @outside 404\n");
+    s.push_str("\theader Docker-Distribution-API-Version registry/2.0\n");
+    s.push_str("\t@ping path /v2/\n");
+    s.push_str(&format!("\theader @ping Content-Type {JSON_TYPE}\n"));
+    s.push_str("\trespond @ping \"{}\" 200\n");
+    s.push_str("\t@blob path_regexp blob ^/v2/.+/blobs/(sha256:[0-9a-f]{64})$\n");
+    s.push_str(&format!("\theader @blob Content-Type {BLOB_TYPE}\n"));
+    s.push_str("\theader @blob Docker-Content-Digest {re.blob.1}\n");
+    s.push_str("\t@tags path_regexp ^/v2/.+/tags/list$\n");
+    s.push_str(&format!("\theader @tags Content-Type {JSON_TYPE}\n"));
+    for (i, o) in objects
+        .values()
+        .filter(|o| o.kind == Kind::Manifest)
+        .enumerate()
+    {
+        s.push_str(&format!(
+            "\t@m{i} path {}\n",
+            quoted(&format!("/{}", o.key))
+        ));
+        s.push_str(&format!("\theader @m{i} Content-Type {}\n", o.content_type));
+        if let Some(d) = &o.digest {
+            s.push_str(&format!("\theader @m{i} Docker-Content-Digest {d}\n"));
+        }
+    }
+    s.push_str("\tfile_server\n}\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_names_that_leave_the_tree() {
+        for bad in ["..", "../x", "/abs", "a/../../b", "a//b", "A", "a/", ""] {
+            let e = check_names(bad, &["t".into()]).unwrap_err();
+            assert!(e.is_usage(), "{bad}");
+        }
+        for bad in ["..", "../x", "/abs", "a/b", ".hidden", ""] {
+            let e = check_names("ok/name", &[bad.into()]).unwrap_err();
+            assert!(matches!(e, ExportError::Tag(_)), "{bad}");
+        }
+        assert!(check_names("team/app", &["1.0".into(), "latest".into()]).is_ok());
+    }
+
+    #[test]
+    fn refuses_foreign_directories_and_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path().join("tree");
+        assert!(check_tree(&t).is_ok());
+        fs::create_dir(&t).unwrap();
+        assert!(check_tree(&t).is_ok());
+        fs::write(t.join("x"), "x").unwrap();
+        assert!(matches!(check_tree(&t), Err(ExportError::NotATree(_))));
+        fs::create_dir(t.join(STATE_DIR)).unwrap();
+        assert!(check_tree(&t).is_ok());
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, t.join("v2")).unwrap();
+        assert!(matches!(
+            ensure_dir(&t, &["v2", "a"]),
+            Err(ExportError::Unexpected(_))
+        ));
+        assert!(fs::read_dir(&outside).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn configs_list_every_manifest() {
+        let d = Digest::of(b"m");
+        let mut objects = BTreeMap::new();
+        for key in ["v2/a/manifests/1.0", &format!("v2/a/manifests/{d}")] {
+            objects.insert(
+                key.to_string(),
+                Object {
+                    key: key.to_string(),
+                    content_type: "application/vnd.oci.image.index.v1+json".into(),
+                    digest: Some(d.clone()),
+                    size: 1,
+                    kind: Kind::Manifest,
+                },
+            );
+        }
+        let n = nginx_config(Path::new("/srv/t"), &objects);
+        assert!(n.contains("root \"/srv/t\";"));
+        assert!(n.contains("location = \"/v2/a/manifests/1.0\" {"));
+        assert_eq!(n.matches(&format!("Docker-Content-Digest {d}")).count(), 2);
+        let c = caddy_config(Path::new("/srv/t"), &objects);
+        assert!(c.contains("@m0 path \"/v2/a/manifests/1.0\""));
+        assert_eq!(
+            tags_by_repository(&objects)["a"].iter().collect::<Vec<_>>(),
+            ["1.0"]
+        );
+    }
+}
