@@ -267,6 +267,10 @@ pub fn build(
     if targets.is_empty() {
         return Ok(Vec::new());
     }
+    let drvs = targets
+        .iter()
+        .map(|(_, t)| drv_path(nix, t))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut cmd = nix.command(FLAKES, "build");
     cmd.args(["--json", "--no-link", "--"]);
     cmd.args(targets.iter().map(|(_, t)| t));
@@ -302,7 +306,7 @@ pub fn build(
             .find_map(|l| l.trim().strip_prefix("error: "))
             .map(|l| l.trim_end_matches(';').to_owned())
             .unwrap_or_else(|| format!("nix exited with {status}"));
-        let what = match blame(nix, targets, &failed) {
+        let what = match blame(nix, targets, &drvs, &failed) {
             Some(labels) => labels,
             None => targets
                 .iter()
@@ -318,22 +322,22 @@ pub fn build(
             command: command.clone(),
             detail: e.to_string(),
         })?;
-    if entries.len() != targets.len() {
-        return Err(EvalError::Output {
-            command,
-            detail: format!(
-                "{} results for {} installables",
-                entries.len(),
-                targets.len()
-            ),
-        });
+    // Nix prints results in its own order (2.8 sorts them by derivation),
+    // so match them to targets by derivation path.
+    let mut by_drv: BTreeMap<&str, &str> = BTreeMap::new();
+    for e in &entries {
+        let drv = e.get("drvPath").and_then(|d| d.as_str());
+        let out = built_path(e);
+        if let (Some(drv), Some(out)) = (drv, out) {
+            by_drv.insert(drv, out);
+        }
     }
-    entries
-        .iter()
-        .map(|e| {
-            let path = built_path(e).ok_or_else(|| EvalError::Output {
+    drvs.iter()
+        .zip(targets)
+        .map(|(drv, (_, target))| {
+            let path = by_drv.get(drv.as_str()).ok_or_else(|| EvalError::Output {
                 command: command.clone(),
-                detail: format!("no output path in {e}"),
+                detail: format!("no result for {target} ({drv})"),
             })?;
             store_dir.parse(path).map_err(|e| EvalError::Output {
                 command: command.clone(),
@@ -343,16 +347,36 @@ pub fn build(
         .collect()
 }
 
-/// Which targets a failed derivation belongs to: each target's derivation
-/// closure is asked of Nix (evaluation only, nothing is built).
-fn blame(nix: &Nix, targets: &[(String, String)], failed: &[String]) -> Option<String> {
+/// The derivation a flake output evaluates to (`nix eval --raw X.drvPath`).
+fn drv_path(nix: &Nix, target: &str) -> Result<String, EvalError> {
+    let what = format!("{target}.drvPath");
+    let mut cmd = nix.command(FLAKES, "eval");
+    cmd.args(["--raw", "--", &what]);
+    let out = run_captured(nix, cmd, &format!("nix eval {what}")).map_err(|f| f.1)?;
+    String::from_utf8(out)
+        .ok()
+        .filter(|s| s.ends_with(".drv"))
+        .ok_or_else(|| EvalError::Output {
+            command: format!("nix eval {what}"),
+            detail: "not a derivation path".into(),
+        })
+}
+
+/// Which targets a failed derivation belongs to: the closure of each
+/// target's derivation is asked of Nix (nothing is built).
+fn blame(
+    nix: &Nix,
+    targets: &[(String, String)],
+    drvs: &[String],
+    failed: &[String],
+) -> Option<String> {
     if failed.is_empty() {
         return None;
     }
     let mut guilty = Vec::new();
-    for (label, target) in targets {
+    for ((label, target), drv) in targets.iter().zip(drvs) {
         let mut cmd = nix.command(FLAKES, "path-info");
-        cmd.args(["--derivation", "--recursive", "--", target]);
+        cmd.args(["--derivation", "--recursive", "--", drv]);
         let Ok(out) = run_captured(nix, cmd, "nix path-info --derivation") else {
             continue;
         };
