@@ -1,0 +1,348 @@
+# Nix-level checks of the Nix library (nix/lib): an `image` spec and an
+# `ociLayout` of two platforms (linux/amd64 and linux/arm64), built with Nix
+# alone: no nixpkgs, only the nixoci package and two busybox binaries. The
+# flake exposes them as `checks.<system>`; here they build with
+#
+#   mkdir -p /tmp/nixoci/bin && cp target/debug/nixoci /tmp/nixoci/bin/
+#   nix build -f nix/checks --argstr nixoci /tmp/nixoci \
+#     --argstr busyboxAmd64 ~/.cache/nixoci-dev/busybox-amd64 \
+#     --argstr busyboxArm64 ~/.cache/nixoci-dev/busybox-arm64
+#
+# (`scripts/setup` fills the busybox folders; tests/nix_lib.rs does this
+# with the binary under test).
+#
+# Every derivation is for `system` and its builder is that system's busybox,
+# so nothing is emulated and no extra-platforms are needed: the other
+# busybox is only data, put into the other platform's image. The checks verify the layouts (nixoci verify, hydra-build-products,
+# the image configs); tests/nix_lib.rs also compares them with the CLI's.
+#
+# Attributes, all derivations:
+#   hello-amd64, hello-arm64  bin/sh and bin/hello for each platform, sharing `data`
+#   spec-amd64, spec-arm64    `image` specs of them (entrypoint, env, port, label)
+#   layout                    `ociLayout` of both specs (x86_64-linux, aarch64-linux),
+#                             tagged with the specs' tag
+#   layout-plain              `ociLayout` of the plain store paths, with OCI
+#                             platform keys, maxLayers, created, annotations
+#   spec-contents             the spec holds the roots and the config
+#   layout-verified           `nixoci verify`, hydra-build-products, image configs
+#   layout-plain-verified     the same for layout-plain
+#   lib-eval                  evaluation-time behaviour of the library
+{
+  # The nixoci package, a store path string, or a folder (path or string)
+  # holding `bin/nixoci`, imported into the store.
+  nixoci,
+  # Each: a folder (path or string) holding a static `busybox` and
+  # `sh -> busybox`, imported into the store; or a busybox package (a
+  # derivation with `bin/busybox` and `bin/sh`).
+  busyboxAmd64,
+  busyboxArm64,
+  # The system that builds everything; its busybox is the builder.
+  system ? builtins.currentSystem,
+}:
+
+let
+  inherit (builtins)
+    attrNames
+    concatStringsSep
+    filter
+    hasContext
+    isAttrs
+    isString
+    storeDir
+    substring
+    stringLength
+    tryEval
+    ;
+
+  isInStore = s: substring 0 (stringLength storeDir + 1) s == "${storeDir}/";
+
+  nixociPkg =
+    if isAttrs nixoci || (isString nixoci && hasContext nixoci) then
+      nixoci
+    else if isString nixoci && isInStore nixoci then
+      builtins.storePath nixoci
+    else
+      builtins.path {
+        path = nixoci;
+        name = "nixoci";
+      };
+
+  busyboxDir =
+    b:
+    if isAttrs b then
+      "${b}/bin"
+    else if isString b && hasContext b then
+      b
+    else
+      builtins.path {
+        path = b;
+        name = "busybox";
+      };
+
+  bbAmd64 = busyboxDir busyboxAmd64;
+  bbArm64 = busyboxDir busyboxArm64;
+  bbBuild =
+    if system == "aarch64-linux" then
+      bbArm64
+    else if system == "x86_64-linux" then
+      bbAmd64
+    else
+      throw "nix/checks: system ${system} has no busybox here (x86_64-linux or aarch64-linux)";
+
+  lib = import ../lib {
+    nixoci = nixociPkg;
+    inherit system;
+  };
+
+  run =
+    name: script:
+    derivation {
+      inherit name system;
+      builder = "${bbBuild}/sh";
+      args = [
+        "-c"
+        ''
+          set -eu
+          bb=${bbBuild}/busybox
+          ${script}
+        ''
+      ];
+    };
+
+  # Platform-independent files shared by both images.
+  data = run "nixoci-check-data" ''
+    d=$out/share/nixoci-check
+    $bb mkdir -p $d
+    echo "Hello from nixoci" > $d/greeting
+    $bb ln -s greeting $d/greeting-link
+    $bb seq 1 20000 > $d/numbers
+  '';
+
+  mkHello =
+    name: bb:
+    run name ''
+      $bb mkdir -p $out/bin
+      $bb ln -s ${bb}/busybox $out/bin/sh
+      $bb cat > $out/bin/hello <<'EOF'
+      #!${bb}/sh
+      read -r greeting < ${data}/share/nixoci-check/greeting
+      echo "$greeting"
+      echo "machine: $(uname -m)"
+      EOF
+      $bb chmod 555 $out/bin/hello
+    '';
+
+  helloAmd64 = mkHello "nixoci-check-hello-amd64" bbAmd64;
+  helloArm64 = mkHello "nixoci-check-hello-arm64" bbArm64;
+
+  tag = "example.org/hello:1.0";
+
+  mkSpec =
+    hello:
+    lib.image {
+      name = "nixoci-check-hello";
+      inherit tag;
+      roots = [ hello ];
+      config = {
+        entrypoint = [
+          "${hello}/bin/sh"
+          "${hello}/bin/hello"
+        ];
+        env = {
+          GREETING_FROM = "nixoci-check";
+          PATH = "${hello}/bin";
+        };
+        workingDir = "/";
+        exposedPorts = [ 8080 ];
+        labels."org.opencontainers.image.title" = "nixoci check";
+      };
+    };
+
+  specAmd64 = mkSpec helloAmd64;
+  specArm64 = mkSpec helloArm64;
+
+  # No tag: the specs' tag is used, as by `nixoci build` without --tag.
+  layout = lib.ociLayout {
+    name = "nixoci-check-hello-oci";
+    images = {
+      x86_64-linux = specAmd64;
+      aarch64-linux = specArm64;
+    };
+  };
+
+  layoutPlain = lib.ociLayout {
+    name = "nixoci-check-hello-plain-oci";
+    inherit tag;
+    images = {
+      "linux/amd64" = helloAmd64;
+      "linux/arm64" = helloArm64;
+    };
+    maxLayers = 2;
+    created = "2024-01-01T00:00:00Z";
+    annotations."org.opencontainers.image.version" = "1.0";
+  };
+
+  # Fails the build with a message naming what is missing.
+  expect = what: cmd: ''
+    if ! ${cmd}; then echo "nixoci check failed: ${what}" >&2; exit 1; fi
+  '';
+
+  # Config blobs are the only uncompressed JSON blobs that hold an image's
+  # environment, so grep finds them among the gzip layers.
+  verify =
+    name: l: configNeedle: configCount:
+    run name ''
+      ${expect "nixoci verify ${l}" "${nixociPkg}/bin/nixoci verify ${l} >&2"}
+      ${expect "oci-layout file" "$bb test -f ${l}/oci-layout"}
+      ${expect "index.json names the tag" "$bb grep -qF '${tag}' ${l}/index.json"}
+      ${expect "hydra-build-products" "[ \"$($bb cat ${l}/nix-support/hydra-build-products)\" = 'file oci-layout ${l}' ]"}
+      n=$($bb grep -lF '${configNeedle}' ${l}/blobs/sha256/* | $bb wc -l)
+      ${expect "${toString configCount} image configs holding ${configNeedle} (found $n)" "[ $n -eq ${toString configCount} ]"}
+      $bb touch $out
+    '';
+
+  # Evaluation-time behaviour: each case is true or names itself.
+  libCases =
+    let
+      spec = lib.imageSpec;
+      fails = v: !(tryEval (builtins.deepSeq v v)).success;
+      hello = helloAmd64;
+      base = {
+        name = "x";
+        roots = [ hello ];
+      };
+    in
+    {
+      "docker-style config names" =
+        (spec (
+          base
+          // {
+            config = {
+              Entrypoint = [ "/bin/sh" ];
+              Env = [ "A=1=2" ];
+              ExposedPorts."53/udp" = { };
+              WorkingDir = "/w";
+            };
+          }
+        )).config == {
+          entrypoint = [ "/bin/sh" ];
+          cmd = null;
+          env.A = "1=2";
+          exposedPorts = [ "53/udp" ];
+          workingDir = "/w";
+          user = null;
+          labels = { };
+        };
+      "ports as numbers become PORT/tcp" =
+        (spec (base // { config.exposedPorts = [ 80 "81" "82/udp" ]; })).config.exposedPorts == [
+          "80/tcp"
+          "81/tcp"
+          "82/udp"
+        ];
+      "contents is another name for roots" = (spec { name = "x"; contents = hello; }).roots == [ "${hello}" ];
+      "a path the entrypoint names becomes a root" =
+        (spec (base // { config.entrypoint = [ "${data}/bin/x" ]; })).roots == [
+          "${hello}"
+          "${data}"
+        ];
+      "roots are not repeated" =
+        (spec (base // { config.cmd = [ "${hello}/bin/hello" ]; })).roots == [ "${hello}" ];
+      "defaults" =
+        spec base == {
+          nixociImageSpec = 1;
+          name = "x";
+          tag = null;
+          roots = [ "${hello}" ];
+          config = {
+            entrypoint = null;
+            cmd = null;
+            env = { };
+            workingDir = null;
+            user = null;
+            exposedPorts = [ ];
+            labels = { };
+          };
+          maxLayers = 100;
+          annotations = { };
+          created = null;
+        };
+      "store names are sanitised" =
+        (lib.image (base // { name = "registry.example.org/app:1.0"; })).name
+        == "registry.example.org-app-1.0-spec.json";
+      "the spec is an attribute of the derivation" = specAmd64.spec.name == "nixoci-check-hello";
+      "no roots fails" = fails (spec { name = "x"; });
+      "an unknown config key fails" = fails (spec (base // { config.entrypiont = [ "x" ]; }));
+      "a config key given twice fails" = fails (
+        spec (
+          base
+          // {
+            config = {
+              cmd = [ "a" ];
+              Cmd = [ "b" ];
+            };
+          }
+        )
+      );
+      "a string entrypoint fails" = fails (spec (base // { config.entrypoint = "/bin/sh"; }));
+      "a store path without context fails" = fails (spec {
+        name = "x";
+        roots = [ (builtins.unsafeDiscardStringContext "${hello}") ];
+      });
+      "a subpath root fails" = fails (spec {
+        name = "x";
+        roots = [ "${hello}/bin" ];
+      });
+      "a bad port fails" = fails (spec (base // { config.exposedPorts = [ "http" ]; }));
+      "a bad created fails" = fails (spec (base // { created = "yesterday"; }));
+      "maxLayers 0 fails" = fails (spec (base // { maxLayers = 0; }));
+      "an empty images fails" = fails (lib.ociLayout {
+        name = "x";
+        images = { };
+      }).drvPath;
+      "a derivation as images fails" = fails (lib.ociLayout {
+        name = "x";
+        images = hello;
+      }).drvPath;
+      "ociLayout passes only the options given" =
+        !(layout ? tag) && !(layout ? maxLayers) && !(layout ? created) && layoutPlain.maxLayers == 2;
+      "a platform that is neither a system nor os/arch fails" = fails (lib.ociLayout {
+        name = "x";
+        images."linux amd64" = hello;
+      }).drvPath;
+      "exportReferencesGraph lists every image" =
+        layout.exportReferencesGraph.closure == [
+          "${specArm64}"
+          "${specAmd64}"
+        ];
+    };
+
+  libFailures = filter (n: !libCases.${n}) (attrNames libCases);
+in
+{
+  hello-amd64 = helloAmd64;
+  hello-arm64 = helloArm64;
+  spec-amd64 = specAmd64;
+  spec-arm64 = specArm64;
+  inherit layout;
+  layout-plain = layoutPlain;
+
+  spec-contents = run "nixoci-check-spec-contents" ''
+    s=${specAmd64}
+    ${expect "the spec marker" "$bb grep -qF nixociImageSpec $s"}
+    ${expect "the root" "$bb grep -qF '${helloAmd64}' $s"}
+    ${expect "the env" "$bb grep -qF GREETING_FROM $s"}
+    ${expect "the port" "$bb grep -qF 8080/tcp $s"}
+    $bb touch $out
+  '';
+
+  layout-verified = verify "nixoci-check-layout-verified" layout "GREETING_FROM=nixoci-check" 2;
+  # The plain store paths have no config; the configs still name the roots'
+  # platforms and are the only blobs that mention the rootfs diff ids.
+  layout-plain-verified = verify "nixoci-check-layout-plain-verified" layoutPlain "\"rootfs\"" 2;
+
+  lib-eval =
+    if libFailures == [ ] then
+      run "nixoci-check-lib-eval" "$bb touch $out"
+    else
+      throw "nix/checks lib-eval failed: ${concatStringsSep "; " libFailures}";
+}

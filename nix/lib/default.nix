@@ -1,0 +1,428 @@
+# The nixoci Nix library: OCI images as derivations, with builtins only (no
+# nixpkgs at image build time; only the nixoci package).
+#
+#   nixociLib = import ./nix/lib { nixoci = <package or store path>; };
+#   spec   = nixociLib.image { name = "hello"; roots = [ hello ];
+#                              config.entrypoint = [ "${hello}/bin/hello" ]; };
+#   layout = nixociLib.ociLayout { name = "hello"; tag = "example.org/hello:1.0";
+#                                  images = { x86_64-linux = spec; aarch64-linux = specArm; }; };
+#
+# `image` is a cheap derivation whose output is a small JSON file, the image
+# spec (version 1): roots, config, options; no tarballs. `nixoci build`
+# images a spec's roots with its config, and so does `ociLayout`, a
+# derivation whose output is the multi-platform OCI image layout itself,
+# bit-identical to `nixoci build` for the same inputs, with
+# `nix-support/hydra-build-products`.
+#
+# Both run nixoci as the derivation's builder (`nixoci write-spec`,
+# `nixoci build --structured-attrs`), with `__structuredAttrs`; neither calls
+# `nix`. docs/nix-library.md documents every argument.
+{
+  # The nixoci package, or a store path holding `bin/nixoci`.
+  nixoci,
+  # The system the builders run on (the nixoci binary's). Default: the
+  # package's host platform, else `builtins.currentSystem` (impure
+  # evaluation only).
+  system ? null,
+}:
+
+let
+  inherit (builtins)
+    attrNames
+    attrValues
+    concatMap
+    concatStringsSep
+    elem
+    filter
+    genList
+    hasContext
+    isAttrs
+    isInt
+    isList
+    isPath
+    isString
+    listToAttrs
+    mapAttrs
+    match
+    replaceStrings
+    stringLength
+    substring
+    typeOf
+    ;
+
+  hostSystem =
+    if system != null then
+      system
+    else if isAttrs nixoci && nixoci ? stdenv.hostPlatform.system then
+      nixoci.stdenv.hostPlatform.system
+    else if isAttrs nixoci && nixoci ? system then
+      nixoci.system
+    else
+      builtins.currentSystem;
+
+  nixociBin = "${nixoci}/bin/nixoci";
+
+  fail = where: msg: throw "nixoci: ${where}: ${msg}";
+
+  # Quoted for error messages.
+  show =
+    v:
+    if isString v then
+      ''"${v}"''
+    else if isPath v then
+      toString v
+    else if isAttrs v && v ? outPath then
+      "derivation ${v.name or v.outPath}"
+    else
+      "a value of type ${typeOf v}";
+
+  optionalAttrs = cond: as: if cond then as else { };
+
+  # A store path name keeps [A-Za-z0-9+-._?=]; anything else, and a leading
+  # dot, becomes `-` (`registry.io/app:1` -> `registry.io-app-1`).
+  storeName =
+    s:
+    let
+      ok = c: match "[A-Za-z0-9+._?=-]" c != null;
+      chars = genList (i: substring i 1 s) (stringLength s);
+      cleaned = concatStringsSep "" (map (c: if ok c then c else "-") chars);
+      trimmed = if substring 0 1 cleaned == "." then "-" + substring 1 (-1) cleaned else cleaned;
+    in
+    if cleaned == "" then "image" else substring 0 180 trimmed;
+
+  # A root or image: a derivation, a path (copied to the store), or a string
+  # holding a store path with its string context. Returns the store path as a
+  # string with context, so Nix records it as an input and a reference.
+  storePathOf =
+    where: v:
+    let
+      s =
+        if isAttrs v && v ? outPath then
+          "${v}"
+        else if isPath v then
+          "${v}"
+        else if isString v then
+          v
+        else
+          fail where "expected a derivation, a path or a store path string, found ${show v}";
+      storeDir = builtins.storeDir;
+      isStorePath = match storePathRegex s != null;
+    in
+    if !isStorePath then
+      fail where "${show v} is not a store path (${storeDir}/HASH-NAME, no subpath)"
+    else if !hasContext s then
+      fail where "${show v} has no string context, so Nix would not make it an input: pass the derivation itself, or `builtins.storePath`"
+    else
+      s;
+
+  # A list of strings: argv of the entrypoint or the command.
+  argv =
+    where: v:
+    if v == null then
+      null
+    else if isList v then
+      map (
+        a:
+        if isString a || isPath a || (isAttrs a && a ? outPath) then
+          "${a}"
+        else if isInt a || builtins.isFloat a then
+          toString a
+        else
+          fail where "each element must be a string, found ${show a}"
+      ) v
+    else
+      fail where "expected a list of strings (argv), found ${show v}";
+
+  # A string value of env, labels or annotations.
+  stringValue =
+    where: v:
+    if isString v || isPath v || (isAttrs v && v ? outPath) then
+      "${v}"
+    else if isInt v || builtins.isFloat v then
+      toString v
+    else
+      fail where "expected a string, found ${show v}";
+
+  # An attrset of strings; null values are left out.
+  stringMap =
+    where: v:
+    if v == null then
+      { }
+    else if isAttrs v && !(v ? outPath) then
+      mapAttrs (k: x: stringValue "${where}.${k}" x) (
+        listToAttrs (
+          map (k: {
+            name = k;
+            value = v.${k};
+          }) (filter (k: v.${k} != null) (attrNames v))
+        )
+      )
+    else
+      fail where "expected an attribute set of strings, found ${show v}";
+
+  # env: { KEY = "value"; } or, as in Docker's config, [ "KEY=value" ].
+  envMap =
+    where: v:
+    if isList v then
+      listToAttrs (
+        map (
+          kv:
+          let
+            m = if isString kv then match "([^=]+)=(.*)" kv else null;
+          in
+          if m == null then
+            fail where "expected KEY=VALUE, found ${show kv}"
+          else
+            {
+              name = builtins.elemAt m 0;
+              value = builtins.elemAt m 1;
+            }
+        ) v
+      )
+    else
+      stringMap where v;
+
+  # exposedPorts: [ 8080 "53/udp" ] or, as in Docker, { "8080/tcp" = { }; }.
+  portList =
+    where: v:
+    let
+      ports =
+        if v == null then
+          [ ]
+        else if isList v then
+          v
+        else if isAttrs v then
+          attrNames v
+        else
+          fail where "expected a list of ports, found ${show v}";
+    in
+    map (
+      p:
+      if isInt p then
+        "${toString p}/tcp"
+      else if isString p && match "[0-9]+(/(tcp|udp|sctp))?" p != null then
+        if match "[0-9]+" p != null then "${p}/tcp" else p
+      else
+        fail where "expected PORT, PORT/tcp, PORT/udp or PORT/sctp, found ${show p}"
+    ) ports;
+
+  optionalString =
+    where: v:
+    if v == null then
+      null
+    else if isString v || isPath v then
+      "${v}"
+    else if isInt v then
+      toString v
+    else
+      fail where "expected a string or null, found ${show v}";
+
+  # The image config: nixoci's camelCase names, or the OCI/Docker names
+  # (Entrypoint, Cmd, Env, WorkingDir, User, ExposedPorts, Labels) that
+  # dockerTools and nix2container users write.
+  configKeys = {
+    entrypoint = "Entrypoint";
+    cmd = "Cmd";
+    env = "Env";
+    workingDir = "WorkingDir";
+    user = "User";
+    exposedPorts = "ExposedPorts";
+    labels = "Labels";
+  };
+
+  normalizeConfig =
+    where: c:
+    let
+      known = attrNames configKeys ++ attrValues configKeys;
+      unknown = filter (k: !elem k known) (attrNames c);
+      both = filter (k: c ? ${k} && c ? ${configKeys.${k}}) (attrNames configKeys);
+      get = k: c.${k} or (c.${configKeys.${k}} or null);
+      w = k: "${where}.config.${k}";
+    in
+    if !isAttrs c then
+      fail "${where}.config" "expected an attribute set, found ${show c}"
+    else if unknown != [ ] then
+      fail "${where}.config" "unknown ${concatStringsSep ", " unknown} (known: ${concatStringsSep ", " (attrNames configKeys)}, or their OCI names ${concatStringsSep ", " (attrValues configKeys)})"
+    else if both != [ ] then
+      fail "${where}.config" "${concatStringsSep ", " both} given twice (once under its OCI name)"
+    else
+      {
+        entrypoint = argv (w "entrypoint") (get "entrypoint");
+        cmd = argv (w "cmd") (get "cmd");
+        env = envMap (w "env") (get "env");
+        workingDir = optionalString (w "workingDir") (get "workingDir");
+        user = optionalString (w "user") (get "user");
+        exposedPorts = portList (w "exposedPorts") (get "exposedPorts");
+        labels = stringMap (w "labels") (get "labels");
+      };
+
+  checkMaxLayers =
+    where: n:
+    if isInt n && n >= 1 then n else fail where "maxLayers must be an integer of at least 1, found ${show n}";
+
+  checkCreated =
+    where: t:
+    if t == null then
+      null
+    else if isString t && match "[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})" t != null then
+      t
+    else
+      fail where "created must be an RFC 3339 date-time (2024-01-01T00:00:00Z) or null, found ${show t}";
+
+  checkTag =
+    where: t:
+    if isString t && t != "" then t else fail where "tag must be a non-empty string, found ${show t}";
+
+  asList = v: if isList v then v else [ v ];
+
+  # The store paths (with their string context) that a string mentions.
+  storePathRegex = "${replaceStrings [ "." "+" ] [ "\\." "\\+" ] builtins.storeDir}/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+._?=-]+";
+  storePathsIn =
+    s:
+    let
+      step =
+        acc: part:
+        if isList part then
+          let
+            n = stringLength (builtins.head part);
+          in
+          {
+            off = acc.off + n;
+            # substring keeps the context of the whole string.
+            found = acc.found ++ [ (substring acc.off n s) ];
+          }
+        else
+          acc // { off = acc.off + stringLength part; };
+    in
+    if hasContext s then (builtins.foldl' step { off = 0; found = [ ]; } (builtins.split "(${storePathRegex})" s)).found else [ ];
+
+  # Keeps the first of equal strings, in order.
+  unique = builtins.foldl' (acc: x: if elem x acc then acc else acc ++ [ x ]) [ ];
+
+  # Store paths the runtime config mentions: the entrypoint must be in the
+  # image even when only the config names it.
+  configPaths =
+    c:
+    concatMap storePathsIn (
+      (if c.entrypoint == null then [ ] else c.entrypoint)
+      ++ (if c.cmd == null then [ ] else c.cmd)
+      ++ attrValues c.env
+      ++ (if c.workingDir == null then [ ] else [ c.workingDir ])
+    );
+
+  # The image spec (version 1) of `image`'s arguments, as nixoci reads it.
+  mkSpec =
+    {
+      name,
+      tag ? null,
+      roots ? [ ],
+      contents ? [ ],
+      config ? { },
+      maxLayers ? 100,
+      annotations ? { },
+      created ? null,
+      ...
+    }:
+    let
+      where = "image ${show name}";
+      allRoots = asList roots ++ asList contents;
+      config' = normalizeConfig where config;
+    in
+    if !isString name || name == "" then
+      fail "image" "name must be a non-empty string, found ${show name}"
+    else if allRoots == [ ] then
+      fail where "roots (or contents) is empty: give the store paths to put in the image"
+    else
+      {
+        nixociImageSpec = 1;
+        inherit name;
+        tag = if tag == null then null else checkTag where tag;
+        roots = unique (map (storePathOf "${where}: roots") allRoots ++ configPaths config');
+        config = config';
+        maxLayers = checkMaxLayers where maxLayers;
+        annotations = stringMap "${where}.annotations" annotations;
+        created = checkCreated where created;
+      };
+
+  image =
+    args@{
+      name,
+      tag ? null,
+      roots ? [ ],
+      contents ? [ ],
+      config ? { },
+      maxLayers ? 100,
+      annotations ? { },
+      created ? null,
+      system ? hostSystem,
+    }:
+    let
+      spec = mkSpec args;
+    in
+    derivation {
+      name = "${storeName name}-spec.json";
+      inherit system spec;
+      builder = nixociBin;
+      args = [ "write-spec" ];
+      __structuredAttrs = true;
+      # A few hundred bytes of JSON: not worth a remote builder or a cache.
+      preferLocalBuild = true;
+      allowSubstitutes = false;
+    };
+
+  ociLayout =
+    {
+      name,
+      tag ? null,
+      images,
+      maxLayers ? null,
+      annotations ? { },
+      created ? null,
+      system ? hostSystem,
+    }:
+    let
+      where = "ociLayout ${show name}";
+      paths = mapAttrs (
+        platform: v:
+        if match "[a-z0-9_]+-[a-z0-9]+|[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?" platform == null then
+          fail where "images.${platform}: not a Nix system (x86_64-linux) or an OCI platform (linux/arm64, linux/arm/v7)"
+        else
+          storePathOf "${where}: images.${platform}" v
+      ) images;
+    in
+    if !isString name || name == "" then
+      fail "ociLayout" "name must be a non-empty string, found ${show name}"
+    else if !isAttrs images || images ? outPath then
+      fail where "images must be an attribute set of platform = image, such as { x86_64-linux = …; aarch64-linux = …; }, found ${show images}"
+    else if images == { } then
+      fail where "images is empty: give at least one platform = image"
+    else
+      derivation (
+        {
+          name = storeName name;
+          inherit system;
+          builder = nixociBin;
+          args = [
+            "build"
+            "--structured-attrs"
+          ];
+          __structuredAttrs = true;
+          images = paths;
+          annotations = stringMap "${where}.annotations" annotations;
+          # Nix puts the closure of every image (path, narHash, narSize,
+          # references) under the `closure` key of the structured attrs.
+          exportReferencesGraph.closure = attrValues paths;
+        }
+        # Left out when null: nixoci then takes them from the image specs,
+        # as `nixoci build` does without --tag, --max-layers or --created.
+        // optionalAttrs (tag != null) { tag = checkTag where tag; }
+        // optionalAttrs (maxLayers != null) { maxLayers = checkMaxLayers where maxLayers; }
+        // optionalAttrs (created != null) { created = checkCreated where created; }
+      );
+in
+{
+  inherit image ociLayout;
+  # The spec `image` would write for these arguments, for inspection and
+  # tests (`nixociLib.imageSpec { … }`); no derivation is built.
+  imageSpec = mkSpec;
+}
