@@ -105,7 +105,7 @@
         };
       });
 
-      # The Nix library (nix/lib, docs/nix-library.md): `image` and
+      # The Nix library (nix/lib, README.md "The Nix library"): `image` and
       # `ociLayout`, running this flake's nixoci as their builder:
       #   nixoci.lib.${system}.image { … }
       # or with any nixoci package (an overlay's, a pinned one):

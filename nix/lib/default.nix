@@ -16,7 +16,7 @@
 #
 # Both run nixoci as the derivation's builder (`nixoci write-spec`,
 # `nixoci build --structured-attrs`), with `__structuredAttrs`; neither calls
-# `nix`. docs/nix-library.md documents every argument.
+# `nix`. README.md ("The Nix library") documents every argument.
 {
   # The nixoci package, or a store path holding `bin/nixoci`.
   nixoci,
