@@ -441,8 +441,10 @@ fn builds_are_reproducible() {
     let arm64_system = format!("aarch64-linux={}", h.arm64);
 
     let out_a = a.join("hello.oci");
+    // No layer cache: both builds must compress for themselves.
     let mut args_a = s(&[
         "build",
+        "--no-cache",
         "--jobs",
         "1",
         "--platform",
@@ -468,6 +470,7 @@ fn builds_are_reproducible() {
     // system name for the same platform and two threads.
     let args_b = s(&[
         "build",
+        "--no-cache",
         "-o",
         "hello.oci",
         "--tag",

@@ -18,7 +18,13 @@ fn build(out: &Path) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_nixoci"))
         .env_remove("SOURCE_DATE_EPOCH")
         .env_remove("NIX_STORE_DIR")
-        .args(["build", "--json", "--tag", "example.org/hello:1.0"])
+        .args([
+            "build",
+            "--json",
+            "--no-cache",
+            "--tag",
+            "example.org/hello:1.0",
+        ])
         .args(["--platform", &format!("linux/amd64={AMD64_ROOT}")])
         .args(["--platform", &format!("linux/arm64={ARM64_ROOT}")])
         .args(["--entrypoint", "{root}/bin/hello", "--env", "GREETING=hi"])

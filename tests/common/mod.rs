@@ -238,9 +238,16 @@ fn build_hello() -> Result<Hello, String> {
 pub fn nixoci() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nixoci"));
     c.env("NIX_CONFIG", nix_config())
+        .env("XDG_CACHE_HOME", test_cache_home())
         .env_remove("SOURCE_DATE_EPOCH")
         .stdin(Stdio::null());
     c
+}
+
+/// The tests' own layer cache under cargo's target folder, so tests never
+/// read or fill the user's `~/.cache/nixoci`.
+pub fn test_cache_home() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache")
 }
 
 /// `build` arguments for the two-platform hello image written to `out`.
