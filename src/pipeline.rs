@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::closure::Closure;
-use crate::layer::{self, BuiltLayer, LayerOptions};
+use crate::layer::{self, BuiltLayer, LayerOptions, LayerOutcome};
 use crate::oci::image::{self, Blob, RunConfig};
 use crate::oci::layout::Layout;
 use crate::oci::Digest;
@@ -37,6 +37,8 @@ pub struct BuildRequest {
     pub created: String,
     pub annotations: BTreeMap<String, String>,
     pub max_layers: usize,
+    /// Reserved layers, minimum layer size, pins and the previous image.
+    pub layering: plan::Layering,
     pub jobs: usize,
     pub layer_options: LayerOptions,
 }
@@ -81,8 +83,9 @@ pub struct BuildReport {
     pub tag: String,
     pub index: BlobRef,
     pub platforms: Vec<PlatformReport>,
-    /// Every distinct layer once.
-    pub layers: Vec<BuiltLayer>,
+    /// Every distinct layer once, with where its blob came from (`cache`:
+    /// `miss`, `hit` or `layout`).
+    pub layers: Vec<LayerOutcome>,
 }
 
 /// Why a build failed, with the stage it failed in.
@@ -113,7 +116,7 @@ pub fn plan_request(req: &BuildRequest) -> Result<LayerPlan, BuildError> {
         .iter()
         .map(|(p, i)| (p.clone(), i.closure.clone()))
         .collect();
-    Ok(plan::plan(&closures, req.max_layers)?)
+    Ok(plan::plan(&closures, req.max_layers, &req.layering)?)
 }
 
 /// A short human name for a layer: its first store path's name, and how
@@ -140,16 +143,31 @@ pub fn build(
     let blobs_dir = layout.blobs_dir();
     let groups: Vec<Vec<StorePath>> = plan.layers.iter().map(|l| l.store_paths.clone()).collect();
     let before: std::collections::BTreeSet<String> = list_blobs(&blobs_dir);
-    let built = layer::build_layers(&groups, &req.layer_options, &blobs_dir, req.jobs, on_layer)
-        .map_err(|e| match e {
-            layer::LayerError::InLayer { index, source } => BuildError::Layer {
-                index: index + 1,
-                count: groups.len(),
-                name: layer_name(&groups[index]),
-                source: *source,
-            },
-            other => BuildError::Layers(other),
-        })?;
+    // NAR hashes key the layer cache; NAR sizes order the work.
+    let infos: BTreeMap<StorePath, crate::closure::PathInfo> = req
+        .images
+        .values()
+        .flat_map(|i| i.closure.paths.iter())
+        .map(|(p, info)| (p.clone(), info.clone()))
+        .collect();
+    let outcomes = layer::build_layers(
+        &groups,
+        &infos,
+        &req.layer_options,
+        &blobs_dir,
+        req.jobs,
+        on_layer,
+    )
+    .map_err(|e| match e {
+        layer::LayerError::InLayer { index, source } => BuildError::Layer {
+            index: index + 1,
+            count: groups.len(),
+            name: layer_name(&groups[index]),
+            source: *source,
+        },
+        other => BuildError::Layers(other),
+    })?;
+    let built: Vec<BuiltLayer> = outcomes.iter().map(|o| o.layer.clone()).collect();
     for l in &built {
         layout.track_blob(&l.digest, before.contains(l.digest.hex()));
     }
@@ -183,7 +201,7 @@ pub fn build(
         tag: req.tag.clone(),
         index: (&index).into(),
         platforms,
-        layers: built,
+        layers: outcomes,
     })
 }
 

@@ -12,11 +12,12 @@ use super::UsageError;
 use crate::closure::Closure;
 use crate::eval::{self, EvalError, Nix};
 use crate::installable::Installable;
-use crate::layer::LayerOptions;
+use crate::layer::{cache, Cache, CacheStatus, Compression, LayerOptions};
 use crate::oci::image::{valid_ref_name, RunConfig};
 use crate::oci::layout::check_output;
+use crate::oci::previous;
 use crate::pipeline::{self, BuildRequest, ImageRequest};
-use crate::plan::DEFAULT_MAX_LAYERS;
+use crate::plan::{Layering, DEFAULT_MAX_LAYERS};
 use crate::platform::Platform;
 use crate::spec::{self, ImageSpec};
 use crate::store_path::{StoreDir, StorePath};
@@ -119,7 +120,7 @@ pub struct Args {
     pub annotation: Vec<String>,
 
     /// Creation time in the image configs, RFC 3339 (2024-01-01T00:00:00Z).
-    /// Default: SOURCE_DATE_EPOCH if set, else the spec's, else
+    /// Default: the image spec's, else SOURCE_DATE_EPOCH, else
     /// 1970-01-01T00:00:00Z.
     #[arg(long, value_name = "TIME")]
     pub created: Option<String>,
@@ -132,13 +133,60 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_layers: Option<usize>,
 
+    /// Layers to leave free for images built on top of this one: each
+    /// image gets at most --max-layers minus N.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub reserve_layers: usize,
+
+    /// Smallest layer worth a place in the budget: a planned layer with
+    /// fewer NAR bytes is merged with another of the same platforms. Bytes,
+    /// or with a K, M or G suffix (powers of 1024); 0 turns it off.
+    #[arg(long, default_value = "0", value_name = "SIZE")]
+    pub min_layer_size: String,
+
+    /// Store paths to keep together in one layer of their own, separated
+    /// by commas. Repeatable; groups that share a path are joined.
+    #[arg(long = "layer", value_name = "PATH[,PATH…]")]
+    pub layer: Vec<String>,
+
+    /// A previous build of this image (an OCI layout, and its tag if it
+    /// holds several). Its layers whose store paths are all still in the
+    /// closure are kept as they were, with the same digests, and new paths
+    /// go into new layers on top: clients pull only what changed.
+    #[arg(long, value_name = "LAYOUT[:TAG]")]
+    pub previous: Option<String>,
+
     /// Layers built at once [default: all cores].
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
 
-    /// gzip level of the layers, 0 (none) to 9 (smallest).
-    #[arg(long, default_value_t = 6, value_name = "0-9")]
-    pub level: u32,
+    /// How layers are compressed: gzip (every runtime reads it), zstd
+    /// (smaller and much faster; containerd 1.5+, Docker 23+, podman, CRI-O;
+    /// see docs/performance.md) or none (plain tar).
+    #[arg(
+        long,
+        default_value = "gzip",
+        value_parser = Compression::NAMES,
+        value_name = "gzip|zstd|none"
+    )]
+    pub compression: String,
+
+    /// Compression level: gzip 0 (stored) to 9 [default: 6], zstd 1 to 19
+    /// [default: 3]; none takes no level.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub level: Option<i32>,
+
+    /// The layer cache: layers built before (same store paths, same
+    /// compression) are reused from here instead of being built again
+    /// [default: $XDG_CACHE_HOME/nixoci, else ~/.cache/nixoci]. When it
+    /// cannot be written (as in a Nix build sandbox), the build goes on
+    /// without it.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Build every layer: neither read nor write the layer cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
 
     /// Read the closure from FILE instead of asking Nix: the JSON list that
     /// exportReferencesGraph gives a derivation with __structuredAttrs (or
@@ -344,14 +392,11 @@ fn run_config(args: &Args, base: RunConfig, root: &StorePath) -> anyhow::Result<
 }
 
 /// What one platform's image is made of, and the Nix system that short
-/// flake attributes resolve for.
+/// flake attributes resolve for (`None`: the current system).
 #[derive(Debug, Clone)]
 struct Target {
     installable: Installable,
-    system: String,
-    /// Also look under the current system's packages, where
-    /// cross-compiled outputs built on this host live.
-    or_host: bool,
+    system: Option<String>,
 }
 
 /// What to image for each platform, from INSTALLABLE + --system and
@@ -393,8 +438,7 @@ fn targets(
             })?;
             let target = Target {
                 installable: inst.clone(),
-                system: system.clone(),
-                or_host: false,
+                system: Some(system.clone()),
             };
             add(platform, target, format!("--system {system}"))?;
         }
@@ -410,15 +454,13 @@ fn targets(
         let platform: Platform = p.parse().with_context(|| format!("--platform '{spec}'"))?;
         let inst =
             Installable::parse(text, store_dir).with_context(|| format!("--platform '{spec}'"))?;
-        // Short attributes resolve for the platform's own system first
-        // (packages.aarch64-linux.app), then for the current system, where
-        // cross-compiled outputs built on this host live
-        // (packages.x86_64-linux.app-aarch64-cross).
-        let system = platform.nix_system().unwrap_or("x86_64-linux").to_owned();
+        // Short attributes resolve for the current system, as `nix build`
+        // resolves them: that is where outputs cross-compiled on this host
+        // live (packages.x86_64-linux.app-aarch64-cross). Another system's
+        // output is named in full (.#packages.aarch64-linux.app).
         let target = Target {
             installable: inst,
-            system,
-            or_host: true,
+            system: None,
         };
         add(platform.clone(), target, format!("--platform '{spec}'"))?;
     }
@@ -447,41 +489,35 @@ fn resolve_attrs(
             out.push((platform.clone(), format!("{flake_ref}#{attr}")));
             continue;
         }
-        let mut systems = vec![target.system.clone()];
-        if target.or_host {
-            if host.is_none() {
-                host =
-                    Some(eval::current_system(nix).context("asking nix for the current system")?);
+        let system = match &target.system {
+            Some(s) => s.clone(),
+            None => {
+                if host.is_none() {
+                    host = Some(
+                        eval::current_system(nix).context("asking nix for the current system")?,
+                    );
+                }
+                host.clone().unwrap_or_default()
             }
-            if let Some(h) = host.as_ref().filter(|h| **h != target.system) {
-                systems.push(h.clone());
-            }
+        };
+        if !packages.contains_key(flake_ref) {
+            let p = eval::flake_packages(nix, flake_ref)
+                .with_context(|| format!("evaluating {flake_ref}"))?;
+            packages.insert(flake_ref.clone(), p);
         }
-        let mut candidates = Vec::new();
-        let mut chosen = None;
-        for system in &systems {
-            if !packages.contains_key(flake_ref) {
-                let p = eval::flake_packages(nix, flake_ref)
-                    .with_context(|| format!("evaluating {flake_ref}"))?;
-                packages.insert(flake_ref.clone(), p);
-            }
-            let paths = Installable::attr_paths(attr, system);
-            candidates.extend(paths.iter().cloned());
-            let have = &packages[flake_ref];
-            if have
-                .get(system.as_str())
-                .is_some_and(|a| a.iter().any(|x| x == attr))
-            {
-                chosen = Some(paths[0].clone());
-                break;
-            }
-            if eval::flake_has_attr(nix, flake_ref, &paths[1])
-                .with_context(|| format!("evaluating {flake_ref}"))?
-            {
-                chosen = Some(paths[1].clone());
-                break;
-            }
-        }
+        let candidates = Installable::attr_paths(attr, &system);
+        let chosen = if packages[flake_ref]
+            .get(system.as_str())
+            .is_some_and(|a| a.iter().any(|x| x == attr))
+        {
+            Some(candidates[0].clone())
+        } else if eval::flake_has_attr(nix, flake_ref, &candidates[1])
+            .with_context(|| format!("evaluating {flake_ref}"))?
+        {
+            Some(candidates[1].clone())
+        } else {
+            None
+        };
         let have = &packages[flake_ref];
         let Some(chosen) = chosen else {
             let list: Vec<String> = have
@@ -535,6 +571,16 @@ fn read_spec(store_root: &Path, root: &StorePath) -> anyhow::Result<Option<Image
 /// closures: everything that can be wrong with the input fails here,
 /// before anything is written.
 pub fn request(args: &Args) -> anyhow::Result<BuildRequest> {
+    resolve(args, true)
+}
+
+/// The request of `nixoci plan`: as [`request`], without an output
+/// directory or a layer cache.
+pub fn plan_request(args: &Args) -> anyhow::Result<BuildRequest> {
+    resolve(args, false)
+}
+
+fn resolve(args: &Args, with_output: bool) -> anyhow::Result<BuildRequest> {
     let store_dir =
         StoreDir::new(&args.store_dir).map_err(|e| usage(format!("--store-dir: {e}")))?;
     let nix = Nix {
@@ -548,12 +594,11 @@ pub fn request(args: &Args) -> anyhow::Result<BuildRequest> {
     if let Some(tag) = &args.tag {
         check_tag("--tag", tag)?;
     }
-    if args.level > 9 {
-        bail!(UsageError(format!(
-            "--level {}: expected 0 to 9",
-            args.level
-        )));
-    }
+    let compression =
+        Compression::new(&args.compression, args.level).map_err(|e| match args.level {
+            Some(level) => usage(format!("--level {level}: {e}")),
+            None => usage(format!("--compression {}: {e}", args.compression)),
+        })?;
     if args.jobs == Some(0) {
         bail!(UsageError("--jobs 0: expected at least 1".into()));
     }
@@ -573,11 +618,17 @@ pub fn request(args: &Args) -> anyhow::Result<BuildRequest> {
     for p in &args.expose {
         exposed_port(p)?;
     }
-    let output = args
-        .output
-        .clone()
-        .ok_or_else(|| usage("--output is required"))?;
-    check_output(&output)?;
+    let layering = layering(args, &store_dir)?;
+    let output = if with_output {
+        let output = args
+            .output
+            .clone()
+            .ok_or_else(|| usage("--output is required"))?;
+        check_output(&output)?;
+        output
+    } else {
+        PathBuf::new()
+    };
     if !args.store_root.is_dir() {
         bail!(UsageError(format!(
             "--store-root {}: not a directory",
@@ -642,15 +693,22 @@ pub fn request(args: &Args) -> anyhow::Result<BuildRequest> {
     if max_layers == 0 {
         bail!(UsageError("the image spec's maxLayers is 0".into()));
     }
-    let created = match (&args.created, std::env::var_os("SOURCE_DATE_EPOCH")) {
-        (None, None) => {
-            let from_specs: BTreeSet<&String> =
-                specs.values().filter_map(|s| s.created.as_ref()).collect();
-            match from_specs.into_iter().next() {
-                Some(c) => created(Some(c), None).context("the image spec's created")?,
-                None => created_flag,
-            }
-        }
+    // --created, then the specs' own time, then SOURCE_DATE_EPOCH, then the
+    // epoch: what the image says beats what the environment says, so the
+    // CLI and the ociLayout derivation agree.
+    let from_specs: BTreeSet<&String> = specs.values().filter_map(|s| s.created.as_ref()).collect();
+    if from_specs.len() > 1 {
+        bail!(UsageError(format!(
+            "the image specs name different creation times ({}); choose one with --created",
+            from_specs
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let created = match (&args.created, from_specs.into_iter().next()) {
+        (None, Some(c)) => created(Some(c), None).context("the image spec's created")?,
         _ => created_flag,
     };
     for spec in specs.values() {
@@ -722,12 +780,112 @@ pub fn request(args: &Args) -> anyhow::Result<BuildRequest> {
         created,
         annotations,
         max_layers,
+        layering,
         jobs: args.jobs.unwrap_or_else(default_jobs),
         layer_options: LayerOptions {
             store_root: args.store_root.clone(),
-            gzip_level: args.level,
+            compression,
+            cache_dir: if with_output { cache_dir(args) } else { None },
         },
     })
+}
+
+/// The layer cache to use: `--cache-dir` or the default, if it can be
+/// written; otherwise none, said once on stderr.
+fn cache_dir(args: &Args) -> Option<PathBuf> {
+    if args.no_cache {
+        return None;
+    }
+    // A HOME that does not exist (Nix builders get /homeless-shelter, and
+    // Nix checks that it stays missing) is never created.
+    let home = std::env::var_os("HOME").filter(|h| Path::new(h).is_dir());
+    let dir = args
+        .cache_dir
+        .clone()
+        .or_else(|| cache::default_dir(std::env::var_os("XDG_CACHE_HOME"), home));
+    let Some(dir) = dir else {
+        eprintln!(
+            "nixoci: no layer cache directory (XDG_CACHE_HOME is not set and HOME is not a directory); building without a layer cache"
+        );
+        return None;
+    };
+    match Cache::open(&dir) {
+        Ok(_) => Some(dir),
+        Err(e) => {
+            let cause = std::error::Error::source(&e)
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default();
+            eprintln!("nixoci: {e}{cause}; building without a layer cache");
+            None
+        }
+    }
+}
+
+/// `--reserve-layers`, `--min-layer-size`, `--layer` and `--previous`.
+fn layering(args: &Args, store_dir: &StoreDir) -> anyhow::Result<Layering> {
+    let min_layer_size = parse_size(&args.min_layer_size).ok_or_else(|| {
+        usage(format!(
+            "--min-layer-size '{}': expected bytes, or a number with K, M or G",
+            args.min_layer_size
+        ))
+    })?;
+    let mut pins = Vec::new();
+    for group in &args.layer {
+        let paths = group
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                store_dir
+                    .parse(p)
+                    .map_err(|e| usage(format!("--layer '{group}': {e}")))
+            })
+            .collect::<anyhow::Result<Vec<StorePath>>>()?;
+        if paths.is_empty() {
+            bail!(UsageError(format!("--layer '{group}': no store path")));
+        }
+        pins.push(paths);
+    }
+    let previous = match &args.previous {
+        None => None,
+        Some(arg) => {
+            let image = previous::read(arg).map_err(|e| {
+                let mut text = format!("--previous {arg}: {e}");
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    text.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                usage(text)
+            })?;
+            for platform in &image.unknown {
+                eprintln!(
+                    "nixoci: note: --previous {arg}: its {platform} layers name no store paths; planning {platform} from scratch"
+                );
+            }
+            Some(image.previous)
+        }
+    };
+    Ok(Layering {
+        reserve_layers: args.reserve_layers,
+        min_layer_size,
+        pins,
+        previous,
+    })
+}
+
+/// `4096`, `64K`, `1M`, `2GiB`: bytes, with powers of 1024.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = s.split_at(digits);
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 fn check_tag(what: &str, tag: &str) -> anyhow::Result<()> {
@@ -739,7 +897,7 @@ fn check_tag(what: &str, tag: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn human_bytes(n: u64) -> String {
+pub(super) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut unit = 0;
@@ -755,7 +913,7 @@ fn human_bytes(n: u64) -> String {
 }
 
 /// Fills `args` from the structured attributes of an ociLayout derivation.
-fn apply_structured_attrs(args: &mut Args) -> anyhow::Result<()> {
+pub(super) fn apply_structured_attrs(args: &mut Args) -> anyhow::Result<()> {
     let (file, attrs) = super::write_spec::read_structured_attrs()?;
     let bad = |what: &str| usage(format!("{}: {what}", file.display()));
     let images = attrs["images"]
@@ -838,15 +996,23 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         bytes.push(b'\n');
         super::print_stdout(&bytes)?;
     }
-    let total: u64 = report.layers.iter().map(|l| l.size).sum();
+    for l in &report.layers {
+        if let Some(problem) = &l.cache_problem {
+            eprintln!("nixoci: warning: {problem}");
+        }
+    }
+    let total: u64 = report.layers.iter().map(|l| l.layer.size).sum();
+    let count = |status| report.layers.iter().filter(|l| l.cache == status).count();
+    let reused = count(CacheStatus::Hit) + count(CacheStatus::Layout);
     eprintln!(
-        "wrote {}:{} ({} platform{}, {} layer{}, {}) index {}",
+        "wrote {}:{} ({} platform{}, {} layer{} of which {} reused, {}) index {}",
         req.output.display(),
         report.tag,
         report.platforms.len(),
         if report.platforms.len() == 1 { "" } else { "s" },
         report.layers.len(),
         if report.layers.len() == 1 { "" } else { "s" },
+        reused,
         human_bytes(total),
         report.index.digest
     );
@@ -890,6 +1056,18 @@ mod tests {
             "2024-01-01T00:00:00+0200",
         ] {
             assert!(created(Some(bad), None).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0"), Some(0));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size("1MiB"), Some(1 << 20));
+        assert_eq!(parse_size("2g"), Some(2 << 30));
+        for bad in ["", "M", "1.5M", "-1", "1T", "99999999999999999999G"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
         }
     }
 

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 pub mod build;
 pub mod export_static;
+pub mod plan;
 pub mod push;
 pub mod verify;
 pub mod write_spec;
@@ -27,6 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Build(Box<build::Args>),
+    Plan(Box<plan::Args>),
     Verify(verify::Args),
     WriteSpec(write_spec::Args),
     Push(push::Args),
@@ -104,6 +106,7 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Build(args) => build::run(*args),
+        Command::Plan(args) => plan::run(*args),
         Command::Verify(args) => verify::run(args),
         Command::WriteSpec(args) => write_spec::run(args),
         Command::Push(args) => push::run(args),

@@ -1,19 +1,28 @@
 //! Layers: deterministic tar streams of store paths, hashed, compressed and
-//! hashed again in one pass, written straight into `blobs/sha256/`.
+//! hashed again in one pass, written straight into `blobs/sha256/`, and
+//! never built twice.
 //!
 //! One pass per layer, constant memory:
 //!
 //! ```text
-//! tar (tar.rs) -> sha256 (diff_id) -> gzip -> sha256, size (digest) -> temp file in blobs_dir
+//! tar (tar.rs) -> sha256 (diff_id) -> compress (compress.rs) -> sha256, size (digest) -> temp file in blobs_dir
 //! ```
 //!
-//! then the temp file is renamed to `blobs_dir/<hex of digest>`. The gzip
-//! header is fixed: mtime 0, no file name, no extra fields, OS byte 255
-//! ("unknown", what Go's `compress/gzip` and so Docker and containerd write),
-//! so the blob depends only on the tar, the level and the pinned zlib-rs.
-//! [`build_layers`] builds many layers on a local thread pool, biggest
-//! first, and returns them in input order. The tar rules are in [`tar`].
+//! then the temp file is renamed to `blobs_dir/<hex of digest>`. The blob
+//! depends only on the tar, the compressor, its level and the pinned
+//! library versions: never on the number of threads.
+//!
+//! [`build_layers`] builds many layers at once: `jobs` layer threads take
+//! distinct layers biggest first (by NAR size) and first ask the layer
+//! cache ([`cache`]), which either puts a checked blob into the layout or
+//! says to build. A layer is built on its layer thread, which writes the
+//! tar stream; its gzip chunks are deflated on one shared pool of `jobs`
+//! threads ([`compress::Workers`]), so a single big layer keeps every core
+//! busy, and layers and chunks share the cores. Results come back in input
+//! order.
 
+pub mod cache;
+pub mod compress;
 pub mod tar;
 
 use std::collections::BTreeMap;
@@ -24,36 +33,34 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use flate2::{Compression, GzBuilder};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::closure::PathInfo;
 use crate::oci::{Digest, DigestWriter};
 use crate::store_path::StorePath;
 
+pub use self::cache::{Cache, CacheStatus};
+pub use self::compress::{
+    Compression, GZIP_OS_UNKNOWN, MAX_GZIP_LEVEL, MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP,
+    MEDIA_TYPE_TAR_ZSTD,
+};
+use self::compress::{Encoder, Workers};
 pub use self::tar::write_tar;
 use self::tar::StreamError;
-
-/// The media type of a gzip-compressed tar layer.
-pub const MEDIA_TYPE_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-
-/// The gzip header's OS byte: 255, "unknown".
-pub const GZIP_OS_UNKNOWN: u8 = 255;
-
-/// Highest gzip level.
-pub const MAX_GZIP_LEVEL: u32 = 9;
 
 /// Buffer between the compressor and the blob file.
 const FILE_BUFFER: usize = 256 * 1024;
 
-/// Where layer contents come from and how they are compressed.
+/// Where layer contents come from, how they are compressed, and where
+/// built layers are remembered.
 #[derive(Debug, Clone)]
 pub struct LayerOptions {
     /// Files of `/nix/store/x` are read from `store_root/nix/store/x`; `/` for
     /// the real store.
     pub store_root: PathBuf,
-    /// gzip level, 0 to 9.
-    pub gzip_level: u32,
+    pub compression: Compression,
+    /// The layer cache's directory; `None` builds every layer.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// A layer written to `blobs/sha256/`.
@@ -68,6 +75,21 @@ pub struct BuiltLayer {
     /// Size of the compressed blob.
     pub size: u64,
     pub media_type: String,
+}
+
+/// A layer of [`build_layers`] and where its blob came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerOutcome {
+    #[serde(flatten)]
+    pub layer: BuiltLayer,
+    /// `miss`: built now; `hit`: from the cache's blob store; `layout`:
+    /// already in the output layout.
+    pub cache: CacheStatus,
+    /// What was wrong with the cache for this layer (a damaged entry or
+    /// blob that was rebuilt, a blob that could not be stored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_problem: Option<String>,
 }
 
 /// Why a layer could not be built.
@@ -100,27 +122,53 @@ pub enum LayerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("gzip level {level} is out of range (0 to 9)")]
-    GzipLevel { level: u32 },
-    #[error("starting {jobs} layer threads")]
+    #[error(
+        "{compression} level {level} is out of range ({})",
+        Compression::level_range(compression)
+    )]
+    Level {
+        compression: &'static str,
+        level: i32,
+    },
+    #[error("compression none takes no level")]
+    NoLevel,
+    #[error("unknown compression '{name}' (expected gzip, zstd or none)")]
+    UnknownCompression { name: String },
+    #[error("opening the layer cache")]
+    Cache(#[from] cache::CacheError),
+    #[error("starting {jobs} compression threads")]
     ThreadPool {
         jobs: usize,
         #[source]
         source: rayon::ThreadPoolBuildError,
     },
+    #[error("starting layer threads")]
+    Threads(#[source] std::io::Error),
 }
 
-/// Builds one layer from store paths into `blobs_dir` (`blobs/sha256/`).
+/// Builds one layer from store paths into `blobs_dir` (`blobs/sha256/`),
+/// without the cache, on one compression thread.
 ///
 /// The paths are written sorted and without duplicates, and returned so.
-/// If the blob is already there it is left alone. On error no temp file is
-/// left behind.
+/// The blob replaces any file of its name. On error no temp file is left
+/// behind.
 pub fn build_layer(
     paths: &[StorePath],
     opts: &LayerOptions,
     blobs_dir: &Path,
 ) -> Result<BuiltLayer, LayerError> {
-    let level = gzip_level(opts.gzip_level)?;
+    opts.compression.check()?;
+    let workers = Workers::new(1)?;
+    write_layer(paths, opts, blobs_dir, &workers)
+}
+
+/// Tars, hashes, compresses, hashes and writes one layer.
+fn write_layer(
+    paths: &[StorePath],
+    opts: &LayerOptions,
+    blobs_dir: &Path,
+    workers: &Workers,
+) -> Result<BuiltLayer, LayerError> {
     let mut store_paths = paths.to_vec();
     store_paths.sort();
     store_paths.dedup();
@@ -141,53 +189,55 @@ pub fn build_layer(
     };
 
     let file = BufWriter::with_capacity(FILE_BUFFER, temp.as_file());
-    let gzip = GzBuilder::new()
-        .mtime(0)
-        .operating_system(GZIP_OS_UNKNOWN)
-        .write(DigestWriter::new(file), level);
-    let tar = tar::write_stream(&store_paths, &opts.store_root, DigestWriter::new(gzip)).map_err(
-        |e| match e {
+    let encoder =
+        Encoder::new(opts.compression, DigestWriter::new(file), workers).map_err(|e| match e {
+            LayerError::WriteStream { source } => write_error(source),
+            other => other,
+        })?;
+    let tar = tar::write_stream(&store_paths, &opts.store_root, DigestWriter::new(encoder))
+        .map_err(|e| match e {
             StreamError::Layer(e) => e,
             StreamError::Write(source) => write_error(source),
-        },
-    )?;
-    let (gzip, diff_id, _) = tar.finish();
-    let compressed = gzip.finish().map_err(write_error)?;
+        })?;
+    let (encoder, diff_id, _) = tar.finish();
+    let compressed = encoder.finish().map_err(write_error)?;
     let (file, digest, size) = compressed.finish();
     file.into_inner().map_err(|e| write_error(e.into_error()))?;
 
     let blob = blobs_dir.join(digest.hex());
-    if !matches!(blob.try_exists(), Ok(true)) {
-        temp.persist(&blob).map_err(|e| LayerError::Write {
-            path: blob.clone(),
-            source: e.error,
-        })?;
-    }
+    temp.persist(&blob).map_err(|e| LayerError::Write {
+        path: blob.clone(),
+        source: e.error,
+    })?;
     Ok(BuiltLayer {
         store_paths,
         diff_id,
         digest,
         size,
-        media_type: MEDIA_TYPE_TAR_GZIP.to_owned(),
+        media_type: opts.compression.media_type().to_owned(),
     })
 }
 
-/// Builds `layers` on a pool of `jobs` threads (0: one per CPU), the
-/// biggest first so that a big layer does not start last, and returns them
-/// in input order.
+/// Builds `layers` with `jobs` threads (0: one per CPU), the biggest first
+/// so that a big layer does not start last, and returns them in input
+/// order.
 ///
-/// Equal layers are built once. `on_done` is called from the worker threads
-/// as layers finish, once per entry of `layers`. If layers fail, the error is
-/// the one of the first failing layer in input order; layers after it that
-/// have not started yet are not built.
+/// `infos` gives each store path's NAR hash and size: the NAR hashes make
+/// the cache key (a layer with a path missing from `infos` is never
+/// cached), the sizes the order of work. Equal layers are built once.
+/// `on_done` is called from the layer threads as layers finish, once per
+/// entry of `layers`. If layers fail, the error is the one of the first
+/// failing layer in input order; layers after it that have not started yet
+/// are not built.
 pub fn build_layers(
     layers: &[Vec<StorePath>],
+    infos: &BTreeMap<StorePath, PathInfo>,
     opts: &LayerOptions,
     blobs_dir: &Path,
     jobs: usize,
     on_done: &(dyn Fn(&BuiltLayer) + Sync),
-) -> Result<Vec<BuiltLayer>, LayerError> {
-    gzip_level(opts.gzip_level)?;
+) -> Result<Vec<LayerOutcome>, LayerError> {
+    opts.compression.check()?;
 
     // Distinct layers, numbered in order of first appearance, so that their
     // order is input order.
@@ -208,48 +258,123 @@ pub fn build_layers(
         slots.push(k);
     }
 
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs)
-        .thread_name(|i| format!("nixoci-layer-{i}"))
-        .build()
-        .map_err(|source| LayerError::ThreadPool { jobs, source })?;
+    let workers = Workers::new(jobs)?;
+    let cache = opts.cache_dir.as_deref().map(Cache::open).transpose()?;
+    let keys: Vec<Option<Digest>> = match &cache {
+        Some(_) => {
+            let engine = opts.compression.engine();
+            let fingerprint = Digest::of(
+                format!(
+                    "{} {}",
+                    compress::fingerprint(opts.compression, &workers)?,
+                    cache::code_fingerprint()
+                )
+                .as_bytes(),
+            );
+            distinct
+                .iter()
+                .map(|paths| cache::key(paths, infos, &engine, &fingerprint))
+                .collect()
+        }
+        None => vec![None; distinct.len()],
+    };
+    let sizes: Vec<u64> = distinct
+        .iter()
+        .map(|paths| {
+            paths
+                .iter()
+                .map(|p| match infos.get(p) {
+                    Some(info) => info.nar_size,
+                    None => estimate_size(std::slice::from_ref(p), &opts.store_root),
+                })
+                .sum()
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..distinct.len()).collect();
+    order.sort_by_key(|&k| (std::cmp::Reverse(sizes[k]), k));
 
-    let results: Vec<Mutex<Option<Result<BuiltLayer, LayerError>>>> =
-        distinct.iter().map(|_| Mutex::new(None)).collect();
-    pool.install(|| {
-        let sizes: Vec<u64> = distinct
-            .par_iter()
-            .map(|paths| estimate_size(paths, &opts.store_root))
-            .collect();
-        let mut order: Vec<usize> = (0..distinct.len()).collect();
-        order.sort_by_key(|&k| (std::cmp::Reverse(sizes[k]), k));
-
-        // Each worker takes the next layer in `order` until none is left:
-        // biggest first, whatever the pool's own scheduling.
-        let next = AtomicUsize::new(0);
-        let first_failed = AtomicUsize::new(usize::MAX);
-        rayon::scope(|scope| {
-            for _ in 0..rayon::current_num_threads() {
-                scope.spawn(|_| {
-                    while let Some(&k) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        if k > first_failed.load(Ordering::Relaxed) {
-                            continue;
-                        }
-                        let result = build_layer(&distinct[k], opts, blobs_dir);
-                        match &result {
-                            Ok(built) => (0..copies[k]).for_each(|_| on_done(built)),
-                            Err(_) => {
-                                first_failed.fetch_min(k, Ordering::Relaxed);
-                            }
-                        }
-                        if let Ok(mut slot) = results[k].lock() {
-                            *slot = Some(result);
-                        }
-                    }
+    let build_one = |k: usize| -> Result<LayerOutcome, LayerError> {
+        let paths = &distinct[k];
+        let mut problem = None;
+        if let (Some(cache), Some(key)) = (&cache, &keys[k]) {
+            match cache.reuse(key, paths, opts.compression.media_type(), blobs_dir) {
+                cache::Reuse::Found(layer, status) => {
+                    return Ok(LayerOutcome {
+                        layer,
+                        cache: status,
+                        cache_problem: None,
+                    })
+                }
+                cache::Reuse::Build { problem: p } => problem = p,
+            }
+        }
+        let layer = write_layer(paths, opts, blobs_dir, &workers)?;
+        if let (Some(cache), Some(key)) = (&cache, &keys[k]) {
+            if let Err(e) = cache.store(key, &layer, blobs_dir) {
+                let note = format!(
+                    "could not store layer {} in cache {}: {e}",
+                    layer.digest,
+                    cache.dir().display()
+                );
+                problem = Some(match problem {
+                    Some(p) => format!("{p}; {note}"),
+                    None => note,
                 });
             }
-        });
-    });
+        }
+        Ok(LayerOutcome {
+            layer,
+            cache: CacheStatus::Miss,
+            cache_problem: problem,
+        })
+    };
+
+    let results: Vec<Mutex<Option<Result<LayerOutcome, LayerError>>>> =
+        distinct.iter().map(|_| Mutex::new(None)).collect();
+    // Each layer thread takes the next layer in `order` until none is left.
+    let next = AtomicUsize::new(0);
+    let first_failed = AtomicUsize::new(usize::MAX);
+    let run = || {
+        while let Some(&k) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+            if k > first_failed.load(Ordering::Relaxed) {
+                continue;
+            }
+            let result = build_one(k);
+            match &result {
+                Ok(outcome) => (0..copies[k]).for_each(|_| on_done(&outcome.layer)),
+                Err(_) => {
+                    first_failed.fetch_min(k, Ordering::Relaxed);
+                }
+            }
+            if let Ok(mut slot) = results[k].lock() {
+                *slot = Some(result);
+            }
+        }
+    };
+    // gzip layer threads mostly wait for the pool: twice as many keep it fed
+    // while some of them tar. zstd and none work on their layer thread.
+    let per_job = match opts.compression {
+        Compression::Gzip { .. } => 2,
+        _ => 1,
+    };
+    let threads = (per_job * workers.jobs()).min(distinct.len());
+    std::thread::scope(|scope| {
+        let mut started = 0;
+        let mut spawn_error = None;
+        for i in 0..threads {
+            match std::thread::Builder::new()
+                .name(format!("nixoci-layer-{i}"))
+                .spawn_scoped(scope, run)
+            {
+                Ok(_) => started += 1,
+                Err(e) => spawn_error = Some(e),
+            }
+        }
+        match (started, spawn_error) {
+            (0, Some(e)) => Err(LayerError::Threads(e)),
+            _ => Ok(()),
+        }
+    })?;
 
     // Every layer before the first failure was built; skipped ones come
     // after it, so the first error in order is the one to return.
@@ -271,8 +396,9 @@ pub fn build_layers(
         .collect())
 }
 
-/// A rough size of a layer's tar, from metadata alone, to order the work.
-/// Anything unreadable counts as nothing: the build reports it.
+/// A rough size of a layer's tar, from metadata alone, to order the work
+/// when the closure does not say. Anything unreadable counts as nothing:
+/// the build reports it.
 fn estimate_size(paths: &[StorePath], store_root: &Path) -> u64 {
     let mut total = 0u64;
     let mut pending: Vec<PathBuf> = paths
@@ -295,13 +421,6 @@ fn estimate_size(paths: &[StorePath], store_root: &Path) -> u64 {
     total
 }
 
-fn gzip_level(level: u32) -> Result<Compression, LayerError> {
-    if level > MAX_GZIP_LEVEL {
-        return Err(LayerError::GzipLevel { level });
-    }
-    Ok(Compression::new(level))
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Read;
@@ -315,7 +434,8 @@ mod tests {
     fn options(fixture: &Fixture) -> LayerOptions {
         LayerOptions {
             store_root: fixture.root.path().to_owned(),
-            gzip_level: 6,
+            compression: Compression::default(),
+            cache_dir: None,
         }
     }
 
@@ -376,7 +496,8 @@ mod tests {
         let blobs = tempfile::tempdir().unwrap();
         let opts = LayerOptions {
             store_root: root.path().to_owned(),
-            gzip_level: 6,
+            compression: Compression::default(),
+            cache_dir: None,
         };
         let gone = StorePath::from_absolute(&format!("/nix/store/{H1}-gone")).unwrap();
         let err = build_layer(&[gone], &opts, blobs.path()).unwrap_err();
@@ -400,20 +521,27 @@ mod tests {
         let fixture = Fixture::new(false);
         let blobs = tempfile::tempdir().unwrap();
         let opts = LayerOptions {
-            gzip_level: 10,
+            compression: Compression::Gzip { level: 10 },
             ..options(&fixture)
         };
         let err = build_layer(&fixture.paths, &opts, blobs.path()).unwrap_err();
         assert_eq!(err.to_string(), "gzip level 10 is out of range (0 to 9)");
         let err = build_layers(
             std::slice::from_ref(&fixture.paths),
+            &BTreeMap::new(),
             &opts,
             blobs.path(),
             1,
             &|_| {},
         )
         .unwrap_err();
-        assert!(matches!(err, LayerError::GzipLevel { level: 10 }));
+        assert!(matches!(
+            err,
+            LayerError::Level {
+                compression: "gzip",
+                level: 10
+            }
+        ));
     }
 
     #[test]
@@ -432,10 +560,23 @@ mod tests {
         for jobs in [1, 3] {
             let blobs = tempfile::tempdir().unwrap();
             let done = AtomicUsize::new(0);
-            let built = build_layers(&layers, &options(&fixture), blobs.path(), jobs, &|_| {
-                done.fetch_add(1, Ordering::Relaxed);
+            let built: Vec<BuiltLayer> = build_layers(
+                &layers,
+                &BTreeMap::new(),
+                &options(&fixture),
+                blobs.path(),
+                jobs,
+                &|_| {
+                    done.fetch_add(1, Ordering::Relaxed);
+                },
+            )
+            .unwrap()
+            .into_iter()
+            .map(|o| {
+                assert_eq!(o.cache, CacheStatus::Miss);
+                o.layer
             })
-            .unwrap();
+            .collect();
             assert_eq!(done.load(Ordering::Relaxed), layers.len());
             assert_eq!(built.len(), layers.len());
             for (layer, b) in layers.iter().zip(&built) {
@@ -468,8 +609,15 @@ mod tests {
         ];
         for jobs in [1, 3] {
             let blobs = tempfile::tempdir().unwrap();
-            let err =
-                build_layers(&layers, &options(&fixture), blobs.path(), jobs, &|_| {}).unwrap_err();
+            let err = build_layers(
+                &layers,
+                &BTreeMap::new(),
+                &options(&fixture),
+                blobs.path(),
+                jobs,
+                &|_| {},
+            )
+            .unwrap_err();
             let LayerError::InLayer { index, source } = err else {
                 panic!("expected InLayer, got {err:?}");
             };

@@ -42,6 +42,10 @@ use std::path::{Path, PathBuf};
 use super::LayerError;
 use crate::store_path::StorePath;
 
+/// Version of the rules above: bump it with any change to the bytes a layer
+/// gets, so that the layer cache never reuses blobs of the old format.
+pub const FORMAT_VERSION: u32 = 1;
+
 /// The tar block size.
 const BLOCK: usize = 512;
 /// Room for a name or link target in a ustar header.

@@ -22,6 +22,11 @@ pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// The annotation that names a tag in `index.json`.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// The annotation on each layer descriptor of a manifest that lists the
+/// layer's store paths: their base names (`HASH-NAME`), sorted, separated
+/// by single spaces. `nixoci build --previous` reads it back.
+pub const ANNOTATION_STORE_PATHS: &str = "dev.nixoci.store-paths";
+
 /// What `history` entries say created each layer.
 pub const CREATED_BY: &str = "nixoci";
 
@@ -100,6 +105,12 @@ fn media_type(m: &str) -> MediaType {
 pub fn history_comment(layer: &BuiltLayer) -> String {
     let names: Vec<&str> = layer.store_paths.iter().map(|p| p.as_str()).collect();
     format!("store paths: {}", names.join(" "))
+}
+
+/// The value of [`ANNOTATION_STORE_PATHS`] for a layer.
+pub fn store_paths_annotation(layer: &BuiltLayer) -> String {
+    let names: Vec<&str> = layer.store_paths.iter().map(|p| p.base_name()).collect();
+    names.join(" ")
 }
 
 /// The image configuration of one platform.
@@ -196,6 +207,10 @@ pub fn manifest_blob(
                 .media_type(media_type(&l.media_type))
                 .digest(oci_digest(&l.digest)?)
                 .size(l.size)
+                .annotations(std::collections::HashMap::from([(
+                    ANNOTATION_STORE_PATHS.to_owned(),
+                    store_paths_annotation(l),
+                )]))
                 .build()
                 .map_err(spec("image manifest"))
         })
@@ -425,6 +440,10 @@ mod tests {
         assert_eq!(v["config"]["digest"], cfg.digest.as_str());
         assert_eq!(v["layers"][0]["mediaType"], MEDIA_TYPE_TAR_GZIP);
         assert_eq!(v["layers"][0]["size"], 101);
+        assert_eq!(
+            v["layers"][0]["annotations"][ANNOTATION_STORE_PATHS],
+            format!("{}-p1", "a".repeat(32))
+        );
 
         // Platforms come out sorted whatever order they go in.
         let a = index_blob(&[(&arm, &m), (&amd, &m)], &BTreeMap::new()).unwrap();

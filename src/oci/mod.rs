@@ -5,6 +5,7 @@ pub mod digest;
 pub mod image;
 pub mod json;
 pub mod layout;
+pub mod previous;
 pub mod verify;
 
 pub use digest::{Digest, DigestWriter};

@@ -1,7 +1,7 @@
 //! Verifying an OCI image layout: every blob re-hashed, sizes checked,
-//! every manifest's layers decompressed and checked against the config's
-//! `diff_ids`, media types and platform fields checked. Stops at the first
-//! problem and names it.
+//! every manifest's layers decompressed (gzip, zstd or plain tar) and
+//! checked against the config's `diff_ids`, media types and platform fields
+//! checked. Stops at the first problem and names it.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::image::{MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
 use super::{Digest, DigestWriter};
-use crate::layer::MEDIA_TYPE_TAR_GZIP;
+use crate::layer::{MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD};
 
 /// The first problem found in a layout.
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +241,7 @@ impl Verifier<'_> {
         }
         for (l, diff) in layers.iter().zip(diff_ids) {
             let ld = descriptor(l, &what)?;
-            if ld.media_type != MEDIA_TYPE_TAR_GZIP && ld.media_type != MEDIA_TYPE_TAR {
+            if !LAYER_MEDIA_TYPES.contains(&ld.media_type.as_str()) {
                 return Err(invalid(
                     &what,
                     format!(
@@ -257,20 +257,27 @@ impl Verifier<'_> {
     }
 }
 
-const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// The layer media types a layout may use.
+const LAYER_MEDIA_TYPES: [&str; 3] = [MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD, MEDIA_TYPE_TAR];
 
-/// Re-hashes a file, returning its digest and size.
-fn hash_file(path: &Path, decompress: bool) -> Result<(Digest, u64), VerifyError> {
+/// Re-hashes a file as stored (`media_type` `None`) or decompressed as its
+/// layer media type says, returning the digest and size.
+fn hash_file(path: &Path, media_type: Option<&str>) -> Result<(Digest, u64), VerifyError> {
     let io_err = |source| VerifyError::Io {
         path: path.to_owned(),
         source,
     };
     let file = File::open(path).map_err(io_err)?;
     let mut w = DigestWriter::new(io::sink());
-    let mut reader: Box<dyn Read> = if decompress {
-        Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
-    } else {
-        Box::new(file)
+    let mut reader: Box<dyn Read> = match media_type {
+        Some(MEDIA_TYPE_TAR_GZIP) => {
+            Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
+        }
+        // Frames one after another, as the zstd format allows.
+        Some(MEDIA_TYPE_TAR_ZSTD) => {
+            Box::new(zstd::stream::read::Decoder::new(file).map_err(io_err)?)
+        }
+        _ => Box::new(file),
     };
     io::copy(&mut reader, &mut w).map_err(io_err)?;
     let (_, digest, len) = w.finish();
@@ -311,7 +318,7 @@ pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
         names
             .par_iter()
             .map(|name| {
-                let (found, _) = hash_file(&blobs.join(name), false)?;
+                let (found, _) = hash_file(&blobs.join(name), None)?;
                 if found.hex() != name {
                     return Err(VerifyError::Digest {
                         name: name.clone(),
@@ -381,7 +388,7 @@ pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
                         found: meta.len(),
                     });
                 }
-                let (found, _) = hash_file(&path, l.media_type == MEDIA_TYPE_TAR_GZIP)?;
+                let (found, _) = hash_file(&path, Some(&l.media_type))?;
                 if found.as_str() != diff {
                     return Err(VerifyError::DiffId {
                         layer: l.digest.clone(),

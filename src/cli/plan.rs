@@ -1,0 +1,225 @@
+//! `nixoci plan`: the layer plan a build would use, printed instead of
+//! built. Takes `nixoci build`'s arguments (the same [`build::Args`], with
+//! the flags that only shape the written image hidden), so a plan is
+//! exactly what the build with the same flags makes.
+
+use anyhow::Context;
+use clap::builder::Resettable;
+use clap::{ArgMatches, Command, FromArgMatches, Id};
+
+use super::build;
+use crate::pipeline;
+use crate::plan::{LayerPlan, Origin};
+
+const ABOUT: &str = "Print the layer plan a build would use, without building anything";
+
+const LONG_ABOUT: &str = "\
+Print the layer plan a build would use, without building anything.
+
+Takes the same inputs as `nixoci build`: installables with --system or
+--platform, --closure-json, and the layering flags --max-layers,
+--reserve-layers, --min-layer-size, --layer and --previous. Nix builds the
+installables (a plan needs their closures), but no layer is written.
+
+Prints each platform's layers bottom first, with their NAR size, where they
+come from (planned, pinned by --layer, or kept from --previous) and their
+store paths; with --json, the plan itself (a LayerPlan, see
+docs/layering.md).
+
+Example:
+
+  nixoci plan .#app --system x86_64-linux --system aarch64-linux \\
+      --max-layers 20 --previous app.oci:1.0";
+
+/// `nixoci plan`'s arguments: `nixoci build`'s.
+#[derive(Debug)]
+pub struct Args {
+    pub build: build::Args,
+}
+
+impl FromArgMatches for Args {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Args {
+            build: build::Args::from_arg_matches(matches)?,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        self.build.update_from_arg_matches(matches)
+    }
+}
+
+impl clap::Args for Args {
+    fn augment_args(cmd: Command) -> Command {
+        adjust(<build::Args as clap::Args>::augment_args(cmd))
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        adjust(<build::Args as clap::Args>::augment_args_for_update(cmd))
+    }
+}
+
+/// `build`'s arguments as `plan` takes them: no output, and the flags that
+/// only shape the written image hidden (still accepted, so a build's
+/// command line can be planned as it is).
+fn adjust(cmd: Command) -> Command {
+    let mut cmd = cmd
+        .about(ABOUT)
+        .long_about(LONG_ABOUT)
+        .mut_arg("output", |a| {
+            a.required_unless_present(Resettable::<Id>::Reset)
+                .hide(true)
+        })
+        .mut_arg("json", |a| {
+            a.help("Print the plan as JSON (a LayerPlan) on stdout")
+                .long_help(None)
+        });
+    for hidden in [
+        "tag",
+        "entrypoint",
+        "cmd",
+        "env",
+        "workdir",
+        "user",
+        "expose",
+        "label",
+        "annotation",
+        "created",
+        "jobs",
+        "level",
+    ] {
+        cmd = cmd.mut_arg(hidden, |a| a.hide(true));
+    }
+    cmd
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut args = args.build;
+    if args.structured_attrs {
+        build::apply_structured_attrs(&mut args)?;
+    }
+    let req = build::plan_request(&args)?;
+    let plan = pipeline::plan_request(&req).context("planning layers")?;
+    let mut bytes = if args.json {
+        let mut b = serde_json::to_vec_pretty(&plan)?;
+        b.push(b'\n');
+        b
+    } else {
+        table(&plan).into_bytes()
+    };
+    if bytes.is_empty() {
+        bytes.push(b'\n');
+    }
+    super::print_stdout(&bytes)
+}
+
+/// The plan as text: per platform, a line per layer (bottom first) and a
+/// line per further store path.
+pub fn table(plan: &LayerPlan) -> String {
+    let mut out = String::new();
+    for (n, image) in plan.images.iter().enumerate() {
+        if n > 0 {
+            out.push('\n');
+        }
+        let total: u64 = image.layers.iter().map(|&l| plan.layers[l].nar_size).sum();
+        out.push_str(&format!(
+            "{}: {} layer{}, {}\n",
+            image.platform,
+            image.layers.len(),
+            if image.layers.len() == 1 { "" } else { "s" },
+            build::human_bytes(total)
+        ));
+        out.push_str(&format!(
+            "{:>5}  {:>10}  {:<8}  {:<6}  store paths\n",
+            "layer", "size", "origin", "shared"
+        ));
+        for (i, &l) in image.layers.iter().enumerate() {
+            let layer = &plan.layers[l];
+            let origin = match layer.origin {
+                Origin::Planned => "planned",
+                Origin::Pinned => "pinned",
+                Origin::Previous => "previous",
+            };
+            let images = plan
+                .images
+                .iter()
+                .filter(|im| im.layers.contains(&l))
+                .count();
+            let shared = if images > 1 {
+                format!("{images}")
+            } else {
+                "-".to_owned()
+            };
+            let mut paths = layer.store_paths.iter();
+            let first = paths.next().map(|p| p.as_str()).unwrap_or("");
+            out.push_str(&format!(
+                "{:>5}  {:>10}  {:<8}  {:<6}  {first}\n",
+                i + 1,
+                build::human_bytes(layer.nar_size),
+                origin,
+                shared
+            ));
+            for p in paths {
+                out.push_str(&format!("{:>37}{p}\n", ""));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::plan::{ImagePlan, PlannedLayer};
+    use crate::store_path::StorePath;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::super::Cli::command().debug_assert();
+        let help = super::super::Cli::command()
+            .find_subcommand_mut("plan")
+            .map(|c| c.render_long_help().to_string())
+            .unwrap_or_default();
+        assert!(help.contains("without building anything"), "{help}");
+        assert!(help.contains("--previous"), "{help}");
+        assert!(!help.contains("--entrypoint"), "{help}");
+    }
+
+    #[test]
+    fn tables_list_layers_bottom_first() {
+        let p = |name: &str| {
+            StorePath::from_absolute(&format!("/nix/store/{}-{name}", "a".repeat(32))).unwrap()
+        };
+        let plan = LayerPlan {
+            version: crate::plan::PLAN_VERSION,
+            layers: vec![
+                PlannedLayer {
+                    store_paths: vec![p("glibc"), p("zlib")],
+                    nar_size: 3 << 20,
+                    origin: Origin::Previous,
+                },
+                PlannedLayer {
+                    store_paths: vec![p("app")],
+                    nar_size: 2048,
+                    origin: Origin::Planned,
+                },
+            ],
+            images: vec![ImagePlan {
+                platform: "linux/amd64".parse().unwrap(),
+                layers: vec![0, 1],
+            }],
+        };
+        let text = table(&plan);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "linux/amd64: 2 layers, 3.0 MiB");
+        assert!(
+            lines[2].contains("    1     3.0 MiB  previous  -"),
+            "{text}"
+        );
+        assert!(lines[2].ends_with("-glibc"), "{text}");
+        assert!(lines[3].trim_start().starts_with("/nix/store/") && lines[3].ends_with("-zlib"));
+        assert!(lines[4].contains("    2     2.0 KiB  planned"), "{text}");
+    }
+}

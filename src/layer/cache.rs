@@ -1,0 +1,583 @@
+//! The layer cache: a persistent map from what decides a layer's bytes to
+//! the layer's blob, so that a layer is never built twice.
+//!
+//! Store paths never change, so a layer is fully determined by its sorted
+//! store paths with their NAR hashes, the tar format version and the
+//! compressor (name, level, library version, and a fingerprint of what it
+//! makes of a fixed sample). The key is the SHA-256 of a versioned text of
+//! exactly those ([`key`]). On disk, under the cache directory:
+//!
+//! ```text
+//! layers-v1/index/<key hex>          {"version":1,"key":…,"diffId":…,"digest":…,"size":…,"mediaType":…,"check":…}
+//! layers-v1/blobs/sha256/<hex>       the blob, often a hard link to a layout's blob
+//! ```
+//!
+//! Nothing is trusted blindly: an entry carries a check digest over its own
+//! fields, and a blob is reused only after its size and SHA-256 are checked;
+//! a corrupt or foreign entry or blob is reported, removed and rebuilt.
+//! Every file is written to a temporary name and renamed, so concurrent runs
+//! never see a partial file. Nothing is ever evicted: deleting the directory
+//! (when no build runs) is always safe.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::BuiltLayer;
+use crate::closure::PathInfo;
+use crate::oci::Digest;
+use crate::store_path::StorePath;
+
+/// Version of the cache's layout on disk and of its entries.
+pub const CACHE_VERSION: u32 = 1;
+
+/// The first line of every key's text; bump [`CACHE_VERSION`] to change it.
+const KEY_HEADER: &str = "nixoci layer cache key v1";
+
+/// Why the cache directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache directory {path} is not writable")]
+    NotWritable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Where a layer's blob came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheStatus {
+    /// Built now: tarred, compressed and written.
+    Miss,
+    /// Taken from the cache's blob store (hard-linked or copied).
+    Hit,
+    /// Already in the output layout, checked and kept.
+    Layout,
+}
+
+/// The default cache directory: `$XDG_CACHE_HOME/nixoci`, else
+/// `$HOME/.cache/nixoci`. Relative or empty values are ignored, as the XDG
+/// spec says. Takes the variables' values to stay pure.
+pub fn default_dir(xdg_cache_home: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+    let absolute = |v: Option<OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
+    absolute(xdg_cache_home)
+        .map(|d| d.join("nixoci"))
+        .or_else(|| absolute(home).map(|h| h.join(".cache/nixoci")))
+}
+
+/// The source of the code that decides a layer's bytes (the tar writer, the
+/// compressors and the layer writer), hashed: any change to it, even one
+/// that forgot to bump [`super::tar::FORMAT_VERSION`], gets new keys.
+pub fn code_fingerprint() -> Digest {
+    let mut h = Sha256::new();
+    for source in [
+        include_str!("tar.rs"),
+        include_str!("compress.rs"),
+        include_str!("mod.rs"),
+    ] {
+        h.update(source.len().to_le_bytes());
+        h.update(source.as_bytes());
+    }
+    Digest::from_sha256(h.finalize().into())
+}
+
+/// The cache key of a layer: SHA-256 over a versioned text of its sorted
+/// store paths with their NAR hashes, the tar format version, the
+/// compressor's description ([`super::Compression::engine`]) and
+/// `fingerprint` (of the compressor's output and of the code,
+/// [`super::compress::fingerprint`], [`code_fingerprint`]). `None` when a
+/// path has no NAR hash: such a layer is never cached.
+pub fn key(
+    paths: &[StorePath],
+    infos: &BTreeMap<StorePath, PathInfo>,
+    engine: &str,
+    fingerprint: &Digest,
+) -> Option<Digest> {
+    let mut sorted: Vec<&StorePath> = paths.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut text = format!(
+        "{KEY_HEADER}\ntar {}\ncompression {engine}\nfingerprint {fingerprint}\n",
+        super::tar::FORMAT_VERSION
+    );
+    for p in sorted {
+        let hash = &infos.get(p)?.nar_hash;
+        if hash.is_empty() || hash.contains(char::is_whitespace) {
+            return None;
+        }
+        text.push_str(&format!("path {p} {hash}\n"));
+    }
+    Some(Digest::of(text.as_bytes()))
+}
+
+/// An index entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry {
+    version: u32,
+    key: Digest,
+    diff_id: Digest,
+    digest: Digest,
+    size: u64,
+    media_type: String,
+    /// SHA-256 over the fields above: a damaged entry never passes.
+    check: Digest,
+}
+
+impl Entry {
+    fn new(key: &Digest, layer: &BuiltLayer) -> Entry {
+        let mut e = Entry {
+            version: CACHE_VERSION,
+            key: key.clone(),
+            diff_id: layer.diff_id.clone(),
+            digest: layer.digest.clone(),
+            size: layer.size,
+            media_type: layer.media_type.clone(),
+            check: Digest::of(b""),
+        };
+        e.check = e.expected_check();
+        e
+    }
+
+    fn expected_check(&self) -> Digest {
+        Digest::of(
+            format!(
+                "{}\n{}\n{}\n{}\n{}\n{}\n",
+                self.version, self.key, self.diff_id, self.digest, self.size, self.media_type
+            )
+            .as_bytes(),
+        )
+    }
+}
+
+/// What [`Cache::reuse`] found.
+#[derive(Debug)]
+pub enum Reuse {
+    /// The blob is in the output layout now.
+    Found(BuiltLayer, CacheStatus),
+    /// Build it; `problem` says what was wrong with the cache, if anything.
+    Build { problem: Option<String> },
+}
+
+/// An open cache directory.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+    index: PathBuf,
+    blobs: PathBuf,
+}
+
+impl Cache {
+    /// Opens (creating) the cache under `dir` and checks that it can be
+    /// written.
+    pub fn open(dir: &Path) -> Result<Cache, CacheError> {
+        let root = dir.join(format!("layers-v{CACHE_VERSION}"));
+        let cache = Cache {
+            dir: dir.to_owned(),
+            index: root.join("index"),
+            blobs: root.join("blobs/sha256"),
+        };
+        let not_writable = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CacheError::NotWritable { path, source }
+        };
+        for d in [&cache.index, &cache.blobs] {
+            fs::create_dir_all(d).map_err(not_writable(dir))?;
+        }
+        // A directory can exist and still refuse files (read-only mounts,
+        // another user's cache).
+        tempfile::Builder::new()
+            .prefix(".probe-")
+            .tempfile_in(&cache.index)
+            .map_err(not_writable(dir))?;
+        Ok(cache)
+    }
+
+    /// The directory given to [`Cache::open`].
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn entry_path(&self, key: &Digest) -> PathBuf {
+        self.index.join(key.hex())
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blobs.join(digest.hex())
+    }
+
+    /// Reads and checks the entry of `key`: `Ok(None)` when there is none,
+    /// `Err` saying what is wrong with a damaged one.
+    fn entry(&self, key: &Digest) -> Result<Option<Entry>, String> {
+        let path = self.entry_path(key);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read it ({e})")),
+        };
+        let entry: Entry =
+            serde_json::from_slice(&bytes).map_err(|e| format!("it is not an entry ({e})"))?;
+        if entry.version != CACHE_VERSION {
+            return Err(format!("it has version {}", entry.version));
+        }
+        if entry.key != *key {
+            return Err(format!("it is the entry of {}", entry.key));
+        }
+        if entry.check != entry.expected_check() {
+            return Err("its check digest does not match its fields".to_owned());
+        }
+        Ok(Some(entry))
+    }
+
+    /// Looks `key` up and, if its blob is good, puts it into `blobs_dir`
+    /// (the output layout's `blobs/sha256`). A damaged entry or blob is
+    /// removed and named in the returned problem.
+    pub fn reuse(
+        &self,
+        key: &Digest,
+        paths: &[StorePath],
+        media_type: &str,
+        blobs_dir: &Path,
+    ) -> Reuse {
+        let entry = match self.entry(key) {
+            Ok(Some(e)) => e,
+            Ok(None) => return Reuse::Build { problem: None },
+            Err(why) => {
+                let _ = fs::remove_file(self.entry_path(key));
+                return Reuse::Build {
+                    problem: Some(format!(
+                        "cache entry {} is corrupt: {why}; rebuilding",
+                        key.hex()
+                    )),
+                };
+            }
+        };
+        if entry.media_type != media_type {
+            // Keys include the compressor, so this is a foreign entry.
+            let _ = fs::remove_file(self.entry_path(key));
+            return Reuse::Build {
+                problem: Some(format!(
+                    "cache entry {} has media type {}, expected {media_type}; rebuilding",
+                    key.hex(),
+                    entry.media_type
+                )),
+            };
+        }
+        let mut store_paths = paths.to_vec();
+        store_paths.sort();
+        store_paths.dedup();
+        let layer = BuiltLayer {
+            store_paths,
+            diff_id: entry.diff_id.clone(),
+            digest: entry.digest.clone(),
+            size: entry.size,
+            media_type: entry.media_type.clone(),
+        };
+
+        let in_layout = blobs_dir.join(entry.digest.hex());
+        let cached = self.blob_path(&entry.digest);
+        let mut problems = Vec::new();
+        match check_blob(&in_layout, entry.size, &entry.digest) {
+            Ok(true) => {
+                // Keep the cache's copy too; a failure here costs nothing now.
+                if !cached.exists() {
+                    let _ = place(&in_layout, &cached);
+                }
+                return Reuse::Found(layer, CacheStatus::Layout);
+            }
+            Ok(false) => {}
+            Err(why) => problems.push(format!("the output's blob {why}")),
+        }
+        match check_blob(&cached, entry.size, &entry.digest) {
+            Ok(true) => match place(&cached, &in_layout) {
+                Ok(()) => return Reuse::Found(layer, CacheStatus::Hit),
+                Err(e) => problems.push(format!(
+                    "cannot copy cached blob {} into the output ({e})",
+                    entry.digest
+                )),
+            },
+            Ok(false) => {
+                // The entry outlived its blob: rebuild quietly.
+                let _ = fs::remove_file(self.entry_path(key));
+            }
+            Err(why) => {
+                let _ = fs::remove_file(&cached);
+                let _ = fs::remove_file(self.entry_path(key));
+                problems.push(format!("cache blob {} {why}", entry.digest));
+            }
+        }
+        Reuse::Build {
+            problem: (!problems.is_empty()).then(|| format!("{}; rebuilding", problems.join("; "))),
+        }
+    }
+
+    /// Records a freshly built layer whose blob is in `blobs_dir`: the blob
+    /// goes into the cache's store (a hard link when the file system
+    /// allows, else a copy), then the entry, each atomically.
+    pub fn store(&self, key: &Digest, layer: &BuiltLayer, blobs_dir: &Path) -> io::Result<()> {
+        let built = blobs_dir.join(layer.digest.hex());
+        let cached = self.blob_path(&layer.digest);
+        let good = fs::metadata(&cached).is_ok_and(|m| m.is_file() && m.len() == layer.size);
+        if !good {
+            place(&built, &cached)?;
+        }
+        let mut bytes = serde_json::to_vec(&Entry::new(key, layer)).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        let mut temp = tempfile::Builder::new()
+            .prefix(".tmp-entry-")
+            .tempfile_in(&self.index)?;
+        temp.write_all(&bytes)?;
+        temp.persist(self.entry_path(key)).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+/// Checks that `path` is a regular file of `size` bytes hashing to
+/// `digest`. `Ok(false)` when it does not exist; `Err` says what is wrong.
+pub fn check_blob(path: &Path, size: u64, digest: &Digest) -> Result<bool, String> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(format!("cannot be read ({e})")),
+    };
+    if !meta.is_file() {
+        return Err("is not a file".to_owned());
+    }
+    if meta.len() != size {
+        return Err(format!("has {} bytes, expected {size}", meta.len()));
+    }
+    let mut file = File::open(path).map_err(|e| format!("cannot be read ({e})"))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("cannot be read ({e})")),
+        }
+    }
+    let found = Digest::from_sha256(hasher.finalize().into());
+    if found != *digest {
+        return Err(format!("hashes to {found}"));
+    }
+    Ok(true)
+}
+
+/// Makes `to` a hard link to `from`, else a copy of it, atomically
+/// replacing whatever `to` was.
+fn place(from: &Path, to: &Path) -> io::Result<()> {
+    let dir = to
+        .parent()
+        .ok_or_else(|| io::Error::other("a blob path has no directory"))?;
+    if let (Ok(a), Ok(b)) = (fs::metadata(from), fs::metadata(to)) {
+        if a.dev() == b.dev() && a.ino() == b.ino() {
+            return Ok(());
+        }
+    }
+    let linked = tempfile::Builder::new()
+        .prefix(".tmp-link-")
+        .make_in(dir, |temp| fs::hard_link(from, temp));
+    match linked {
+        Ok(temp) => temp.persist(to).map(drop).map_err(|e| e.error),
+        Err(_) => {
+            let mut temp = tempfile::Builder::new()
+                .prefix(".tmp-copy-")
+                .tempfile_in(dir)?;
+            io::copy(&mut File::open(from)?, temp.as_file_mut())?;
+            temp.persist(to).map(drop).map_err(|e| e.error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sp(name: &str) -> StorePath {
+        StorePath::from_absolute(&format!("/nix/store/{}-{name}", "a".repeat(32))).unwrap()
+    }
+
+    fn infos(paths: &[(&StorePath, &str)]) -> BTreeMap<StorePath, PathInfo> {
+        paths
+            .iter()
+            .map(|(p, h)| {
+                (
+                    (*p).clone(),
+                    PathInfo {
+                        path: (*p).clone(),
+                        nar_hash: (*h).to_owned(),
+                        nar_size: 1,
+                        references: Default::default(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn key_depends_on_everything_that_decides_the_bytes() {
+        let (a, b) = (sp("a"), sp("b"));
+        let fp = Digest::of(b"fp");
+        let i = infos(&[(&a, "sha256-A"), (&b, "sha256-B")]);
+        let k = key(&[a.clone(), b.clone()], &i, "gzip level 6", &fp).unwrap();
+        // Order and duplicates do not matter.
+        assert_eq!(
+            key(&[b.clone(), a.clone(), b.clone()], &i, "gzip level 6", &fp),
+            Some(k.clone())
+        );
+        // NAR hash, compressor, fingerprint and the path set do.
+        let changed = infos(&[(&a, "sha256-A"), (&b, "sha256-C")]);
+        assert_ne!(
+            key(&[a.clone(), b.clone()], &changed, "gzip level 6", &fp),
+            Some(k.clone())
+        );
+        assert_ne!(
+            key(&[a.clone(), b.clone()], &i, "gzip level 7", &fp),
+            Some(k.clone())
+        );
+        assert_ne!(
+            key(
+                &[a.clone(), b.clone()],
+                &i,
+                "gzip level 6",
+                &Digest::of(b"x")
+            ),
+            Some(k.clone())
+        );
+        assert_ne!(
+            key(std::slice::from_ref(&a), &i, "gzip level 6", &fp),
+            Some(k)
+        );
+        // No NAR hash, no key.
+        assert_eq!(key(&[sp("c")], &i, "gzip level 6", &fp), None);
+    }
+
+    #[test]
+    fn default_dir_follows_xdg() {
+        let os = |s: &str| Some(OsString::from(s));
+        assert_eq!(
+            default_dir(os("/x/cache"), os("/home/u")),
+            Some(PathBuf::from("/x/cache/nixoci"))
+        );
+        assert_eq!(
+            default_dir(os("relative"), os("/home/u")),
+            Some(PathBuf::from("/home/u/.cache/nixoci"))
+        );
+        assert_eq!(
+            default_dir(None, os("/homeless-shelter")),
+            Some(PathBuf::from("/homeless-shelter/.cache/nixoci"))
+        );
+        assert_eq!(default_dir(os(""), None), None);
+    }
+
+    fn layer_in(dir: &Path, bytes: &[u8]) -> BuiltLayer {
+        let digest = Digest::of(bytes);
+        fs::write(dir.join(digest.hex()), bytes).unwrap();
+        BuiltLayer {
+            store_paths: vec![sp("a")],
+            diff_id: Digest::of(b"tar"),
+            digest,
+            size: bytes.len() as u64,
+            media_type: super::super::MEDIA_TYPE_TAR_GZIP.to_owned(),
+        }
+    }
+
+    #[test]
+    fn store_then_reuse_from_layout_and_cache() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&tmp.path().join("cache")).unwrap();
+        let (out1, out2) = (tmp.path().join("o1"), tmp.path().join("o2"));
+        fs::create_dir_all(&out1).unwrap();
+        fs::create_dir_all(&out2).unwrap();
+        let layer = layer_in(&out1, b"blob bytes");
+        let k = Digest::of(b"key");
+        let mt = super::super::MEDIA_TYPE_TAR_GZIP;
+        assert!(matches!(
+            cache.reuse(&k, &[sp("a")], mt, &out1),
+            Reuse::Build { problem: None }
+        ));
+        cache.store(&k, &layer, &out1).unwrap();
+
+        match cache.reuse(&k, &[sp("a")], mt, &out1) {
+            Reuse::Found(l, CacheStatus::Layout) => assert_eq!(l, layer),
+            other => panic!("{other:?}"),
+        }
+        match cache.reuse(&k, &[sp("a")], mt, &out2) {
+            Reuse::Found(l, CacheStatus::Hit) => assert_eq!(l, layer),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            fs::read(out2.join(layer.digest.hex())).unwrap(),
+            b"blob bytes"
+        );
+        // No temporary files are left anywhere.
+        for d in [&out1, &out2, &cache.blobs, &cache.index] {
+            for e in fs::read_dir(d).unwrap() {
+                let name = e.unwrap().file_name();
+                assert!(
+                    !name.to_string_lossy().starts_with('.'),
+                    "{name:?} in {d:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn damaged_entries_and_blobs_are_rebuilt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&tmp.path().join("cache")).unwrap();
+        let out = tmp.path().join("o");
+        let fresh = tmp.path().join("fresh");
+        fs::create_dir_all(&out).unwrap();
+        fs::create_dir_all(&fresh).unwrap();
+        let layer = layer_in(&out, b"blob bytes");
+        let k = Digest::of(b"key");
+        let mt = super::super::MEDIA_TYPE_TAR_GZIP;
+
+        // A damaged entry: garbage, or a field changed.
+        for case in ["garbage", "edited"] {
+            cache.store(&k, &layer, &out).unwrap();
+            let text = fs::read_to_string(cache.entry_path(&k)).unwrap();
+            let bad = match case {
+                "garbage" => "not json".to_owned(),
+                _ => text.replace(&layer.diff_id.hex()[..8], "00000000"),
+            };
+            assert_ne!(bad, text);
+            fs::write(cache.entry_path(&k), bad).unwrap();
+            match cache.reuse(&k, &[sp("a")], mt, &fresh) {
+                Reuse::Build { problem: Some(p) } => assert!(p.contains("is corrupt"), "{p}"),
+                other => panic!("{case}: {other:?}"),
+            }
+            assert!(!cache.entry_path(&k).exists());
+        }
+
+        // A damaged blob, in a fresh output.
+        cache.store(&k, &layer, &out).unwrap();
+        fs::remove_file(cache.blob_path(&layer.digest)).unwrap();
+        fs::write(cache.blob_path(&layer.digest), b"blob bytez").unwrap();
+        match cache.reuse(&k, &[sp("a")], mt, &fresh) {
+            Reuse::Build { problem: Some(p) } => assert!(p.contains("hashes to"), "{p}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!cache.blob_path(&layer.digest).exists());
+        assert!(!fresh.join(layer.digest.hex()).exists());
+    }
+
+    #[test]
+    fn unwritable_dir_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("file");
+        fs::write(&file, b"").unwrap();
+        let err = Cache::open(&file.join("cache")).unwrap_err();
+        assert!(err.to_string().starts_with("cache directory"), "{err}");
+    }
+}

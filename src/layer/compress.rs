@@ -1,0 +1,818 @@
+//! Layer compression: gzip, zstd or none, with bytes that depend only on the
+//! tar stream, the level and the pinned library versions, never on the
+//! number of threads.
+//!
+//! - **gzip** is one pigz-style stream: the tar stream is cut into
+//!   [`CHUNK`]-byte chunks at fixed offsets; each chunk is deflated on its
+//!   own (on the layer thread pool) as raw deflate primed with the last
+//!   32 KiB of the previous chunk as dictionary, ending in a sync flush
+//!   (the last one in the final block). The chunks' outputs, written in
+//!   order between a fixed gzip header and the trailer (CRC-32 combined from
+//!   the chunks' CRCs, length mod 2^32), form ONE gzip member that any
+//!   decoder reads. A chunk's bytes depend only on its input, its
+//!   dictionary, the level and whether it is the last, so any number of
+//!   threads gives the same stream. At most [`Workers::in_flight`] chunks
+//!   are in memory at once.
+//! - **zstd** is libzstd's multithreaded streaming mode with at least one
+//!   worker: its output is the same for any number of workers >= 1 (and
+//!   differs from single-threaded mode, which is never used).
+//! - **none** is the tar stream itself.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Condvar, Mutex};
+
+use flate2::{Compress, Crc, FlushCompress, Status};
+
+use super::LayerError;
+use crate::oci::Digest;
+
+/// Bytes of tar stream per gzip chunk.
+pub const CHUNK: usize = 1 << 20;
+
+/// The deflate window: how much of the previous chunk primes the next.
+const WINDOW: usize = 32 * 1024;
+
+/// The gzip header's OS byte: 255, "unknown".
+pub const GZIP_OS_UNKNOWN: u8 = 255;
+
+/// The media type of a gzip-compressed tar layer.
+pub const MEDIA_TYPE_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// The media type of a zstd-compressed tar layer.
+pub const MEDIA_TYPE_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+/// The media type of an uncompressed tar layer.
+pub const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// Bytes per libzstd job: its multithreaded output depends on this, not
+/// on the number of workers.
+pub const ZSTD_JOB: u32 = 1 << 20;
+
+/// The zlib-rs release that deflates gzip layers, as pinned in Cargo.lock
+/// (a unit test keeps the two equal). Part of every gzip layer's cache key.
+pub const ZLIB_RS_VERSION: &str = "0.6.8";
+
+/// Highest gzip level.
+pub const MAX_GZIP_LEVEL: u32 = 9;
+/// zstd levels nixoci accepts: 1 to 19 (20 and above need windows of
+/// hundreds of MiB per worker).
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
+
+/// How layer blobs are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// gzip, level 0 (stored) to 9.
+    Gzip { level: u32 },
+    /// zstd, level 1 to 19.
+    Zstd { level: i32 },
+    /// Plain tar.
+    None,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression::Gzip {
+            level: Compression::DEFAULT_GZIP_LEVEL,
+        }
+    }
+}
+
+impl Compression {
+    pub const DEFAULT_GZIP_LEVEL: u32 = 6;
+    pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+    /// The names [`Compression::new`] takes.
+    pub const NAMES: [&'static str; 3] = ["gzip", "zstd", "none"];
+
+    /// A compression by name (`gzip`, `zstd`, `none`) and level (the
+    /// compressor's default when `None`). `none` takes no level.
+    pub fn new(name: &str, level: Option<i32>) -> Result<Compression, LayerError> {
+        let c = match name {
+            "gzip" => Compression::Gzip {
+                level: match level {
+                    None => Self::DEFAULT_GZIP_LEVEL,
+                    Some(l) => u32::try_from(l).map_err(|_| LayerError::Level {
+                        compression: "gzip",
+                        level: l,
+                    })?,
+                },
+            },
+            "zstd" => Compression::Zstd {
+                level: level.unwrap_or(Self::DEFAULT_ZSTD_LEVEL),
+            },
+            "none" => match level {
+                None => Compression::None,
+                Some(_) => return Err(LayerError::NoLevel),
+            },
+            other => {
+                return Err(LayerError::UnknownCompression {
+                    name: other.to_owned(),
+                })
+            }
+        };
+        c.check()?;
+        Ok(c)
+    }
+
+    /// Checks the level.
+    pub fn check(&self) -> Result<(), LayerError> {
+        let ok = match *self {
+            Compression::Gzip { level } => level <= MAX_GZIP_LEVEL,
+            Compression::Zstd { level } => ZSTD_LEVELS.contains(&level),
+            Compression::None => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(LayerError::Level {
+                compression: self.name(),
+                level: self.level().unwrap_or_default(),
+            })
+        }
+    }
+
+    /// `gzip`, `zstd` or `none`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Compression::Gzip { .. } => "gzip",
+            Compression::Zstd { .. } => "zstd",
+            Compression::None => "none",
+        }
+    }
+
+    /// The level, for the compressors that have one.
+    pub fn level(&self) -> Option<i32> {
+        match *self {
+            Compression::Gzip { level } => i32::try_from(level).ok(),
+            Compression::Zstd { level } => Some(level),
+            Compression::None => None,
+        }
+    }
+
+    /// The valid levels, for messages.
+    pub fn level_range(name: &str) -> &'static str {
+        match name {
+            "gzip" => "0 to 9",
+            "zstd" => "1 to 19",
+            _ => "none",
+        }
+    }
+
+    /// The OCI media type of the layers it makes.
+    pub fn media_type(&self) -> &'static str {
+        match self {
+            Compression::Gzip { .. } => MEDIA_TYPE_TAR_GZIP,
+            Compression::Zstd { .. } => MEDIA_TYPE_TAR_ZSTD,
+            Compression::None => MEDIA_TYPE_TAR,
+        }
+    }
+
+    /// Everything besides the tar stream that decides the compressed bytes:
+    /// the compressor, its level, its library's version and nixoci's own
+    /// framing. Part of the cache key.
+    pub fn engine(&self) -> String {
+        match *self {
+            Compression::Gzip { level } => format!(
+                "gzip level {level} zlib-rs {ZLIB_RS_VERSION} chunk {CHUNK} window {WINDOW} os {GZIP_OS_UNKNOWN}"
+            ),
+            Compression::Zstd { level } => format!(
+                "zstd level {level} libzstd {} multithreaded job {ZSTD_JOB} checksum",
+                zstd::zstd_safe::version_string()
+            ),
+            Compression::None => "none".to_owned(),
+        }
+    }
+}
+
+/// Bounds the chunks in memory: a counting semaphore.
+struct Budget {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Budget {
+    fn try_take(&self) -> bool {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if *free > 0 {
+            *free -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn take(&self) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+    }
+
+    fn give(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        *free += n;
+        self.freed.notify_all();
+    }
+}
+
+/// The threads that compress: a pool of `jobs` threads for gzip chunks, and
+/// the worker count of every zstd stream.
+pub struct Workers {
+    pool: rayon::ThreadPool,
+    budget: Budget,
+    jobs: usize,
+    in_flight: usize,
+    /// Chunk buffers to reuse: no allocator churn, flat memory.
+    spare: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Workers {
+    /// `jobs` compression threads (0: one per CPU).
+    pub fn new(jobs: usize) -> Result<Workers, LayerError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs)
+            .thread_name(|i| format!("nixoci-deflate-{i}"))
+            .build()
+            .map_err(|source| LayerError::ThreadPool { jobs, source })?;
+        let jobs = pool.current_num_threads();
+        // Enough queued chunks that no thread waits for the next one, few
+        // enough that memory stays flat: about 2 MiB per chunk in flight.
+        let in_flight = 2 * jobs + 2;
+        Ok(Workers {
+            pool,
+            budget: Budget {
+                free: Mutex::new(in_flight),
+                freed: Condvar::new(),
+            },
+            jobs,
+            in_flight,
+            spare: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// An empty buffer with room for a chunk, reused when possible.
+    fn buffer(&self) -> Vec<u8> {
+        let reused = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        reused.unwrap_or_else(|| Vec::with_capacity(CHUNK))
+    }
+
+    /// Takes a buffer back for [`Workers::buffer`].
+    fn recycle(&self, mut buffer: Vec<u8>) {
+        if buffer.capacity() == 0 {
+            return;
+        }
+        buffer.clear();
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        // Every chunk in flight holds two; each layer thread fills one.
+        if spare.len() < 2 * self.in_flight + 2 * self.jobs {
+            spare.push(buffer);
+        }
+    }
+
+    /// The number of compression threads.
+    pub fn jobs(&self) -> usize {
+        self.jobs
+    }
+
+    /// How many chunks may be in memory at once, across all layers.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+/// A compressing writer: the tar stream goes in, the blob comes out of `W`.
+pub enum Encoder<'w, W: Write> {
+    Gzip(Box<ChunkedGzip<'w, W>>),
+    Zstd(Box<zstd::stream::write::Encoder<'static, W>>),
+    None(W),
+}
+
+impl<'w, W: Write> Encoder<'w, W> {
+    pub fn new(c: Compression, out: W, workers: &'w Workers) -> Result<Self, LayerError> {
+        c.check()?;
+        let write = |source| LayerError::WriteStream { source };
+        Ok(match c {
+            Compression::Gzip { level } => Encoder::Gzip(Box::new(
+                ChunkedGzip::new(out, level, workers).map_err(write)?,
+            )),
+            Compression::Zstd { level } => {
+                let mut z = zstd::stream::write::Encoder::new(out, level).map_err(write)?;
+                // Never 0 workers: single-threaded output differs.
+                let n = u32::try_from(workers.jobs.max(1)).unwrap_or(1);
+                z.multithread(n).map_err(write)?;
+                z.include_checksum(true).map_err(write)?;
+                // Jobs of ZSTD_JOB bytes, not libzstd's default 4 windows
+                // (8 MiB at level 3): layers of a few MiB then use every
+                // worker too, and less memory is in flight.
+                z.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB))
+                    .map_err(write)?;
+                Encoder::Zstd(Box::new(z))
+            }
+            Compression::None => Encoder::None(out),
+        })
+    }
+
+    /// Ends the stream and returns the inner writer, not flushed.
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Gzip(g) => g.finish(),
+            Encoder::Zstd(z) => z.finish(),
+            Encoder::None(w) => Ok(w),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Gzip(g) => g.write(buf),
+            Encoder::Zstd(z) => z.write(buf),
+            Encoder::None(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            // A gzip flush would change the bytes; the chunks decide them.
+            Encoder::Gzip(_) => Ok(()),
+            Encoder::Zstd(z) => z.flush(),
+            Encoder::None(w) => w.flush(),
+        }
+    }
+}
+
+/// Deterministic text and noise, compressible and not: the fingerprint's
+/// sample and the tests' data.
+pub(crate) fn sample(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 16);
+    let mut x = seed | 1;
+    let words = [
+        "nix", "store", "layer", "gzip", "deflate", "chunk", "tar", "\n", " ", "0123",
+    ];
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if (x >> 60) < 3 {
+            out.extend_from_slice(&x.to_le_bytes());
+        } else {
+            out.extend_from_slice(words[(x % words.len() as u64) as usize].as_bytes());
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// What this build's compressor makes of a fixed sample, hashed: part of
+/// the cache key, so that blobs of a compressor whose output changed
+/// (another library release, another build of it) are never reused.
+pub fn fingerprint(c: Compression, workers: &Workers) -> Result<Digest, LayerError> {
+    let data = sample(3 * WINDOW, 42);
+    let write = |source| LayerError::WriteStream { source };
+    let bytes = match c {
+        Compression::Gzip { level } => {
+            // Two chunks, the second primed with the first: every path.
+            let (first, rest) = data.split_at(WINDOW);
+            let (mut a, _) = deflate_chunk(level, &[], first, false, Vec::new()).map_err(write)?;
+            let (b, _) = deflate_chunk(level, first, rest, true, Vec::new()).map_err(write)?;
+            a.extend_from_slice(&b);
+            a
+        }
+        Compression::Zstd { .. } => {
+            let mut enc = Encoder::new(c, Vec::new(), workers)?;
+            enc.write_all(&data).map_err(write)?;
+            enc.finish().map_err(write)?
+        }
+        Compression::None => Vec::new(),
+    };
+    Ok(Digest::of(&bytes))
+}
+
+/// A compressed chunk: raw deflate bytes and the CRC of its input.
+type Deflated = io::Result<(Vec<u8>, Crc)>;
+
+/// A chunk's number, its deflated bytes, and its input buffer to reuse.
+type Done = (u64, Deflated, Vec<u8>);
+
+/// One gzip member written from chunks deflated in parallel on
+/// [`Workers`]; see the module docs.
+pub struct ChunkedGzip<'w, W: Write> {
+    /// `None` only once finished.
+    out: Option<W>,
+    level: u32,
+    workers: &'w Workers,
+    /// The chunk being filled.
+    chunk: Vec<u8>,
+    /// The last [`WINDOW`] bytes of the previous chunk.
+    dict: Vec<u8>,
+    /// Chunks handed to the pool, and how many of them are written.
+    submitted: u64,
+    written: u64,
+    done_tx: Sender<Done>,
+    done_rx: Receiver<Done>,
+    /// Finished chunks that wait for an earlier one.
+    waiting: BTreeMap<u64, Deflated>,
+    crc: Crc,
+}
+
+impl<'w, W: Write> ChunkedGzip<'w, W> {
+    fn new(mut out: W, level: u32, workers: &'w Workers) -> io::Result<Self> {
+        // What zlib puts in XFL: 2 for the slowest level, 4 for the fastest.
+        let xfl = match level {
+            9 => 2,
+            0 | 1 => 4,
+            _ => 0,
+        };
+        // No flags, mtime 0, no name.
+        out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, GZIP_OS_UNKNOWN])?;
+        let (done_tx, done_rx) = mpsc::channel();
+        Ok(ChunkedGzip {
+            out: Some(out),
+            level,
+            workers,
+            chunk: workers.buffer(),
+            dict: Vec::new(),
+            submitted: 0,
+            written: 0,
+            done_tx,
+            done_rx,
+            waiting: BTreeMap::new(),
+            crc: Crc::new(),
+        })
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.submitted - self.written
+    }
+
+    fn out(&mut self) -> io::Result<&mut W> {
+        self.out
+            .as_mut()
+            .ok_or_else(|| io::Error::other("gzip stream already finished"))
+    }
+
+    /// Hands the current chunk to the pool, once there is room for it.
+    fn submit(&mut self, last: bool) -> io::Result<()> {
+        loop {
+            if self.workers.budget.try_take() {
+                break;
+            }
+            if self.in_flight() > 0 {
+                // Our own chunks hold room: writing the next one frees some.
+                self.write_next(true)?;
+            } else {
+                self.workers.budget.take();
+                break;
+            }
+        }
+        let fresh = if last {
+            Vec::new()
+        } else {
+            self.workers.buffer()
+        };
+        let input = std::mem::replace(&mut self.chunk, fresh);
+        let dict = std::mem::take(&mut self.dict);
+        if !last {
+            self.dict = input[input.len().saturating_sub(WINDOW)..].to_vec();
+        }
+        let (index, level, tx) = (self.submitted, self.level, self.done_tx.clone());
+        let output = self.workers.buffer();
+        self.submitted += 1;
+        self.workers.pool.spawn(move || {
+            let result = deflate_chunk(level, &dict, &input, last, output);
+            // The receiver is gone only when the layer already failed.
+            let _ = tx.send((index, result, input));
+        });
+        while self.write_next(false)? {}
+        Ok(())
+    }
+
+    /// Writes the next chunk in order if it is done (with `block`, once it
+    /// is). Returns whether a chunk was written.
+    fn write_next(&mut self, block: bool) -> io::Result<bool> {
+        if self.in_flight() == 0 {
+            return Ok(false);
+        }
+        let next = self.written;
+        let result = loop {
+            if let Some(result) = self.waiting.remove(&next) {
+                break result;
+            }
+            let received = if block {
+                self.done_rx.recv().ok()
+            } else {
+                self.done_rx.try_recv().ok()
+            };
+            match received {
+                Some((i, result, input)) => {
+                    self.workers.recycle(input);
+                    self.waiting.insert(i, result);
+                }
+                None if block => return Err(io::Error::other("a compression thread stopped")),
+                None => return Ok(false),
+            }
+        };
+        self.written += 1;
+        self.workers.budget.give(1);
+        let (bytes, crc) = result?;
+        self.out()?.write_all(&bytes)?;
+        self.workers.recycle(bytes);
+        self.crc.combine(&crc);
+        Ok(true)
+    }
+
+    /// Compresses what is left, writes the trailer and returns the inner
+    /// writer, not flushed.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.submit(true)?;
+        while self.in_flight() > 0 {
+            self.write_next(true)?;
+        }
+        let mut trailer = [0u8; 8];
+        trailer[..4].copy_from_slice(&self.crc.sum().to_le_bytes());
+        // ISIZE: the length mod 2^32.
+        trailer[4..].copy_from_slice(&self.crc.amount().to_le_bytes());
+        self.out()?.write_all(&trailer)?;
+        self.out
+            .take()
+            .ok_or_else(|| io::Error::other("gzip stream already finished"))
+    }
+}
+
+impl<W: Write> Write for ChunkedGzip<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // A full chunk is handed over only when more data follows: the last
+        // chunk is the one `finish` sees.
+        if self.chunk.len() == CHUNK {
+            self.submit(false)?;
+        }
+        let n = buf.len().min(CHUNK - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W: Write> Drop for ChunkedGzip<'_, W> {
+    fn drop(&mut self) {
+        // A failed layer: give back the room its chunks hold. Chunks still
+        // being deflated finish and are dropped.
+        let n = usize::try_from(self.in_flight()).unwrap_or(usize::MAX);
+        self.workers.budget.give(n);
+        self.workers.recycle(std::mem::take(&mut self.chunk));
+    }
+}
+
+/// Deflates one chunk as raw deflate, primed with `dict`, ending in a sync
+/// flush (byte-aligned, not final) or, when `last`, in the final block.
+/// Returns the bytes and the CRC-32 of `input`.
+pub fn deflate_chunk(
+    level: u32,
+    dict: &[u8],
+    input: &[u8],
+    last: bool,
+    mut out: Vec<u8>,
+) -> Deflated {
+    let mut crc = Crc::new();
+    crc.update(input);
+    let mut z = Compress::new(flate2::Compression::new(level), false);
+    if !dict.is_empty() {
+        z.set_dictionary(dict).map_err(io::Error::other)?;
+    }
+    let flush = if last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
+    // deflateBound plus room for the flush marker; grown if ever short.
+    out.clear();
+    out.reserve(input.len() + input.len() / 1000 + 64);
+    let mut consumed = 0usize;
+    loop {
+        if out.len() == out.capacity() {
+            out.reserve(WINDOW);
+        }
+        let before = z.total_in();
+        let status = z
+            .compress_vec(&input[consumed..], &mut out, flush)
+            .map_err(io::Error::other)?;
+        consumed += usize::try_from(z.total_in() - before).map_err(io::Error::other)?;
+        match status {
+            Status::StreamEnd => break,
+            // A sync flush is complete when all input is taken and the
+            // output was not filled.
+            Status::Ok | Status::BufError
+                if !last && consumed == input.len() && out.len() < out.capacity() =>
+            {
+                break
+            }
+            Status::Ok | Status::BufError => {}
+        }
+    }
+    Ok((out, crc))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+
+    use flate2::read::MultiGzDecoder;
+
+    use super::*;
+
+    fn gzip(data: &[u8], level: u32, jobs: usize) -> Vec<u8> {
+        let workers = Workers::new(jobs).unwrap();
+        let mut enc = Encoder::new(Compression::Gzip { level }, Vec::new(), &workers).unwrap();
+        // Odd-sized writes, as the tar writer's are not chunk-aligned.
+        for piece in data.chunks(77_777) {
+            enc.write_all(piece).unwrap();
+        }
+        enc.finish().unwrap()
+    }
+
+    fn gunzip(blob: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        MultiGzDecoder::new(blob).read_to_end(&mut out).unwrap();
+        out
+    }
+
+    /// Decompresses with an external program, if installed.
+    fn external(prog: &str, blob: &[u8]) -> Option<Vec<u8>> {
+        let mut child = Command::new(prog)
+            .args(["-d", "-c"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .ok()?;
+        let mut stdin = child.stdin.take().unwrap();
+        let input = blob.to_vec();
+        let feeder = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        assert!(out.status.success(), "{prog} -d failed");
+        Some(out.stdout)
+    }
+
+    /// Counts gzip members by walking the stream with a single-member
+    /// decoder.
+    fn members(blob: &[u8]) -> usize {
+        let mut rest = blob;
+        let mut n = 0;
+        while !rest.is_empty() {
+            let mut d = flate2::bufread::GzDecoder::new(rest);
+            std::io::copy(&mut d, &mut std::io::sink()).unwrap();
+            rest = d.into_inner();
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn chunked_gzip_is_one_valid_member() {
+        // Empty, one byte, exactly one chunk, chunk + 1, several chunks.
+        for len in [0, 1, CHUNK, CHUNK + 1, 3 * CHUNK + 12_345] {
+            let data = sample(len, len as u64 + 7);
+            let blob = gzip(&data, 6, 2);
+            assert_eq!(gunzip(&blob), data, "len {len}");
+            assert_eq!(members(&blob), 1, "len {len}");
+            assert_eq!(&blob[..4], &[0x1f, 0x8b, 8, 0]);
+            assert_eq!(&blob[4..8], &[0, 0, 0, 0], "mtime");
+            assert_eq!(blob[9], GZIP_OS_UNKNOWN);
+            let n = blob.len();
+            assert_eq!(
+                u32::from_le_bytes(blob[n - 4..].try_into().unwrap()),
+                len as u32
+            );
+        }
+    }
+
+    #[test]
+    fn chunked_gzip_decodes_with_gzip_and_pigz() {
+        let data = sample(2 * CHUNK + 999, 3);
+        let blob = gzip(&data, 6, 2);
+        let mut ran = 0;
+        for prog in ["gzip", "pigz"] {
+            match external(prog, &blob) {
+                Some(out) => {
+                    assert!(out == data, "{prog} -d gave other bytes");
+                    ran += 1;
+                }
+                None => eprintln!("skipping {prog}: not installed"),
+            }
+        }
+        let ci = matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"));
+        assert!(ran == 2 || !ci, "gzip and pigz are required under CI");
+    }
+
+    #[test]
+    fn chunked_gzip_same_for_any_thread_count() {
+        let data = sample(4 * CHUNK + 5, 11);
+        let one = gzip(&data, 6, 1);
+        for jobs in [2, 3, 8] {
+            assert!(gzip(&data, 6, jobs) == one, "jobs {jobs}");
+        }
+    }
+
+    #[test]
+    fn every_gzip_level_round_trips() {
+        let data = sample(CHUNK + CHUNK / 2, 5);
+        let mut sizes = Vec::new();
+        for level in 0..=MAX_GZIP_LEVEL {
+            let blob = gzip(&data, level, 2);
+            assert_eq!(gunzip(&blob), data, "level {level}");
+            sizes.push(blob.len());
+        }
+        assert!(sizes[0] > data.len(), "level 0 stores");
+        assert!(sizes[9] < sizes[1], "{sizes:?}");
+    }
+
+    #[test]
+    fn dictionary_keeps_the_ratio_of_one_stream() {
+        // Chunks primed with the previous chunk's tail compress about as
+        // well as one deflate stream.
+        let data = sample(4 * CHUNK, 9);
+        let chunked = gzip(&data, 6, 2).len();
+        let mut single = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        single.write_all(&data).unwrap();
+        let single = single.finish().unwrap().len();
+        assert!(
+            (chunked as f64) < single as f64 * 1.005,
+            "chunked {chunked} vs one stream {single}"
+        );
+    }
+
+    #[test]
+    fn zstd_same_for_any_worker_count_and_none_is_the_input() {
+        let data = sample(3 * CHUNK, 13);
+        let zstd = |jobs| {
+            let workers = Workers::new(jobs).unwrap();
+            let mut enc =
+                Encoder::new(Compression::Zstd { level: 3 }, Vec::new(), &workers).unwrap();
+            for piece in data.chunks(4096) {
+                enc.write_all(piece).unwrap();
+            }
+            enc.finish().unwrap()
+        };
+        let one = zstd(1);
+        assert!(zstd(2) == one);
+        assert!(zstd::decode_all(&one[..]).unwrap() == data);
+
+        let workers = Workers::new(1).unwrap();
+        let mut enc = Encoder::new(Compression::None, Vec::new(), &workers).unwrap();
+        enc.write_all(&data).unwrap();
+        assert!(enc.finish().unwrap() == data);
+    }
+
+    #[test]
+    fn names_and_levels() {
+        assert_eq!(
+            Compression::new("gzip", None).unwrap(),
+            Compression::Gzip { level: 6 }
+        );
+        assert_eq!(
+            Compression::new("zstd", Some(19)).unwrap(),
+            Compression::Zstd { level: 19 }
+        );
+        assert_eq!(Compression::new("none", None).unwrap(), Compression::None);
+        for (name, level) in [("gzip", 10), ("gzip", -1), ("zstd", 0), ("zstd", 20)] {
+            let err = Compression::new(name, Some(level)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{name} level {level} is out of range ({})",
+                    Compression::level_range(name)
+                )
+            );
+        }
+        assert!(Compression::new("none", Some(1)).is_err());
+        assert!(Compression::new("xz", None).is_err());
+        assert_eq!(
+            Compression::new("zstd", None).unwrap().media_type(),
+            MEDIA_TYPE_TAR_ZSTD
+        );
+    }
+
+    #[test]
+    fn zlib_rs_version_is_the_locked_one() {
+        // The cache key names the deflate engine's version: it must follow
+        // Cargo.lock.
+        let lock = include_str!("../../Cargo.lock");
+        let locked = lock
+            .split("[[package]]")
+            .find(|p| p.contains("name = \"zlib-rs\""))
+            .and_then(|p| p.lines().find(|l| l.starts_with("version = ")))
+            .map(|l| l.trim_start_matches("version = ").trim_matches('"'))
+            .unwrap();
+        assert_eq!(locked, ZLIB_RS_VERSION);
+    }
+}

@@ -1,0 +1,594 @@
+//! Agglomerative merging: start from the smallest units the constraints
+//! allow (a path, a pinned group, a layer kept from the previous image) and
+//! merge the pair that raises the expected re-pull cost least, until every
+//! image is within its budget and no free unit is below the minimum size.
+//!
+//! The cost of a unit `U` is `size(U) * W(D(U))`: its bytes times the
+//! weight of the paths whose change changes it (its dependency closure
+//! `D(U)`). With weights read as the chances that an update changes each
+//! path, that is the expected bytes a client pulls again for the layer.
+//! Merging `U` and `V` raises the cost by
+//! `size(U) * W(D(V) \ D(U)) + size(V) * W(D(U) \ D(V))`:
+//! each side is now also re-pulled when what only the other depends on
+//! changes. A path merged into a path that depends on it costs only its
+//! own size times the other's extra dependencies, so dependency chains and
+//! paths used by one other path merge first; tiny paths merge before big
+//! ones.
+//!
+//! Merges are chosen best-first, by that cost increase over the square root
+//! of the merged size, from a priority queue of each unit's best partner
+//! (ties broken by unit number, which follows path names, so the result
+//! does not depend on input order); each unit remembers its few best
+//! partners, so a merge rarely makes others look again at all units. A
+//! local search then moves paths between layers while that lowers the
+//! cost. Only units of the same platform class merge, so a path shared by
+//! several platforms lands in the same layer of each image. Pinned units
+//! never merge; units kept from the previous image merge only when no merge
+//! of new units is left that would help, and never to reach the minimum
+//! size. Sizes are the model's rounded [`Graph::mass`].
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use super::graph::{BitSet, Graph};
+
+/// Where a unit comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Placed by the planner.
+    Free,
+    /// A `--layer` group: never merged.
+    Pinned,
+    /// A layer of the previous image, by its position in each platform's
+    /// previous image (bottom first).
+    Kept(BTreeMap<usize, usize>),
+}
+
+/// Paths that will share a layer, in the images of the platforms in
+/// `class` (a bit per platform).
+#[derive(Debug, Clone)]
+pub(crate) struct Unit {
+    /// Sorted path ids.
+    pub paths: Vec<usize>,
+    pub class: u64,
+    pub size: u64,
+    /// The sum of the paths' [`Graph::mass`].
+    pub mass: f64,
+    pub deps: BitSet,
+    pub kind: Kind,
+}
+
+impl Unit {
+    pub fn new(g: &Graph, mut paths: Vec<usize>, class: u64, kind: Kind) -> Unit {
+        paths.sort_unstable();
+        paths.dedup();
+        let mut deps = BitSet::new(g.len());
+        let mut size = 0u64;
+        let mut mass = 0.0;
+        for &p in &paths {
+            deps.union_with(&g.deps[p]);
+            size = size.saturating_add(g.size[p]);
+            mass += g.mass[p];
+        }
+        Unit {
+            paths,
+            class,
+            size,
+            mass,
+            deps,
+            kind,
+        }
+    }
+
+    fn kept(&self) -> bool {
+        matches!(self.kind, Kind::Kept(_))
+    }
+}
+
+/// The priority of a merge, lowest first: how many kept units it breaks,
+/// the cost it adds (the bits of a non-negative `f64`, which order as the
+/// numbers do), then the unit numbers.
+type Key = (u8, u64, usize, usize);
+
+/// How many best partners each unit remembers.
+const CANDIDATES: usize = 16;
+
+/// Up to this many live units, every pair is weighed. Above it (closures
+/// of thousands of paths), a unit is weighed only against likely partners
+/// (the paths it refers to and that refer to it, their other users, and
+/// the partners of the units it was merged from) until merging brings the
+/// count down to this.
+const EXACT_UNITS: usize = 1200;
+
+/// A unit's best partners: the few best live ones known, sorted, and a
+/// bound under which every live unit not listed lies at or above.
+#[derive(Debug, Clone, Default)]
+struct Candidates {
+    list: Vec<(Key, usize)>,
+    /// Every live partner not in `list` has a key at least this; `None`
+    /// when every live partner is listed.
+    floor: Option<Key>,
+    /// Only likely partners were weighed: others may be better.
+    partial: bool,
+}
+
+impl Candidates {
+    /// The `CANDIDATES` best of `all`.
+    fn from(mut all: Vec<(Key, usize)>) -> Candidates {
+        all.sort_unstable();
+        let floor = all.get(CANDIDATES).map(|c| c.0);
+        all.truncate(CANDIDATES);
+        Candidates {
+            list: all,
+            floor,
+            partial: false,
+        }
+    }
+
+    /// The best of `likely`, knowing that others were not weighed.
+    fn partial(likely: Vec<(Key, usize)>) -> Candidates {
+        Candidates {
+            partial: true,
+            ..Candidates::from(likely)
+        }
+    }
+
+    /// Offers a new partner; true if it is now the best.
+    fn offer(&mut self, key: Key, unit: usize) -> bool {
+        if !self.partial && self.floor.is_some_and(|f| key >= f) {
+            return false;
+        }
+        let at = self.list.partition_point(|c| c.0 < key);
+        self.list.insert(at, (key, unit));
+        if self.list.len() > CANDIDATES {
+            if let Some((k, _)) = self.list.pop() {
+                self.floor = Some(self.floor.map_or(k, |f| f.min(k)));
+            }
+        }
+        at == 0
+    }
+}
+
+struct Merger<'g> {
+    g: &'g Graph,
+    units: Vec<Unit>,
+    alive: Vec<bool>,
+    cands: Vec<Candidates>,
+    /// For each unit, the units whose best partner it is.
+    watchers: Vec<BTreeSet<usize>>,
+    /// The best partner each unit was last queued with.
+    head: Vec<Option<(Key, usize)>>,
+    heap: BinaryHeap<Reverse<(Key, usize, usize)>>,
+    /// Live units per platform.
+    count: Vec<usize>,
+    budget: usize,
+    min_size: u64,
+    /// Live units.
+    live: usize,
+    /// Whether every pair is weighed (see [`EXACT_UNITS`]).
+    exact: bool,
+}
+
+impl Merger<'_> {
+    fn mergeable(&self, a: usize, b: usize) -> bool {
+        a != b
+            && self.alive[a]
+            && self.alive[b]
+            && self.units[a].class == self.units[b].class
+            && self.units[a].kind != Kind::Pinned
+            && self.units[b].kind != Kind::Pinned
+    }
+
+    fn key(&self, a: usize, b: usize) -> Key {
+        let (ua, ub) = (&self.units[a], &self.units[b]);
+        let a_only = self.g.weight_minus(&ua.deps, &ub.deps);
+        let b_only = self.g.weight_minus(&ub.deps, &ua.deps);
+        let mut cost = ua.mass * b_only + ub.mass * a_only;
+        // Relative to the square root of the merged size: at equal cost,
+        // merge into bigger layers, so that layers grow evenly rather than
+        // one layer collecting every small path early.
+        cost /= (ua.mass + ub.mass).max(1.0).sqrt();
+        let mut tier = 0;
+        // Breaking a kept layer re-ships all of it now: its size at
+        // certainty, against the expected costs above.
+        for u in [ua, ub] {
+            if u.kept() {
+                tier += 1;
+                cost += u.mass * self.g.total_weight;
+            }
+        }
+        (tier, cost.max(0.0).to_bits(), a.min(b), a.max(b))
+    }
+
+    /// Drops dead partners from `a`'s list, recomputing it when none is
+    /// left but some may exist, and queues the best.
+    fn refresh(&mut self, a: usize) {
+        let alive = &self.alive;
+        self.cands[a].list.retain(|(_, b)| alive[*b]);
+        let c = &self.cands[a];
+        if c.list.is_empty() && (c.floor.is_some() || c.partial) {
+            let all: Vec<(Key, usize)> = (0..self.units.len())
+                .filter(|&b| self.mergeable(a, b))
+                .map(|b| (self.key(a, b), b))
+                .collect();
+            self.cands[a] = if self.exact {
+                Candidates::from(all)
+            } else {
+                // Exact now, but units merged later are offered only to
+                // likely partners.
+                Candidates::partial(all)
+            };
+        }
+        let best = self.cands[a].list.first().copied();
+        if let Some((_, old)) = self.head[a] {
+            self.watchers[old].remove(&a);
+        }
+        self.head[a] = best;
+        if let Some((key, b)) = best {
+            self.watchers[b].insert(a);
+            self.heap.push(Reverse((key, a, b)));
+        }
+    }
+
+    fn over_budget(&self, class: u64) -> bool {
+        self.count
+            .iter()
+            .enumerate()
+            .any(|(p, &c)| class & (1 << p) != 0 && c > self.budget)
+    }
+
+    fn small(&self, a: usize) -> bool {
+        self.units[a].kind == Kind::Free && self.units[a].size < self.min_size
+    }
+
+    fn merge(&mut self, a: usize, b: usize) {
+        let (ua, ub) = (&self.units[a], &self.units[b]);
+        let mut paths = ua.paths.clone();
+        paths.extend_from_slice(&ub.paths);
+        paths.sort_unstable();
+        let mut deps = ua.deps.clone();
+        deps.union_with(&ub.deps);
+        let class = ua.class;
+        let unit = Unit {
+            paths,
+            class,
+            size: ua.size.saturating_add(ub.size),
+            mass: ua.mass + ub.mass,
+            deps,
+            kind: Kind::Free,
+        };
+        // Likely partners, when not weighing every pair.
+        let likely: BTreeSet<usize> = if self.exact {
+            BTreeSet::new()
+        } else {
+            self.cands[a]
+                .list
+                .iter()
+                .chain(&self.cands[b].list)
+                .map(|c| c.1)
+                .chain(self.watchers[a].iter().copied())
+                .chain(self.watchers[b].iter().copied())
+                .collect()
+        };
+        let new = self.units.len();
+        self.units.push(unit);
+        self.alive.push(true);
+        self.cands.push(Candidates::default());
+        self.head.push(None);
+        self.watchers.push(BTreeSet::new());
+        for dead in [a, b] {
+            self.alive[dead] = false;
+            if let Some((_, old)) = self.head[dead].take() {
+                self.watchers[old].remove(&dead);
+            }
+        }
+        for (p, c) in self.count.iter_mut().enumerate() {
+            if class & (1 << p) != 0 {
+                *c -= 1;
+            }
+        }
+        self.live -= 1;
+        // The new unit's partners, and the new unit offered to them.
+        let mut all = Vec::new();
+        let mut better = Vec::new();
+        let partners: Vec<usize> = if self.exact {
+            (0..new).collect()
+        } else {
+            likely.into_iter().collect()
+        };
+        for x in partners {
+            if !self.mergeable(new, x) {
+                continue;
+            }
+            let k = self.key(new, x);
+            all.push((k, x));
+            if self.cands[x].offer(k, new) {
+                better.push(x);
+            }
+        }
+        self.cands[new] = if self.exact {
+            Candidates::from(all)
+        } else {
+            Candidates::partial(all)
+        };
+        self.refresh(new);
+        // Units whose best partner just disappeared, or is the new unit.
+        let mut stale: BTreeSet<usize> = self.watchers[a]
+            .iter()
+            .chain(&self.watchers[b])
+            .copied()
+            .collect();
+        stale.extend(better);
+        for x in stale {
+            if self.alive[x] {
+                self.refresh(x);
+            }
+        }
+    }
+}
+
+/// Merges `units` until every platform has at most `budget` of them and no
+/// free unit smaller than `min_size` has a free partner, then refines. The
+/// caller has checked that the budget can be met.
+pub(crate) fn run(g: &Graph, units: Vec<Unit>, budget: usize, min_size: u64) -> Vec<Unit> {
+    let n = units.len();
+    let mut count = vec![0; g.platforms.len()];
+    for u in &units {
+        for (p, c) in count.iter_mut().enumerate() {
+            if u.class & (1 << p) != 0 {
+                *c += 1;
+            }
+        }
+    }
+    let mut m = Merger {
+        g,
+        units,
+        alive: vec![true; n],
+        cands: vec![Candidates::default(); n],
+        watchers: vec![BTreeSet::new(); n],
+        head: vec![None; n],
+        heap: BinaryHeap::new(),
+        count,
+        budget,
+        min_size,
+        live: n,
+        exact: n <= EXACT_UNITS,
+    };
+    let needed = m.count.iter().any(|&c| c > budget) || (0..n).any(|a| m.small(a));
+    if !needed {
+        return m.units;
+    }
+    if m.exact {
+        weigh_all_pairs(&mut m);
+    } else {
+        weigh_likely_pairs(&mut m);
+    }
+    while let Some(Reverse((key, a, b))) = m.heap.pop() {
+        if !m.alive[a] || !m.alive[b] || m.head[a] != Some((key, b)) {
+            continue;
+        }
+        if !m.exact && m.live <= EXACT_UNITS {
+            // Few enough units now: weigh every pair and go on exactly.
+            m.exact = true;
+            weigh_all_pairs(&mut m);
+            continue;
+        }
+        let over = m.over_budget(m.units[a].class);
+        let small = key.0 == 0 && (m.small(a) || m.small(b));
+        if over || small {
+            m.merge(a, b);
+        }
+    }
+    let mut units: Vec<Unit> = m
+        .units
+        .into_iter()
+        .zip(m.alive)
+        .filter_map(|(u, alive)| alive.then_some(u))
+        .collect();
+    refine(g, &mut units);
+    units
+}
+
+/// Fills every live unit's partners by weighing every pair.
+fn weigh_all_pairs(m: &mut Merger) {
+    let live: Vec<usize> = (0..m.units.len()).filter(|&u| m.alive[u]).collect();
+    let mut all: BTreeMap<usize, Vec<(Key, usize)>> = BTreeMap::new();
+    for (i, &a) in live.iter().enumerate() {
+        for &b in &live[i + 1..] {
+            if m.mergeable(a, b) {
+                let k = m.key(a, b);
+                all.entry(a).or_default().push((k, b));
+                all.entry(b).or_default().push((k, a));
+            }
+        }
+    }
+    m.heap.clear();
+    for a in live {
+        m.cands[a] = Candidates::from(all.remove(&a).unwrap_or_default());
+        m.refresh(a);
+    }
+}
+
+/// Fills every unit's partners from likely ones (see [`EXACT_UNITS`]): the
+/// units of the paths it refers to and that refer to it, a few other users
+/// of what it refers to, and its neighbours in path order.
+fn weigh_likely_pairs(m: &mut Merger) {
+    const SIBLINGS: usize = 8;
+    let g = m.g;
+    let n = m.units.len();
+    let mut unit_of: Vec<Vec<usize>> = vec![Vec::new(); g.len()];
+    for (u, unit) in m.units.iter().enumerate() {
+        for &p in &unit.paths {
+            unit_of[p].push(u);
+        }
+    }
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); g.len()];
+    for (p, refs) in g.refs.iter().enumerate() {
+        for &r in refs {
+            users[r].push(p);
+        }
+    }
+    for a in 0..n {
+        let mut likely: BTreeSet<usize> = BTreeSet::new();
+        for &p in &m.units[a].paths {
+            for &r in &g.refs[p] {
+                likely.insert(r);
+                let i = users[r].partition_point(|&q| q < p);
+                let from = i.saturating_sub(SIBLINGS / 2);
+                likely.extend(users[r].iter().skip(from).take(SIBLINGS + 1));
+            }
+            likely.extend(users[p].iter().copied());
+        }
+        let mut partners: BTreeSet<usize> = likely
+            .into_iter()
+            .flat_map(|p| unit_of[p].iter().copied())
+            .collect();
+        partners.extend(a.saturating_sub(4)..(a + 5).min(n));
+        let all: Vec<(Key, usize)> = partners
+            .into_iter()
+            .filter(|&b| m.mergeable(a, b))
+            .map(|b| (m.key(a, b), b))
+            .collect();
+        m.cands[a] = Candidates::partial(all);
+        m.refresh(a);
+    }
+}
+
+/// Local search after merging: moves paths between planned units of the
+/// same platforms while that lowers the total cost, up to a few passes.
+/// Greedy merging decides early, on small units; this corrects what ended
+/// up next to the wrong neighbours. A move takes out of a unit one path, or
+/// the part of it that depends on some path `x`, or the part that does not.
+fn refine(g: &Graph, units: &mut [Unit]) {
+    // Thorough on closures of up to EXACT_UNITS paths, lighter above.
+    let big = g.len() > EXACT_UNITS;
+    let (passes, moves, max_sets) = if big {
+        (4, 4, 64)
+    } else {
+        (8, usize::MAX, 256)
+    };
+    let free: Vec<usize> = (0..units.len())
+        .filter(|&u| units[u].kind == Kind::Free)
+        .collect();
+    let mut weight: Vec<f64> = units.iter().map(|u| g.weight_of(&u.deps)).collect();
+    for _ in 0..passes {
+        let mut moved = false;
+        for &a in &free {
+            for _ in 0..moves.min(units[a].paths.len()) {
+                let Some(m) = best_move(g, units, &weight, &free, a, max_sets) else {
+                    break;
+                };
+                units[a].paths.retain(|p| m.set.binary_search(p).is_err());
+                units[a].size -= m.set_size;
+                units[a].mass -= m.set_mass;
+                units[a].deps = m.rest_deps;
+                weight[a] = m.rest_weight;
+                let b = m.to;
+                units[b].paths.extend_from_slice(&m.set);
+                units[b].paths.sort_unstable();
+                units[b].size += m.set_size;
+                units[b].mass += m.set_mass;
+                units[b].deps.union_with(&m.set_deps);
+                weight[b] = m.to_weight;
+                moved = true;
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+}
+
+/// Paths to move out of a unit, where to, and the units after the move.
+struct Move {
+    set: Vec<usize>,
+    set_size: u64,
+    set_mass: f64,
+    set_deps: BitSet,
+    to: usize,
+    rest_deps: BitSet,
+    rest_weight: f64,
+    to_weight: f64,
+}
+
+/// The move out of unit `a` that lowers the cost most, if any does.
+/// At most `max_sets` sets of paths are tried.
+fn best_move(
+    g: &Graph,
+    units: &[Unit],
+    weight: &[f64],
+    free: &[usize],
+    a: usize,
+    max_sets: usize,
+) -> Option<Move> {
+    let unit = &units[a];
+    if unit.paths.len() < 2 {
+        return None;
+    }
+    let mut sets: BTreeSet<Vec<usize>> = unit.paths.iter().map(|&p| vec![p]).collect();
+    for x in unit.deps.ones() {
+        if sets.len() >= max_sets {
+            break;
+        }
+        let (with, without): (Vec<usize>, Vec<usize>) =
+            unit.paths.iter().partition(|&&p| g.deps[p].contains(x));
+        for set in [with, without] {
+            if !set.is_empty() && set.len() < unit.paths.len() {
+                sets.insert(set);
+            }
+        }
+    }
+    let before_a = unit.mass * weight[a];
+    let mut best: Option<(f64, Move)> = None;
+    for set in sets {
+        let mut rest_deps = BitSet::new(g.len());
+        let mut set_deps = BitSet::new(g.len());
+        let mut set_size = 0;
+        let mut set_mass = 0.0;
+        for &p in &unit.paths {
+            if set.binary_search(&p).is_ok() {
+                set_deps.union_with(&g.deps[p]);
+                set_size += g.size[p];
+                set_mass += g.mass[p];
+            } else {
+                rest_deps.union_with(&g.deps[p]);
+            }
+        }
+        let rest_weight = g.weight_of(&rest_deps);
+        let after_a = (unit.mass - set_mass) * rest_weight;
+        let mut best_here: Option<(f64, usize, f64)> = None;
+        for &b in free {
+            if b == a || units[b].class != unit.class {
+                continue;
+            }
+            let to_weight = weight[b] + g.weight_minus(&set_deps, &units[b].deps);
+            let before_b = units[b].mass * weight[b];
+            let after_b = (units[b].mass + set_mass) * to_weight;
+            let gain = before_a + before_b - after_a - after_b;
+            // Rounding must not make paths go back and forth.
+            let enough = gain > 1e-9 * (before_a + before_b);
+            if enough
+                && best_here.is_none_or(|(bg, _, _)| gain > bg)
+                && best.as_ref().is_none_or(|(bg, _)| gain > *bg)
+            {
+                best_here = Some((gain, b, to_weight));
+            }
+        }
+        if let Some((gain, to, to_weight)) = best_here {
+            best = Some((
+                gain,
+                Move {
+                    set,
+                    set_size,
+                    set_mass,
+                    set_deps,
+                    to,
+                    rest_deps,
+                    rest_weight,
+                    to_weight,
+                },
+            ));
+        }
+    }
+    best.map(|(_, m)| m)
+}

@@ -1,0 +1,612 @@
+//! The layer cache and compression choices, through the real binary: fake
+//! store trees under temp dirs (`--store-root`, `--closure-json`), no Nix.
+//!
+//! What must hold: cache hits and misses show in the `--json` report; a
+//! no-change rebuild reuses every layer; a one-path change rebuilds exactly
+//! the layers holding changed paths; a damaged cache blob or index entry is
+//! noticed, rebuilt and the output verifies; digests are the same for any
+//! `--jobs`, with and without a warm cache, for gzip, zstd and none.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A package: its files (relative name, content) and dependency names.
+type Package = (Vec<(String, Vec<u8>)>, Vec<String>);
+
+/// A fake Nix store: packages with files and references, their store paths
+/// hashed from content and references as Nix would.
+struct Store {
+    tmp: tempfile::TempDir,
+    packages: BTreeMap<String, Package>,
+}
+
+impl Store {
+    fn new() -> Store {
+        Store {
+            tmp: tempfile::tempdir().unwrap(),
+            packages: BTreeMap::new(),
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir().join("root")
+    }
+
+    fn add(&mut self, name: &str, files: &[(&str, &[u8])], deps: &[&str]) {
+        self.packages.insert(
+            name.to_owned(),
+            (
+                files
+                    .iter()
+                    .map(|(n, c)| ((*n).to_owned(), c.to_vec()))
+                    .collect(),
+                deps.iter().map(|d| (*d).to_owned()).collect(),
+            ),
+        );
+    }
+
+    /// Store path of `name`: a hash of its files and its dependencies'
+    /// store paths.
+    fn path(&self, name: &str) -> String {
+        let (files, deps) = &self.packages[name];
+        let mut h = Sha256::new();
+        h.update(name.as_bytes());
+        for (n, c) in files {
+            h.update(n.as_bytes());
+            h.update(Sha256::digest(c));
+        }
+        for d in deps {
+            h.update(self.path(d).as_bytes());
+        }
+        let hash: String = h
+            .finalize()
+            .iter()
+            .take(32)
+            .map(|b| char::from(NIX32[usize::from(b % 32)]))
+            .collect();
+        format!("/nix/store/{hash}-{name}")
+    }
+
+    /// Writes every package's store path (if missing) and a closure JSON
+    /// with `root` as first entry; returns the JSON file and root path.
+    fn write(&self, root: &str) -> (PathBuf, String) {
+        let mut closure = Vec::new();
+        let mut todo = vec![root.to_owned()];
+        let mut seen = BTreeSet::new();
+        while let Some(name) = todo.pop() {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let (files, deps) = &self.packages[&name];
+            let path = self.path(&name);
+            let dir = self.root().join(path.trim_start_matches('/'));
+            let refs: Vec<String> = deps.iter().map(|d| self.path(d)).collect();
+            let mut nar = Sha256::new();
+            if !dir.exists() {
+                fs::create_dir_all(dir.join("nix-support")).unwrap();
+                fs::write(
+                    dir.join("nix-support/propagated-build-inputs"),
+                    refs.join(" "),
+                )
+                .unwrap();
+                for (n, c) in files {
+                    let f = dir.join(n);
+                    fs::create_dir_all(f.parent().unwrap()).unwrap();
+                    fs::write(&f, c).unwrap();
+                    fs::set_permissions(&f, fs::Permissions::from_mode(0o444)).unwrap();
+                }
+            }
+            let mut size = 0;
+            for (n, c) in files {
+                nar.update(n.as_bytes());
+                nar.update(c);
+                size += c.len() as u64;
+            }
+            nar.update(path.as_bytes());
+            closure.push(json!({
+                "path": path,
+                "narHash": format!("sha256:{}", sha256_hex(&nar.finalize())),
+                "narSize": size + 512,
+                "references": refs,
+            }));
+            todo.extend(deps.iter().cloned());
+        }
+        let bytes = serde_json::to_vec_pretty(&closure).unwrap();
+        let file = self
+            .dir()
+            .join(format!("closure-{}.json", &sha256_hex(&bytes)[..16]));
+        fs::write(&file, bytes).unwrap();
+        (file, self.path(root))
+    }
+}
+
+struct Run {
+    report: Value,
+    stderr: String,
+}
+
+fn nixoci() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nixoci"));
+    c.env_remove("SOURCE_DATE_EPOCH")
+        .env_remove("NIX_STORE_DIR")
+        .env_remove("XDG_CACHE_HOME");
+    c
+}
+
+/// `nixoci build --json` of `root`'s closure into `out`; `cache` `None`
+/// means `--no-cache`.
+fn build(store: &Store, root: &str, out: &Path, cache: Option<&Path>, extra: &[&str]) -> Run {
+    let (closure, root_path) = store.write(root);
+    let mut cmd = nixoci();
+    cmd.args(["build", "--json", "--platform"])
+        .arg(format!("linux/amd64={root_path}"))
+        .arg("--closure-json")
+        .arg(&closure)
+        .arg("--store-root")
+        .arg(store.root())
+        .arg("-o")
+        .arg(out)
+        .args(extra);
+    match cache {
+        Some(dir) => cmd.arg("--cache-dir").arg(dir),
+        None => cmd.arg("--no-cache"),
+    };
+    let output = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "build failed: {stderr}");
+    Run {
+        report: serde_json::from_slice(&output.stdout).unwrap(),
+        stderr,
+    }
+}
+
+fn verify(out: &Path) {
+    let output = nixoci().arg("verify").arg(out).output().unwrap();
+    assert!(
+        output.status.success(),
+        "verify failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// (first store path name, cache status) of every layer.
+fn statuses(run: &Run) -> Vec<(String, String)> {
+    run.report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let path = l["storePaths"][0].as_str().unwrap();
+            (
+                path[path.find('-').unwrap() + 1..].to_owned(),
+                l["cache"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn all(run: &Run, status: &str) -> bool {
+    statuses(run).iter().all(|(_, s)| s == status)
+}
+
+/// What a build decides: the index digest and every layer's digests.
+fn digests(run: &Run) -> Value {
+    json!({
+        "index": run.report["index"]["digest"],
+        "layers": run.report["layers"].as_array().unwrap().iter()
+            .map(|l| json!([l["diffId"], l["digest"], l["size"], l["mediaType"]]))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// base <- lib <- app, data <- app, and a tool beside them.
+fn small_store() -> Store {
+    let mut s = Store::new();
+    s.add(
+        "base",
+        &[
+            ("lib/libbase.so", &[7u8; 3000][..]),
+            ("etc/base.conf", b"x=1\n"),
+        ],
+        &[],
+    );
+    s.add("lib", &[("lib/libfoo.so", b"foo library v1")], &["base"]);
+    s.add(
+        "data",
+        &[("share/data.txt", "hello data\n".repeat(500).as_bytes())],
+        &[],
+    );
+    s.add(
+        "app",
+        &[("bin/app", b"#!/bin/sh\necho app\n")],
+        &["lib", "data"],
+    );
+    s.add("tool", &[("bin/tool", b"tool")], &["base"]);
+    s.add("env", &[("README", b"env")], &["app", "tool"]);
+    s
+}
+
+#[test]
+fn cache_hits_and_misses_show_in_the_report() {
+    let store = small_store();
+    let cache = store.dir().join("cache");
+    let out = store.dir().join("out");
+
+    let cold = build(&store, "env", &out, Some(&cache), &[]);
+    assert_eq!(statuses(&cold).len(), 6);
+    assert!(all(&cold, "miss"), "{:?}", statuses(&cold));
+    verify(&out);
+
+    // Nothing changed, same output: every blob is already there.
+    let same = build(&store, "env", &out, Some(&cache), &[]);
+    assert!(all(&same, "layout"), "{:?}", statuses(&same));
+    assert_eq!(digests(&same), digests(&cold));
+    assert!(
+        same.stderr.contains("6 layers of which 6 reused"),
+        "{}",
+        same.stderr
+    );
+
+    // Nothing changed, fresh output: every blob comes from the cache.
+    let out2 = store.dir().join("out2");
+    let fresh = build(&store, "env", &out2, Some(&cache), &[]);
+    assert!(all(&fresh, "hit"), "{:?}", statuses(&fresh));
+    assert_eq!(digests(&fresh), digests(&cold));
+    verify(&out2);
+
+    // Without the cache, everything is built again, to the same bytes.
+    let out3 = store.dir().join("out3");
+    let none = build(&store, "env", &out3, None, &[]);
+    assert!(all(&none, "miss"));
+    assert_eq!(digests(&none), digests(&cold));
+}
+
+#[test]
+fn one_path_change_rebuilds_exactly_the_affected_layers() {
+    let mut store = small_store();
+    let cache = store.dir().join("cache");
+    build(&store, "env", &store.dir().join("out"), Some(&cache), &[]);
+
+    // A new lib: its store path changes, and so do app's and env's.
+    store.add("lib", &[("lib/libfoo.so", b"foo library v2")], &["base"]);
+    let out = store.dir().join("out-changed");
+    let run = build(&store, "env", &out, Some(&cache), &[]);
+    let got: BTreeMap<String, String> = statuses(&run).into_iter().collect();
+    let want: BTreeMap<String, String> = [
+        ("app", "miss"),
+        ("base", "hit"),
+        ("data", "hit"),
+        ("env", "miss"),
+        ("lib", "miss"),
+        ("tool", "hit"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    .collect();
+    assert_eq!(got, want);
+    verify(&out);
+}
+
+fn cache_files(cache: &Path, sub: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(cache.join("layers-v1").join(sub))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn corrupt_cache_blob_is_noticed_and_rebuilt() {
+    let store = small_store();
+    let cache = store.dir().join("cache");
+    let cold = build(&store, "env", &store.dir().join("out"), Some(&cache), &[]);
+
+    // Flip a byte in the data layer's cached blob, in place.
+    let data = cold.report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["storePaths"][0].as_str().unwrap().ends_with("-data"))
+        .unwrap();
+    let hex = &data["digest"].as_str().unwrap()[7..];
+    let blob = cache.join("layers-v1/blobs/sha256").join(hex);
+    let mut bytes = fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&blob, &bytes).unwrap();
+
+    let out = store.dir().join("out2");
+    let run = build(&store, "env", &out, Some(&cache), &[]);
+    let got: BTreeMap<String, String> = statuses(&run).into_iter().collect();
+    assert_eq!(got["data"], "miss");
+    assert_eq!(got.values().filter(|s| *s == "hit").count(), 5, "{got:?}");
+    assert!(
+        run.stderr.contains("warning: cache blob") && run.stderr.contains("hashes to"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(digests(&run), digests(&cold));
+    verify(&out);
+
+    // The rebuilt layer went back into the cache.
+    let again = build(&store, "env", &store.dir().join("out3"), Some(&cache), &[]);
+    assert!(all(&again, "hit"), "{:?}", statuses(&again));
+}
+
+#[test]
+fn corrupt_cache_index_is_noticed_and_rebuilt() {
+    let store = small_store();
+    let cache = store.dir().join("cache");
+    let cold = build(&store, "env", &store.dir().join("out"), Some(&cache), &[]);
+    let entries = cache_files(&cache, "index");
+    assert_eq!(entries.len(), 6);
+
+    // One entry garbage, one with a wrong diff_id (its check digest no
+    // longer matches), one truncated.
+    fs::write(&entries[0], b"{not json").unwrap();
+    let text = fs::read_to_string(&entries[1]).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let diff_id = v["diffId"].as_str().unwrap();
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    fs::write(&entries[1], text.replace(diff_id, &wrong)).unwrap();
+    fs::write(&entries[2], &text.as_bytes()[..text.len() / 2]).unwrap();
+
+    let out = store.dir().join("out2");
+    let run = build(&store, "env", &out, Some(&cache), &[]);
+    let s = statuses(&run);
+    assert_eq!(s.iter().filter(|(_, s)| s == "miss").count(), 3, "{s:?}");
+    assert_eq!(s.iter().filter(|(_, s)| s == "hit").count(), 3, "{s:?}");
+    assert_eq!(
+        run.stderr.matches("is corrupt").count(),
+        3,
+        "{}",
+        run.stderr
+    );
+    assert_eq!(digests(&run), digests(&cold));
+    verify(&out);
+
+    let again = build(&store, "env", &store.dir().join("out3"), Some(&cache), &[]);
+    assert!(all(&again, "hit"), "{:?}", statuses(&again));
+}
+
+#[test]
+fn digests_do_not_depend_on_jobs_or_cache() {
+    let store = small_store();
+    for compression in ["gzip", "zstd", "none"] {
+        let cache = store.dir().join(format!("cache-{compression}"));
+        let mut runs = Vec::new();
+        for (i, (jobs, cached)) in [(1, false), (2, false), (1, true), (2, true), (1, true)]
+            .into_iter()
+            .enumerate()
+        {
+            let out = store.dir().join(format!("out-{compression}-{i}"));
+            let run = build(
+                &store,
+                "env",
+                &out,
+                cached.then_some(cache.as_path()),
+                &["--compression", compression, "--jobs", &jobs.to_string()],
+            );
+            let media = run.report["layers"][0]["mediaType"].as_str().unwrap();
+            let want = match compression {
+                "gzip" => "application/vnd.oci.image.layer.v1.tar+gzip",
+                "zstd" => "application/vnd.oci.image.layer.v1.tar+zstd",
+                _ => "application/vnd.oci.image.layer.v1.tar",
+            };
+            assert_eq!(media, want);
+            verify(&out);
+            runs.push((jobs, cached, digests(&run), statuses(&run)));
+        }
+        // Cold cache, then warm cache (hits).
+        assert!(runs[2].3.iter().all(|(_, s)| s == "miss"));
+        assert!(runs[3].3.iter().all(|(_, s)| s == "hit"));
+        for (jobs, cached, d, _) in &runs[1..] {
+            assert_eq!(
+                d, &runs[0].2,
+                "{compression}: --jobs {jobs}, cache {cached} gave other digests"
+            );
+        }
+    }
+}
+
+/// Text with noise: compresses, but not to nothing.
+fn big_content(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let words: [&[u8]; 6] = [
+        b"store ",
+        b"layer ",
+        b"nix ",
+        b"image\n",
+        b"0x",
+        b"deflate ",
+    ];
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x % 4 == 0 {
+            out.extend_from_slice(&x.to_le_bytes());
+        } else {
+            out.extend_from_slice(words[(x >> 8) as usize % words.len()]);
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn big_single_layer_same_digest_for_any_jobs() {
+    let mut store = Store::new();
+    let big = big_content(40 << 20);
+    store.add(
+        "big",
+        &[
+            ("share/big.bin", &big[..24 << 20]),
+            ("share/more.bin", &big[24 << 20..]),
+        ],
+        &[],
+    );
+    for compression in ["gzip", "zstd"] {
+        let mut seen = Vec::new();
+        for jobs in ["1", "2"] {
+            let out = store.dir().join(format!("out-{compression}-{jobs}"));
+            let run = build(
+                &store,
+                "big",
+                &out,
+                None,
+                &["--compression", compression, "--jobs", jobs],
+            );
+            seen.push(digests(&run));
+            if jobs == "2" {
+                verify(&out);
+            }
+        }
+        assert_eq!(seen[0], seen[1], "{compression}");
+    }
+}
+
+#[test]
+fn unwritable_cache_is_skipped_with_one_message() {
+    let store = small_store();
+    // A cache directory under a regular file cannot be created, even as
+    // root; neither can one in a HOME that does not exist.
+    let file = store.dir().join("a-file");
+    fs::write(&file, b"").unwrap();
+    let out = store.dir().join("out");
+    let run = build(&store, "env", &out, Some(&file.join("cache")), &[]);
+    assert!(all(&run, "miss"));
+    assert_eq!(
+        run.stderr.matches("building without a layer cache").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+
+    let (closure, root) = store.write("env");
+    let output = nixoci()
+        .env("HOME", store.dir().join("homeless-shelter"))
+        .args(["build", "--platform"])
+        .arg(format!("linux/amd64={root}"))
+        .arg("--closure-json")
+        .arg(&closure)
+        .arg("--store-root")
+        .arg(store.root())
+        .arg("-o")
+        .arg(store.dir().join("out2"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("building without a layer cache").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!store.dir().join("homeless-shelter").exists());
+}
+
+#[test]
+fn concurrent_builds_share_one_cache() {
+    let store = small_store();
+    let cache = store.dir().join("cache");
+    let (closure, root) = store.write("env");
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            nixoci()
+                .args(["build", "--json", "--platform"])
+                .arg(format!("linux/amd64={root}"))
+                .arg("--closure-json")
+                .arg(&closure)
+                .arg("--store-root")
+                .arg(store.root())
+                .arg("--cache-dir")
+                .arg(&cache)
+                .arg("-o")
+                .arg(store.dir().join(format!("out{i}")))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    for i in 0..3 {
+        verify(&store.dir().join(format!("out{i}")));
+    }
+    let again = build(
+        &store,
+        "env",
+        &store.dir().join("out-again"),
+        Some(&cache),
+        &[],
+    );
+    assert!(all(&again, "hit"), "{:?}", statuses(&again));
+    assert!(!again.stderr.contains("warning"), "{}", again.stderr);
+}
+
+#[test]
+fn compression_flags_are_checked() {
+    let store = small_store();
+    let (closure, root) = store.write("env");
+    for (args, msg) in [
+        (
+            &["--compression", "none", "--level", "1"][..],
+            "takes no level",
+        ),
+        (
+            &["--compression", "zstd", "--level", "20"][..],
+            "zstd level 20 is out of range (1 to 19)",
+        ),
+        (
+            &["--level", "10"][..],
+            "gzip level 10 is out of range (0 to 9)",
+        ),
+        (&["--compression", "xz"][..], "invalid value 'xz'"),
+    ] {
+        let output = nixoci()
+            .args(["build", "--no-cache", "--platform"])
+            .arg(format!("linux/amd64={root}"))
+            .arg("--closure-json")
+            .arg(&closure)
+            .arg("--store-root")
+            .arg(store.root())
+            .arg("-o")
+            .arg(store.dir().join("out"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(msg), "{args:?}: {stderr}");
+    }
+}
