@@ -7,9 +7,10 @@ use anyhow::Context;
 use indicatif::HumanBytes;
 
 use super::UsageError;
+use crate::oci::layout::LayoutArg;
 use crate::publish::client::error_chain;
 use crate::publish::reference::tag_from_ref_name;
-use crate::publish::source::{read_image, LayoutArg};
+use crate::publish::source::read_image;
 use crate::publish::static_export::{self, CADDY_FILE, NGINX_FILE, OBJECTS_FILE};
 
 /// Export an image as a static registry tree, served read-only by a plain

@@ -7,11 +7,12 @@ use anyhow::Context;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 use super::UsageError;
+use crate::oci::layout::LayoutArg;
 use crate::publish::auth::{self, AuthEnv};
 use crate::publish::client::{error_chain, Client, ClientOptions};
 use crate::publish::push::{self, Event, PushOptions};
 use crate::publish::reference::{tag_from_ref_name, valid_repository, Reference};
-use crate::publish::source::{read_image, LayoutArg};
+use crate::publish::source::read_image;
 
 /// Push an image from an OCI image layout to a registry.
 ///

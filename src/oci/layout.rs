@@ -12,7 +12,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::image::{Blob, TopIndex};
+use super::image::{Blob, IndexEntry, TopIndex};
 use super::Digest;
 
 /// The content of `oci-layout`.
@@ -240,6 +240,129 @@ fn sync_dir(dir: &Path) -> Result<(), LayoutError> {
     File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(io_err("syncing", dir))
+}
+
+/// Why `LAYOUT[:TAG]` names no image.
+#[derive(Debug, thiserror::Error)]
+pub enum TagError {
+    #[error("{0} is not an OCI image layout (no oci-layout file)")]
+    NotALayout(PathBuf),
+    #[error("{layout} has no tag '{tag}' (tags: {available})")]
+    NoSuchTag {
+        layout: PathBuf,
+        tag: String,
+        available: String,
+    },
+    #[error("{layout} holds several images; name one as LAYOUT:TAG (tags: {available})")]
+    WhichTag { layout: PathBuf, available: String },
+    #[error("{layout} holds no image (index.json lists nothing)")]
+    Empty { layout: PathBuf },
+    #[error("{path} is not a valid index.json")]
+    Index {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("reading {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl TagError {
+    /// True when the argument names no image (exit 2), false when the
+    /// layout is there but unreadable.
+    pub fn is_usage(&self) -> bool {
+        !matches!(self, TagError::Index { .. } | TagError::Io { .. })
+    }
+}
+
+/// `LAYOUT[:TAG]` from the command line: the whole argument when it is a
+/// layout, else split at the first colon whose left side is one (tags such
+/// as `example.org/app:1.0` hold colons themselves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutArg {
+    pub dir: PathBuf,
+    pub tag: Option<String>,
+}
+
+impl LayoutArg {
+    pub fn parse(arg: &str) -> Result<LayoutArg, TagError> {
+        let is_layout = |p: &str| !p.is_empty() && Path::new(p).join("oci-layout").is_file();
+        if is_layout(arg) {
+            return Ok(LayoutArg {
+                dir: arg.into(),
+                tag: None,
+            });
+        }
+        for (i, _) in arg.match_indices(':') {
+            let (dir, tag) = (&arg[..i], &arg[i + 1..]);
+            if !tag.is_empty() && is_layout(dir) {
+                return Ok(LayoutArg {
+                    dir: dir.into(),
+                    tag: Some(tag.to_owned()),
+                });
+            }
+        }
+        Err(TagError::NotALayout(arg.into()))
+    }
+}
+
+/// The `index.json` entry that `tag` names in the layout `dir`; without a
+/// tag, the layout's only entry.
+pub fn tagged_entry(dir: &Path, tag: Option<&str>) -> Result<IndexEntry, TagError> {
+    if !dir.join("oci-layout").is_file() {
+        return Err(TagError::NotALayout(dir.to_owned()));
+    }
+    let index_path = dir.join("index.json");
+    let bytes = fs::read(&index_path).map_err(|source| TagError::Io {
+        path: index_path.clone(),
+        source,
+    })?;
+    let index: TopIndex = serde_json::from_slice(&bytes).map_err(|source| TagError::Index {
+        path: index_path.clone(),
+        source,
+    })?;
+    let available = || {
+        let tags: Vec<&str> = index
+            .manifests
+            .iter()
+            .filter_map(|e| e.ref_name())
+            .collect();
+        if tags.is_empty() {
+            "none".to_owned()
+        } else {
+            tags.join(", ")
+        }
+    };
+    let entry = match tag {
+        Some(t) => index
+            .manifests
+            .iter()
+            .find(|e| e.ref_name() == Some(t))
+            .ok_or_else(|| TagError::NoSuchTag {
+                layout: dir.to_owned(),
+                tag: t.to_owned(),
+                available: available(),
+            })?,
+        None => match index.manifests.as_slice() {
+            [] => {
+                return Err(TagError::Empty {
+                    layout: dir.to_owned(),
+                })
+            }
+            [only] => only,
+            _ => {
+                return Err(TagError::WhichTag {
+                    layout: dir.to_owned(),
+                    available: available(),
+                })
+            }
+        },
+    };
+    Ok(entry.clone())
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::image::{TopIndex, ANNOTATION_STORE_PATHS, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+use super::image::{ANNOTATION_STORE_PATHS, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+use super::layout::{tagged_entry, LayoutArg, TagError};
 use super::Digest;
 use crate::plan::Previous;
 use crate::platform::Platform;
@@ -27,18 +28,8 @@ const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+j
 /// Why the previous image could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum PreviousError {
-    #[error("{0} is not an OCI image layout (no oci-layout file)")]
-    NotALayout(PathBuf),
-    #[error("{layout} has no tag '{tag}' (tags: {available})")]
-    NoSuchTag {
-        layout: PathBuf,
-        tag: String,
-        available: String,
-    },
-    #[error("{layout} holds several images; name one as LAYOUT:TAG (tags: {available})")]
-    WhichTag { layout: PathBuf, available: String },
-    #[error("{layout} holds no image")]
-    Empty { layout: PathBuf },
+    #[error(transparent)]
+    Tag(#[from] TagError),
     #[error("{layout}: {what}: {problem}")]
     Invalid {
         layout: PathBuf,
@@ -61,21 +52,6 @@ pub struct PreviousImage {
     pub previous: Previous,
     /// Platforms of the image whose layers name no store paths.
     pub unknown: Vec<String>,
-}
-
-/// Splits `LAYOUT[:TAG]`: the whole argument when it is a layout, else at
-/// the first colon whose left side is one.
-pub fn split_arg(arg: &str) -> (PathBuf, Option<String>) {
-    let is_layout = |p: &str| !p.is_empty() && Path::new(p).join("oci-layout").is_file();
-    if !is_layout(arg) {
-        for (i, _) in arg.match_indices(':') {
-            let (dir, tag) = (&arg[..i], &arg[i + 1..]);
-            if !tag.is_empty() && is_layout(dir) {
-                return (dir.into(), Some(tag.to_owned()));
-            }
-        }
-    }
-    (arg.into(), None)
 }
 
 struct Reader<'a> {
@@ -189,54 +165,9 @@ fn names(list: &str) -> Vec<String> {
 
 /// Reads the image `arg` (`LAYOUT[:TAG]`) names.
 pub fn read(arg: &str) -> Result<PreviousImage, PreviousError> {
-    let (dir, tag) = split_arg(arg);
-    if !dir.join("oci-layout").is_file() {
-        return Err(PreviousError::NotALayout(dir));
-    }
-    let index_path = dir.join("index.json");
-    let bytes = fs::read(&index_path).map_err(|source| PreviousError::Io {
-        path: index_path.clone(),
-        source,
-    })?;
-    let index: TopIndex = serde_json::from_slice(&bytes).map_err(|e| PreviousError::Invalid {
-        layout: dir.clone(),
-        what: "index.json".into(),
-        problem: e.to_string(),
-    })?;
-    let available = || {
-        let tags: Vec<&str> = index
-            .manifests
-            .iter()
-            .filter_map(|e| e.ref_name())
-            .collect();
-        if tags.is_empty() {
-            "none".to_owned()
-        } else {
-            tags.join(", ")
-        }
-    };
-    let entry = match &tag {
-        Some(t) => index
-            .manifests
-            .iter()
-            .find(|e| e.ref_name() == Some(t.as_str()))
-            .ok_or_else(|| PreviousError::NoSuchTag {
-                layout: dir.clone(),
-                tag: t.clone(),
-                available: available(),
-            })?,
-        None => match index.manifests.as_slice() {
-            [] => return Err(PreviousError::Empty { layout: dir }),
-            [only] => only,
-            _ => {
-                return Err(PreviousError::WhichTag {
-                    layout: dir.clone(),
-                    available: available(),
-                })
-            }
-        },
-    };
-    let entry = serde_json::to_value(entry).map_err(|e| PreviousError::Invalid {
+    let LayoutArg { dir, tag } = LayoutArg::parse(arg)?;
+    let entry = tagged_entry(&dir, tag.as_deref())?;
+    let entry = serde_json::to_value(&entry).map_err(|e| PreviousError::Invalid {
         layout: dir.clone(),
         what: "index.json".into(),
         problem: e.to_string(),
@@ -262,13 +193,7 @@ impl PreviousError {
     /// True when the argument names no readable image, rather than the
     /// image being broken.
     pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            PreviousError::NotALayout(_)
-                | PreviousError::NoSuchTag { .. }
-                | PreviousError::WhichTag { .. }
-                | PreviousError::Empty { .. }
-        )
+        matches!(self, PreviousError::Tag(t) if t.is_usage())
     }
 }
 
@@ -356,7 +281,10 @@ mod tests {
             assert!(image.unknown.is_empty());
         }
         assert_eq!(
-            split_arg(&format!("{dir}:app:1")).1.as_deref(),
+            LayoutArg::parse(&format!("{dir}:app:1"))
+                .unwrap()
+                .tag
+                .as_deref(),
             Some("app:1")
         );
     }
@@ -367,11 +295,11 @@ mod tests {
         let dir = tmp.path().to_str().unwrap();
         let e = read(&format!("{dir}:nope")).unwrap_err();
         assert!(
-            matches!(e, PreviousError::NoSuchTag { .. }) && e.is_usage(),
+            matches!(e, PreviousError::Tag(TagError::NoSuchTag { .. })) && e.is_usage(),
             "{e}"
         );
         assert!(e.to_string().contains("tags: app:1"), "{e}");
         let e = read("/nonexistent/layout").unwrap_err();
-        assert!(matches!(e, PreviousError::NotALayout(_)));
+        assert!(matches!(e, PreviousError::Tag(TagError::NotALayout(_))));
     }
 }

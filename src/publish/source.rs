@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::oci::image::{TopIndex, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+use crate::oci::image::{MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+use crate::oci::layout::{tagged_entry, TagError};
 use crate::oci::Digest;
 
 /// Docker's manifest list, pushed as it is when a layout holds one.
@@ -25,18 +26,8 @@ pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distributio
 /// Why the image could not be read from the layout.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("{0} is not an OCI image layout (no oci-layout file)")]
-    NotALayout(PathBuf),
-    #[error("{layout} has no tag '{tag}' (tags: {available})")]
-    NoSuchTag {
-        layout: PathBuf,
-        tag: String,
-        available: String,
-    },
-    #[error("{layout} holds several images; name one as LAYOUT:TAG (tags: {available})")]
-    WhichTag { layout: PathBuf, available: String },
-    #[error("{layout} holds no image (index.json lists nothing)")]
-    Empty { layout: PathBuf },
+    #[error(transparent)]
+    Tag(#[from] TagError),
     #[error("{layout}: {what} {digest} is missing from blobs/sha256")]
     Missing {
         layout: PathBuf,
@@ -76,45 +67,7 @@ impl SourceError {
     /// True when the user named something that is not there (exit 2);
     /// false when the layout itself is broken (exit 1).
     pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            SourceError::NotALayout(_)
-                | SourceError::NoSuchTag { .. }
-                | SourceError::WhichTag { .. }
-                | SourceError::Empty { .. }
-        )
-    }
-}
-
-/// `LAYOUT[:TAG]` from the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LayoutArg {
-    pub dir: PathBuf,
-    pub tag: Option<String>,
-}
-
-impl LayoutArg {
-    /// Splits `LAYOUT[:TAG]`: the whole argument when it is a layout, else
-    /// the shortest prefix before a `:` that is one (tags such as
-    /// `example.org/app:1.0` hold colons themselves).
-    pub fn parse(arg: &str) -> Result<LayoutArg, SourceError> {
-        let is_layout = |p: &str| !p.is_empty() && Path::new(p).join("oci-layout").is_file();
-        if is_layout(arg) {
-            return Ok(LayoutArg {
-                dir: arg.into(),
-                tag: None,
-            });
-        }
-        for (i, _) in arg.match_indices(':') {
-            let (dir, tag) = (&arg[..i], &arg[i + 1..]);
-            if !tag.is_empty() && is_layout(dir) {
-                return Ok(LayoutArg {
-                    dir: dir.into(),
-                    tag: Some(tag.to_owned()),
-                });
-            }
-        }
-        Err(SourceError::NotALayout(arg.into()))
+        matches!(self, SourceError::Tag(t) if t.is_usage())
     }
 }
 
@@ -339,56 +292,7 @@ impl Reader<'_> {
 /// Reads the image that `tag` names in the layout `dir`; without a tag,
 /// the layout's only image.
 pub fn read_image(dir: &Path, tag: Option<&str>) -> Result<Image, SourceError> {
-    if !dir.join("oci-layout").is_file() {
-        return Err(SourceError::NotALayout(dir.to_owned()));
-    }
-    let index_path = dir.join("index.json");
-    let bytes = fs::read(&index_path).map_err(|source| SourceError::Io {
-        path: index_path.clone(),
-        source,
-    })?;
-    let index: TopIndex = serde_json::from_slice(&bytes).map_err(|e| SourceError::Invalid {
-        layout: dir.to_owned(),
-        what: "index.json".into(),
-        problem: e.to_string(),
-    })?;
-    let available = || {
-        let tags: Vec<&str> = index
-            .manifests
-            .iter()
-            .filter_map(|e| e.ref_name())
-            .collect();
-        if tags.is_empty() {
-            "none".to_owned()
-        } else {
-            tags.join(", ")
-        }
-    };
-    let entry = match tag {
-        Some(t) => index
-            .manifests
-            .iter()
-            .find(|e| e.ref_name() == Some(t))
-            .ok_or_else(|| SourceError::NoSuchTag {
-                layout: dir.to_owned(),
-                tag: t.to_owned(),
-                available: available(),
-            })?,
-        None => match index.manifests.as_slice() {
-            [] => {
-                return Err(SourceError::Empty {
-                    layout: dir.to_owned(),
-                })
-            }
-            [only] => only,
-            _ => {
-                return Err(SourceError::WhichTag {
-                    layout: dir.to_owned(),
-                    available: available(),
-                })
-            }
-        },
-    };
+    let entry = tagged_entry(dir, tag)?;
     let mut reader = Reader {
         layout: dir,
         blobs: Vec::new(),
@@ -396,7 +300,7 @@ pub fn read_image(dir: &Path, tag: Option<&str>) -> Result<Image, SourceError> {
         seen: BTreeSet::new(),
     };
     let value =
-        serde_json::to_value(entry).map_err(|e| reader.invalid("index.json", e.to_string()))?;
+        serde_json::to_value(&entry).map_err(|e| reader.invalid("index.json", e.to_string()))?;
     let desc = reader.descriptor(&value, "index.json")?;
     reader.document(&desc, 0)?;
     Ok(Image {
@@ -496,6 +400,7 @@ mod tests {
 
     #[test]
     fn splits_layout_and_tag() {
+        use crate::oci::layout::LayoutArg;
         let (tmp, _) = layout();
         let dir = tmp.path().to_str().unwrap();
         assert_eq!(LayoutArg::parse(dir).unwrap().tag, None);
