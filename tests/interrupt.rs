@@ -19,7 +19,7 @@ fn big_store(dir: &Path) -> std::path::PathBuf {
         fs::create_dir_all(&d).unwrap();
         let mut f = fs::File::create(d.join("data")).unwrap();
         let mut buf = vec![0u8; 1 << 20];
-        for _ in 0..6 {
+        for _ in 0..16 {
             for chunk in buf.chunks_mut(8) {
                 // xorshift64: fast, deterministic, incompressible.
                 state ^= state << 13;
@@ -35,7 +35,7 @@ fn big_store(dir: &Path) -> std::path::PathBuf {
         .iter()
         .map(|p| {
             format!(
-                r#"{{"path":"{p}","narHash":"sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","narSize":6291456,"references":[]}}"#
+                r#"{{"path":"{p}","narHash":"sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","narSize":16777216,"references":[]}}"#
             )
         })
         .collect();
@@ -45,7 +45,7 @@ fn big_store(dir: &Path) -> std::path::PathBuf {
 
 fn build(dir: &Path, closure: &Path, out: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixoci"));
-    cmd.args(["build", "--jobs", "1", "--level", "9"])
+    cmd.args(["build", "--no-cache", "--jobs", "1", "--level", "9"])
         .arg("--platform")
         .arg(format!("linux/amd64={PATH_A}"))
         .arg("--platform")
