@@ -3,7 +3,7 @@
 //! the image index, and last `index.json`. Returns the build report.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -138,11 +138,10 @@ pub fn build(
 ) -> Result<BuildReport, BuildError> {
     let plan = plan_request(req)?;
     on_plan(&plan);
-    let mut layout = Layout::open(&req.output)?;
+    let layout = Layout::open(&req.output)?;
 
     let blobs_dir = layout.blobs_dir();
     let groups: Vec<Vec<StorePath>> = plan.layers.iter().map(|l| l.store_paths.clone()).collect();
-    let before: std::collections::BTreeSet<String> = list_blobs(&blobs_dir);
     // NAR hashes key the layer cache; NAR sizes order the work.
     let infos: BTreeMap<StorePath, crate::closure::PathInfo> = req
         .images
@@ -168,9 +167,6 @@ pub fn build(
         other => BuildError::Layers(other),
     })?;
     let built: Vec<BuiltLayer> = outcomes.iter().map(|o| o.layer.clone()).collect();
-    for l in &built {
-        layout.track_blob(&l.digest, before.contains(l.digest.hex()));
-    }
 
     let mut platforms = Vec::new();
     let mut manifests: Vec<(Platform, Blob)> = Vec::new();
@@ -203,15 +199,4 @@ pub fn build(
         platforms,
         layers: outcomes,
     })
-}
-
-fn list_blobs(dir: &Path) -> std::collections::BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }

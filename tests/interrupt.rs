@@ -113,3 +113,52 @@ fn a_killed_build_leaves_no_index_and_the_next_one_succeeds() {
         String::from_utf8_lossy(&verify.stderr)
     );
 }
+
+#[test]
+fn a_failed_build_removes_the_layers_it_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    // A: a good path, built first (biggest first); B: holds a FIFO, which
+    // no layer may hold, so its layer fails after A's blob is written.
+    let a = root.join(PATH_A.trim_start_matches('/'));
+    let b = root.join(PATH_B.trim_start_matches('/'));
+    fs::create_dir_all(&a).unwrap();
+    fs::create_dir_all(&b).unwrap();
+    fs::write(a.join("data"), vec![7u8; 4 << 20]).unwrap();
+    let fifo =
+        std::ffi::CString::new(b.join("pipe").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: a valid, NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let closure = tmp.path().join("closure.json");
+    fs::write(
+        &closure,
+        format!(
+            r#"[{{"path":"{PATH_A}","narHash":"sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","narSize":4194304,"references":[]}},
+                {{"path":"{PATH_B}","narHash":"sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","narSize":1,"references":[]}}]"#
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("failed.oci");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixoci"));
+    cmd.args(["build", "--no-cache", "--jobs", "1"])
+        .arg("--platform")
+        .arg(format!("linux/amd64={PATH_A}"))
+        .arg("--platform")
+        .arg(format!("linux/arm64={PATH_B}"))
+        .arg("--closure-json")
+        .arg(&closure)
+        .arg("--store-root")
+        .arg(&root)
+        .arg("-o")
+        .arg(&out);
+    let r = cmd.output().unwrap();
+    assert_eq!(
+        r.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(stderr.contains("pipe"), "names the file: {stderr}");
+    assert!(!out.exists(), "a failed build left {}", out.display());
+}

@@ -8,8 +8,11 @@
 //! never an index that points at missing or partial blobs. A run that fails
 //! removes what it created.
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::image::{Blob, IndexEntry, TopIndex};
@@ -97,11 +100,14 @@ pub fn check_output(dir: &Path) -> Result<(), LayoutError> {
 }
 
 /// A layout being written. Dropped without [`Layout::commit`], it removes
-/// the blobs and directories it created.
+/// the blobs and directories it created: every blob that was not in
+/// `blobs/sha256` when it was opened, whoever wrote it (the layer builder
+/// writes there directly).
 pub struct Layout {
     dir: PathBuf,
     created: Vec<PathBuf>,
-    new_blobs: Vec<PathBuf>,
+    /// Blob file names present when the layout was opened.
+    existing: BTreeSet<OsString>,
     committed: bool,
 }
 
@@ -112,7 +118,7 @@ impl Layout {
         let mut layout = Layout {
             dir: dir.to_owned(),
             created: Vec::new(),
-            new_blobs: Vec::new(),
+            existing: BTreeSet::new(),
             committed: false,
         };
         for d in [dir.to_owned(), dir.join("blobs"), dir.join("blobs/sha256")] {
@@ -122,6 +128,7 @@ impl Layout {
                 Err(e) => return Err(io_err("creating", &d)(e)),
             }
         }
+        layout.existing = layout.blob_names();
         Ok(layout)
     }
 
@@ -138,29 +145,42 @@ impl Layout {
         self.blobs_dir().join(digest.hex())
     }
 
-    /// Records a blob written by someone else (the layer builder) so that a
-    /// failed run removes it and a commit makes it durable first.
-    pub fn track_blob(&mut self, digest: &Digest, existed_before: bool) {
-        if !existed_before {
-            self.new_blobs.push(self.blob_path(digest));
-        }
+    /// The names in `blobs/sha256`, temporary files left out.
+    fn blob_names(&self) -> BTreeSet<OsString> {
+        fs::read_dir(self.blobs_dir())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name())
+                    .filter(|n| !n.as_bytes().starts_with(b"."))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Blobs written since the layout was opened.
+    fn new_blobs(&self) -> Vec<PathBuf> {
+        let dir = self.blobs_dir();
+        self.blob_names()
+            .difference(&self.existing)
+            .map(|n| dir.join(n))
+            .collect()
     }
 
     /// Writes a small blob unless a blob with its digest is already there.
-    pub fn write_blob(&mut self, blob: &Blob) -> Result<(), LayoutError> {
+    pub fn write_blob(&self, blob: &Blob) -> Result<(), LayoutError> {
         let path = self.blob_path(&blob.digest);
         if path.exists() {
             return Ok(());
         }
         write_atomically(&self.blobs_dir(), &path, &blob.bytes)?;
-        self.new_blobs.push(path);
         Ok(())
     }
 
     /// Makes every new blob durable, then points `tag` at `target` in
     /// `index.json`, keeping the layout's other tags.
     pub fn commit(mut self, tag: &str, target: &Blob) -> Result<(), LayoutError> {
-        for blob in &self.new_blobs {
+        for blob in &self.new_blobs() {
             File::open(blob)
                 .and_then(|f| f.sync_all())
                 .map_err(io_err("syncing", blob))?;
@@ -198,7 +218,7 @@ impl Drop for Layout {
         if self.committed {
             return;
         }
-        for blob in &self.new_blobs {
+        for blob in self.new_blobs() {
             let _ = fs::remove_file(blob);
         }
         // Remove temporary files a failed writer may have left.
@@ -382,13 +402,13 @@ mod tests {
     fn commit_writes_index_last_and_keeps_tags() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("out.oci");
-        let mut l = Layout::open(&dir).unwrap();
+        let l = Layout::open(&dir).unwrap();
         let a = blob(b"{\"a\":1}");
         l.write_blob(&a).unwrap();
         assert!(!dir.join("index.json").exists());
         l.commit("one", &a).unwrap();
 
-        let mut l = Layout::open(&dir).unwrap();
+        let l = Layout::open(&dir).unwrap();
         let b = blob(b"{\"b\":1}");
         l.write_blob(&b).unwrap();
         l.commit("two", &b).unwrap();
@@ -408,18 +428,20 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("out.oci");
         {
-            let mut l = Layout::open(&dir).unwrap();
+            let l = Layout::open(&dir).unwrap();
             l.write_blob(&blob(b"x")).unwrap();
+            // A blob the layer builder wrote straight into blobs/sha256.
+            fs::write(l.blob_path(&Digest::of(b"layer")), b"layer").unwrap();
         }
         assert!(!dir.exists());
 
         // In an existing layout, only the new blob goes.
-        let mut l = Layout::open(&dir).unwrap();
+        let l = Layout::open(&dir).unwrap();
         let a = blob(b"a");
         l.write_blob(&a).unwrap();
         l.commit("t", &a).unwrap();
         {
-            let mut l = Layout::open(&dir).unwrap();
+            let l = Layout::open(&dir).unwrap();
             l.write_blob(&a).unwrap();
             l.write_blob(&blob(b"b")).unwrap();
         }
