@@ -15,15 +15,14 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::image::{ANNOTATION_STORE_PATHS, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+use super::image::{
+    ANNOTATION_STORE_PATHS, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_INDEX,
+    MEDIA_TYPE_MANIFEST,
+};
 use super::layout::{tagged_entry, LayoutArg, TagError};
 use super::Digest;
 use crate::plan::Previous;
 use crate::platform::Platform;
-
-/// Docker's manifest list and manifest, read like their OCI equivalents.
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 /// Why the previous image could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +83,7 @@ impl Reader<'_> {
     fn descriptor(&mut self, d: &Value, depth: usize) -> Result<(), PreviousError> {
         let media_type = d["mediaType"].as_str().unwrap_or_default();
         match media_type {
-            MEDIA_TYPE_INDEX | DOCKER_LIST => {
+            MEDIA_TYPE_INDEX | MEDIA_TYPE_DOCKER_LIST => {
                 if depth > 4 {
                     return Err(self.invalid("image index", "indexes nest more than 4 deep"));
                 }
@@ -97,7 +96,7 @@ impl Reader<'_> {
                 }
                 Ok(())
             }
-            MEDIA_TYPE_MANIFEST | DOCKER_MANIFEST => self.manifest(d),
+            MEDIA_TYPE_MANIFEST | MEDIA_TYPE_DOCKER_MANIFEST => self.manifest(d),
             // Attestations, signatures and other artifacts have no layers
             // of ours.
             _ => Ok(()),

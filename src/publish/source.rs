@@ -17,11 +17,7 @@ use crate::oci::image::{MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
 use crate::oci::layout::{tagged_entry, TagError};
 use crate::oci::Digest;
 
-/// Docker's manifest list, pushed as it is when a layout holds one.
-pub const MEDIA_TYPE_DOCKER_LIST: &str =
-    "application/vnd.docker.distribution.manifest.list.v2+json";
-/// Docker's image manifest, pushed as it is when a layout holds one.
-pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+use crate::oci::image::{MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST};
 
 /// Why the image could not be read from the layout.
 #[derive(Debug, thiserror::Error)]
