@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::UsageError;
+use super::{usage, UsageError};
 use crate::closure::Closure;
 use crate::eval::{self, EvalError, Nix};
 use crate::installable::Installable;
@@ -225,10 +225,6 @@ pub fn default_jobs() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
-}
-
-fn usage(msg: impl Into<String>) -> anyhow::Error {
-    UsageError(msg.into()).into()
 }
 
 /// Splits `KEY=VALUE`; the key must not be empty.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use indicatif::HumanBytes;
 
-use super::UsageError;
+use super::usage;
 use crate::oci::layout::LayoutArg;
 use crate::publish::client::error_chain;
 use crate::publish::reference::tag_from_ref_name;
@@ -51,18 +51,9 @@ pub struct Args {
     pub json: bool,
 }
 
-fn usage(msg: String) -> anyhow::Error {
-    UsageError(msg).into()
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let layout = LayoutArg::parse(&args.source).map_err(|e| {
-        usage(format!(
-            "LAYOUT[:TAG] '{}': {}",
-            args.source,
-            error_chain(&e)
-        ))
-    })?;
+    let layout = LayoutArg::parse(&args.source)
+        .with_context(|| format!("LAYOUT[:TAG] '{}'", args.source))?;
     // Names first: nothing is read or written for a bad one.
     static_export::check_names(&args.repository, &args.tags)
         .map_err(|e| usage(format!("--repository/--tag: {e}")))?;

@@ -40,6 +40,11 @@ pub enum Command {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// A [`UsageError`] as an `anyhow::Error`.
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
 /// The exit code for an error: 2 when any cause is a usage error.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     let usage = err.chain().any(|cause| {
@@ -47,6 +52,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || cause.is::<crate::platform::PlatformError>()
             || cause.is::<crate::store_path::StorePathError>()
             || cause.is::<crate::installable::InstallableError>()
+            || cause
+                .downcast_ref::<crate::oci::layout::TagError>()
+                .is_some_and(|e| e.is_usage())
             || cause
                 .downcast_ref::<crate::eval::EvalError>()
                 .is_some_and(|e| e.is_usage())

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
-use super::UsageError;
+use super::usage;
 use crate::oci::layout::LayoutArg;
 use crate::publish::auth::{self, AuthEnv};
 use crate::publish::client::{error_chain, Client, ClientOptions};
@@ -81,10 +81,6 @@ pub struct Args {
     pub json: bool,
 }
 
-fn usage(msg: String) -> anyhow::Error {
-    UsageError(msg).into()
-}
-
 /// `16M`, `512K`, `1G`, `1048576`: bytes, at least 1.
 pub fn parse_size(s: &str) -> Option<u64> {
     let t = s.trim();
@@ -105,16 +101,11 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let layout = LayoutArg::parse(&args.source).map_err(|e| {
-        usage(format!(
-            "LAYOUT[:TAG] '{}': {}",
-            args.source,
-            error_chain(&e)
-        ))
-    })?;
+    let layout = LayoutArg::parse(&args.source)
+        .with_context(|| format!("LAYOUT[:TAG] '{}'", args.source))?;
     let mut dest = Reference::parse(&args.destination).map_err(|e| usage(e.to_string()))?;
     if args.jobs == 0 {
-        return Err(usage("--jobs 0: expected at least 1".into()));
+        return Err(usage("--jobs 0: expected at least 1"));
     }
     let chunk_size = parse_size(&args.chunk_size).ok_or_else(|| {
         usage(format!(
