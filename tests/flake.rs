@@ -161,25 +161,30 @@ fn per_system_outputs_and_cross_outputs_give_the_same_image() {
     }
 }
 
+/// Runs `nixoci build ARGS -o OUT` in a fresh test flake, expects exit
+/// `code`, and checks that no output was written.
+fn rejected_build(args: &[&str], code: i32) -> Run {
+    let tmp = tempdir();
+    let flake = test_flake(tmp.path());
+    let out = tmp.path().join("out.oci");
+    let mut all = args.to_vec();
+    all.extend(["-o", out.to_str().unwrap()]);
+    let r = build_in(&flake, &all).expect_code(code);
+    assert!(
+        !out.exists(),
+        "{} was written: {}",
+        out.display(),
+        r.describe()
+    );
+    r
+}
+
 #[test]
 fn a_missing_attribute_lists_what_the_flake_has() {
     if !require(&["nix", "busybox"]) {
         return;
     }
-    let tmp = tempdir();
-    let flake = test_flake(tmp.path());
-    let out = tmp.path().join("out.oci");
-    let r = build_in(
-        &flake,
-        &[
-            ".#nope",
-            "--system",
-            "x86_64-linux",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    )
-    .expect_code(2);
+    let r = rejected_build(&[".#nope", "--system", "x86_64-linux"], 2);
     assert!(r.stderr.contains(".#nope"), "{}", r.describe());
     assert!(
         r.stderr.contains("x86_64-linux: broken hello hello-arm64"),
@@ -192,7 +197,6 @@ fn a_missing_attribute_lists_what_the_flake_has() {
         r.describe()
     );
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.describe());
-    assert!(!out.exists());
 }
 
 #[test]
@@ -200,22 +204,8 @@ fn an_unknown_system_is_a_usage_error() {
     if !require(&["nix", "busybox"]) {
         return;
     }
-    let tmp = tempdir();
-    let flake = test_flake(tmp.path());
-    let out = tmp.path().join("out.oci");
-    let r = build_in(
-        &flake,
-        &[
-            ".#hello",
-            "--system",
-            "sparc-linux",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    )
-    .expect_code(2);
+    let r = rejected_build(&[".#hello", "--system", "sparc-linux"], 2);
     assert!(r.stderr.contains("sparc-linux"), "{}", r.describe());
-    assert!(!out.exists());
 }
 
 #[test]
@@ -223,21 +213,15 @@ fn a_failing_derivation_names_its_platform() {
     if !require(&["nix", "busybox"]) {
         return;
     }
-    let tmp = tempdir();
-    let flake = test_flake(tmp.path());
-    let out = tmp.path().join("out.oci");
-    let r = build_in(
-        &flake,
+    let r = rejected_build(
         &[
             "--platform",
             "linux/amd64=.#packages.x86_64-linux.broken",
             "--platform",
             "linux/arm64=.#packages.aarch64-linux.hello",
-            "-o",
-            out.to_str().unwrap(),
         ],
-    )
-    .expect_code(1);
+        1,
+    );
     // Nix's own output comes through, then one line of ours.
     assert!(
         r.stderr.contains("this build fails on purpose"),
@@ -251,5 +235,4 @@ fn a_failing_derivation_names_its_platform() {
         r.describe()
     );
     assert!(!last.contains("linux/arm64"), "{}", r.describe());
-    assert!(!out.exists());
 }
