@@ -1,17 +1,21 @@
-//! The layers of a previous build, read back from an OCI image layout for
-//! `nixoci build --previous LAYOUT[:TAG]`: for each platform, the store
-//! paths of each layer, bottom first, as a [`Previous`].
+//! The layers of a previous build, read back from its image documents for
+//! `nixoci build --previous`: for each platform, the store paths of each
+//! layer, bottom first, as a [`Previous`].
+//!
+//! [`from_documents`] is the one reader of those documents, whatever they
+//! come from: [`read`] gives it the blobs of an OCI image layout
+//! (`LAYOUT[:TAG]`), `publish::fetch` the answers of a registry.
 //!
 //! Each layer descriptor of a manifest nixoci writes carries
 //! `dev.nixoci.store-paths` ([`ANNOTATION_STORE_PATHS`]): the layer's store
-//! path base names separated by spaces. For layouts without it (older
+//! path base names separated by spaces. For images without it (older
 //! builds), the config's `history` comments (`store paths: /nix/store/… …`)
 //! are read instead, when there is one per layer. A platform whose layers
 //! say neither is left out, and planned from scratch.
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
@@ -24,7 +28,7 @@ use super::Digest;
 use crate::plan::Previous;
 use crate::platform::Platform;
 
-/// Why the previous image could not be read.
+/// Why the previous image could not be read from a layout.
 #[derive(Debug, thiserror::Error)]
 pub enum PreviousError {
     #[error(transparent)]
@@ -43,7 +47,7 @@ pub enum PreviousError {
     },
 }
 
-/// What was read.
+/// What was read from a layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreviousImage {
     pub layout: PathBuf,
@@ -53,44 +57,82 @@ pub struct PreviousImage {
     pub unknown: Vec<String>,
 }
 
-struct Reader<'a> {
-    layout: &'a Path,
-    previous: Previous,
-    unknown: Vec<String>,
+/// What the documents of an image say about its layers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageLayers {
+    pub previous: Previous,
+    /// Platforms of the image whose layers name no store paths, sorted.
+    pub unknown: Vec<String>,
 }
 
-impl Reader<'_> {
-    fn invalid(&self, what: impl Into<String>, problem: impl Into<String>) -> PreviousError {
-        PreviousError::Invalid {
-            layout: self.layout.to_owned(),
-            what: what.into(),
-            problem: problem.into(),
+/// Which document [`from_documents`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Index,
+    Manifest,
+    Config,
+}
+
+impl Kind {
+    /// Its name in messages.
+    pub fn what(self) -> &'static str {
+        match self {
+            Kind::Index => "image index",
+            Kind::Manifest => "manifest",
+            Kind::Config => "config",
         }
     }
+}
 
-    fn blob(&self, digest: &Value, what: &str) -> Result<Value, PreviousError> {
-        let digest: Digest = digest
+/// Why [`from_documents`] failed: a document is not what it should be, or
+/// getting one failed (`E`, the getter's error).
+#[derive(Debug)]
+pub enum DocumentsError<E> {
+    Invalid { what: String, problem: String },
+    Fetch(E),
+}
+
+/// Gets a document by its digest; the size is what its descriptor says.
+pub type Fetch<'a, E> = dyn FnMut(Kind, &Digest, Option<u64>) -> Result<Vec<u8>, E> + 'a;
+
+struct Reader<'a, 'f, E> {
+    fetch: &'a mut Fetch<'f, E>,
+    found: ImageLayers,
+}
+
+fn invalid<E>(what: impl Into<String>, problem: impl Into<String>) -> DocumentsError<E> {
+    DocumentsError::Invalid {
+        what: what.into(),
+        problem: problem.into(),
+    }
+}
+
+impl<E> Reader<'_, '_, E> {
+    /// The document a descriptor names, parsed.
+    fn document(&mut self, d: &Value, kind: Kind) -> Result<Value, DocumentsError<E>> {
+        let what = kind.what();
+        let digest: Digest = d["digest"]
             .as_str()
-            .ok_or_else(|| self.invalid(what, "a descriptor has no digest"))?
+            .ok_or_else(|| invalid(what, "a descriptor has no digest"))?
             .parse()
-            .map_err(|e: super::digest::DigestError| self.invalid(what, e.to_string()))?;
-        let path = self.layout.join("blobs/sha256").join(digest.hex());
-        let bytes = fs::read(&path).map_err(|source| PreviousError::Io { path, source })?;
+            .map_err(|e: super::digest::DigestError| invalid(what, e.to_string()))?;
+        let bytes =
+            (self.fetch)(kind, &digest, d["size"].as_u64()).map_err(DocumentsError::Fetch)?;
         serde_json::from_slice(&bytes)
-            .map_err(|e| self.invalid(format!("{what} {digest}"), format!("not valid JSON ({e})")))
+            .map_err(|e| invalid(format!("{what} {digest}"), format!("not valid JSON ({e})")))
     }
 
-    fn descriptor(&mut self, d: &Value, depth: usize) -> Result<(), PreviousError> {
+    fn descriptor(&mut self, d: &Value, depth: usize) -> Result<(), DocumentsError<E>> {
         let media_type = d["mediaType"].as_str().unwrap_or_default();
         match media_type {
             MEDIA_TYPE_INDEX | MEDIA_TYPE_DOCKER_LIST => {
                 if depth > 4 {
-                    return Err(self.invalid("image index", "indexes nest more than 4 deep"));
+                    return Err(invalid("image index", "indexes nest more than 4 deep"));
                 }
-                let index = self.blob(&d["digest"], "image index")?;
+                let index = self.document(d, Kind::Index)?;
                 let children = index["manifests"]
                     .as_array()
-                    .ok_or_else(|| self.invalid("image index", "no manifests array"))?;
+                    .ok_or_else(|| invalid("image index", "no manifests array"))?;
                 for child in children {
                     self.descriptor(child, depth + 1)?;
                 }
@@ -103,11 +145,17 @@ impl Reader<'_> {
         }
     }
 
-    fn manifest(&mut self, d: &Value) -> Result<(), PreviousError> {
-        let manifest = self.blob(&d["digest"], "manifest")?;
-        let config = self.blob(&manifest["config"]["digest"], "config")?;
+    fn manifest(&mut self, d: &Value) -> Result<(), DocumentsError<E>> {
+        let manifest = self.document(d, Kind::Manifest)?;
+        // The config is read only when the manifest leaves a question.
+        let mut config: Option<Value> = None;
         // The platform: the index's word for it, else the config's.
-        let p = d.get("platform").unwrap_or(&config);
+        let p = match d.get("platform") {
+            Some(p) => p.clone(),
+            None => config
+                .insert(self.document(&manifest["config"], Kind::Config)?)
+                .clone(),
+        };
         let name = match (p["os"].as_str(), p["architecture"].as_str()) {
             (Some(os), Some(arch)) => match p["variant"].as_str() {
                 Some(v) => format!("{os}/{arch}/{v}"),
@@ -120,38 +168,51 @@ impl Reader<'_> {
         };
         let layers = manifest["layers"]
             .as_array()
-            .ok_or_else(|| self.invalid("manifest", "no layers array"))?;
+            .ok_or_else(|| invalid("manifest", "no layers array"))?;
         let from_annotations: Option<Vec<Vec<String>>> = layers
             .iter()
             .map(|l| l["annotations"][ANNOTATION_STORE_PATHS].as_str().map(names))
             .collect();
-        let from_history = || -> Option<Vec<Vec<String>>> {
-            let history: Vec<&Value> = config["history"]
-                .as_array()?
-                .iter()
-                .filter(|h| h["empty_layer"] != true)
-                .collect();
-            if history.len() != layers.len() {
-                return None;
+        let found = match from_annotations {
+            Some(found) => Some(found),
+            None => {
+                let config = match config {
+                    Some(c) => c,
+                    None => self.document(&manifest["config"], Kind::Config)?,
+                };
+                from_history(&config, layers.len())
             }
-            history
-                .iter()
-                .map(|h| {
-                    h["comment"]
-                        .as_str()?
-                        .strip_prefix("store paths: ")
-                        .map(names)
-                })
-                .collect()
         };
-        match from_annotations.or_else(from_history) {
+        match found {
             Some(found) if !layers.is_empty() => {
-                self.previous.images.insert(platform, found);
+                self.found.previous.images.insert(platform, found);
             }
-            _ => self.unknown.push(platform.to_string()),
+            _ => self.found.unknown.push(platform.to_string()),
         }
         Ok(())
     }
+}
+
+/// The store paths of each layer from the config's `history` comments,
+/// when there is one per layer.
+fn from_history(config: &Value, layers: usize) -> Option<Vec<Vec<String>>> {
+    let history: Vec<&Value> = config["history"]
+        .as_array()?
+        .iter()
+        .filter(|h| h["empty_layer"] != true)
+        .collect();
+    if history.len() != layers {
+        return None;
+    }
+    history
+        .iter()
+        .map(|h| {
+            h["comment"]
+                .as_str()?
+                .strip_prefix("store paths: ")
+                .map(names)
+        })
+        .collect()
 }
 
 /// Base names from a list of store paths or base names separated by
@@ -160,6 +221,25 @@ fn names(list: &str) -> Vec<String> {
     list.split_whitespace()
         .map(|p| p.rsplit('/').next().unwrap_or(p).to_owned())
         .collect()
+}
+
+/// The layers of the image `root` names (the descriptor a tag points at:
+/// an image index or a manifest), per platform. `fetch` gets each
+/// document it asks for by digest; checking the bytes against the digest
+/// is the getter's part.
+pub fn from_documents<E>(
+    root: &Value,
+    fetch: &mut Fetch<'_, E>,
+) -> Result<ImageLayers, DocumentsError<E>> {
+    let mut reader = Reader {
+        fetch,
+        found: ImageLayers::default(),
+    };
+    reader.descriptor(root, 0)?;
+    let mut found = reader.found;
+    found.unknown.sort();
+    found.unknown.dedup();
+    Ok(found)
 }
 
 /// Reads the image `arg` (`LAYOUT[:TAG]`) names.
@@ -171,21 +251,36 @@ pub fn read(arg: &str) -> Result<PreviousImage, PreviousError> {
         what: "index.json".into(),
         problem: e.to_string(),
     })?;
-    let mut reader = Reader {
-        layout: &dir,
-        previous: Previous::default(),
-        unknown: Vec::new(),
+    let blobs = dir.join("blobs/sha256");
+    let mut fetch = |_: Kind, digest: &Digest, _: Option<u64>| {
+        let path = blobs.join(digest.hex());
+        fs::read(&path).map_err(|source| PreviousError::Io { path, source })
     };
-    reader.descriptor(&entry, 0)?;
-    let (previous, mut unknown) = (reader.previous, reader.unknown);
-    unknown.sort();
-    unknown.dedup();
+    let found = from_documents(&entry, &mut fetch).map_err(|e| match e {
+        DocumentsError::Invalid { what, problem } => PreviousError::Invalid {
+            layout: dir.clone(),
+            what,
+            problem,
+        },
+        DocumentsError::Fetch(e) => e,
+    })?;
     Ok(PreviousImage {
         layout: dir,
         tag,
-        previous,
-        unknown,
+        previous: found.previous,
+        unknown: found.unknown,
     })
+}
+
+/// True when neither `arg` nor any part of it before a colon (the
+/// `LAYOUT` of `LAYOUT:TAG`) is a file or directory.
+pub fn nothing_at(arg: &str) -> bool {
+    let missing =
+        |p: &str| fs::symlink_metadata(p).is_err_and(|e| e.kind() == io::ErrorKind::NotFound);
+    missing(arg)
+        && arg
+            .match_indices(':')
+            .all(|(i, _)| arg[..i].is_empty() || missing(&arg[..i]))
 }
 
 impl PreviousError {
@@ -194,10 +289,23 @@ impl PreviousError {
     pub fn is_usage(&self) -> bool {
         matches!(self, PreviousError::Tag(t) if t.is_usage())
     }
+
+    /// True when the image is not there at all: no layout at that path,
+    /// no such tag in it, or a layout holding no image. What
+    /// `--previous-optional` forgives.
+    pub fn is_missing(&self) -> bool {
+        match self {
+            PreviousError::Tag(TagError::NotALayout(p)) => nothing_at(&p.to_string_lossy()),
+            PreviousError::Tag(TagError::NoSuchTag { .. } | TagError::Empty { .. }) => true,
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn write_blob(dir: &Path, v: &Value) -> Value {
@@ -286,6 +394,47 @@ mod tests {
                 .as_deref(),
             Some("app:1")
         );
+    }
+
+    #[test]
+    fn configs_are_read_only_when_needed() {
+        let tmp = layout();
+        let dir = tmp.path();
+        let entry: Value =
+            serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let mut asked = Vec::new();
+        let mut fetch = |kind: Kind, d: &Digest, _: Option<u64>| {
+            asked.push(kind);
+            fs::read(dir.join("blobs/sha256").join(d.hex()))
+        };
+        let found = from_documents(&entry["manifests"][0], &mut fetch).unwrap();
+        assert_eq!(found.previous.images.len(), 2);
+        // The amd64 manifest names its store paths: no config for it; the
+        // arm64 one needs its history.
+        assert_eq!(
+            asked,
+            [Kind::Index, Kind::Manifest, Kind::Manifest, Kind::Config]
+        );
+        // A getter's error comes back as it was.
+        let mut failing = |_: Kind, _: &Digest, _: Option<u64>| Err("offline");
+        assert!(matches!(
+            from_documents(&entry["manifests"][0], &mut failing),
+            Err(DocumentsError::Fetch("offline"))
+        ));
+    }
+
+    #[test]
+    fn missing_is_only_not_there() {
+        let tmp = layout();
+        let dir = tmp.path().to_str().unwrap();
+        assert!(read(&format!("{dir}:nope")).unwrap_err().is_missing());
+        let gone = format!("{dir}/gone.oci");
+        assert!(read(&gone).unwrap_err().is_missing());
+        assert!(read(&format!("{gone}:1.0")).unwrap_err().is_missing());
+        // A directory that is there but is no layout is a mistake.
+        let blobs = format!("{dir}/blobs");
+        assert!(!read(&blobs).unwrap_err().is_missing());
+        assert!(!read(&format!("{blobs}:1.0")).unwrap_err().is_missing());
     }
 
     #[test]
