@@ -14,11 +14,15 @@ use crate::eval::{self, EvalError, Nix};
 use crate::installable::Installable;
 use crate::layer::{cache, Cache, CacheStatus, Compression, LayerOptions};
 use crate::oci::image::{valid_ref_name, RunConfig};
-use crate::oci::layout::check_output;
-use crate::oci::previous;
+use crate::oci::layout::{check_output, LayoutArg};
+use crate::oci::{previous, Digest};
 use crate::pipeline::{self, BuildRequest, ImageRequest};
-use crate::plan::{Layering, DEFAULT_MAX_LAYERS};
+use crate::plan::{Layering, Previous, DEFAULT_MAX_LAYERS};
 use crate::platform::Platform;
+use crate::publish::auth::{self, AuthEnv};
+use crate::publish::client::{error_chain, Client, ClientOptions};
+use crate::publish::fetch;
+use crate::publish::reference::{names_registry, valid_registry, Reference};
 use crate::spec::{self, ImageSpec};
 use crate::store_path::{StoreDir, StorePath};
 
@@ -149,12 +153,46 @@ pub struct Args {
     #[arg(long = "layer", value_name = "PATH[,PATH…]")]
     pub layer: Vec<String>,
 
-    /// A previous build of this image (an OCI layout, and its tag if it
-    /// holds several). Its layers whose store paths are all still in the
-    /// closure are kept as they were, with the same digests, and new paths
-    /// go into new layers on top: clients pull only what changed.
-    #[arg(long, value_name = "LAYOUT[:TAG]")]
+    /// A previous build of this image: an OCI layout (and its tag if it
+    /// holds several), or an image in a registry. Its layers whose store
+    /// paths are all still in the closure are kept as they were, with the
+    /// same digests, and new paths go into new layers on top: clients pull
+    /// only what changed.
+    ///
+    /// docker://REGISTRY/NAME[:TAG|@DIGEST] is a registry image (the tag
+    /// defaults to latest) and oci:DIR[:TAG] a layout. Without a prefix,
+    /// IMAGE is a layout when such a file or directory exists (IMAGE, or
+    /// its part before a colon), else a registry image when its first
+    /// component is a host (it has a dot or a colon, or is localhost:
+    /// registry.example.org/app:1.0, localhost:5000/app), else a layout.
+    /// A registry is read with --creds, --insecure, --ca-file and the
+    /// credentials `nixoci push` finds.
+    #[arg(long, value_name = "IMAGE")]
     pub previous: Option<String>,
+
+    /// When the --previous image does not exist (no such layout, or no
+    /// such tag in it or in the registry), say so on stderr and plan from
+    /// scratch instead of failing: a pipeline's first build can then pass
+    /// the same --previous as every later one. Any other problem (network,
+    /// credentials, a broken image) still fails.
+    #[arg(long, requires = "previous")]
+    pub previous_optional: bool,
+
+    /// USER:PASSWORD for the registry of a --previous image (visible to
+    /// other local users in the process list; prefer NIXOCI_REGISTRY_USER
+    /// and NIXOCI_REGISTRY_PASSWORD or an auth file, as for `nixoci push`).
+    #[arg(long, value_name = "USER:PASSWORD", requires = "previous")]
+    pub creds: Option<String>,
+
+    /// Allow plain HTTP and unverified TLS to the registry of a --previous
+    /// image that is not on this machine.
+    #[arg(long, requires = "previous")]
+    pub insecure: bool,
+
+    /// Trust the certificates in this PEM file instead of the system's,
+    /// for the registry of a --previous image.
+    #[arg(long, value_name = "FILE", requires = "previous")]
+    pub ca_file: Option<PathBuf>,
 
     /// Layers built at once [default: all cores].
     #[arg(long, short = 'j', value_name = "N")]
@@ -841,32 +879,132 @@ fn layering(args: &Args, store_dir: &StoreDir) -> anyhow::Result<Layering> {
         }
         pins.push(paths);
     }
-    let previous = match &args.previous {
-        None => None,
-        Some(arg) => {
-            let image = previous::read(arg).map_err(|e| {
-                let mut text = format!("--previous {arg}: {e}");
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    text.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                usage(text)
-            })?;
-            for platform in &image.unknown {
-                eprintln!(
-                    "nixoci: note: --previous {arg}: its {platform} layers name no store paths; planning {platform} from scratch"
-                );
-            }
-            Some(image.previous)
-        }
-    };
+    let previous = read_previous(args)?;
     Ok(Layering {
         reserve_layers: args.reserve_layers,
         min_layer_size,
         pins,
         previous,
     })
+}
+
+/// Where `--previous` reads from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PreviousSource {
+    /// `LAYOUT[:TAG]`.
+    Layout(String),
+    /// `REGISTRY/NAME[:TAG|@DIGEST]`: a tag (`latest` when none is given)
+    /// or a digest.
+    Registry(Reference, Option<Digest>),
+}
+
+/// Reads `--previous`: a layout that exists, as always; else
+/// `docker://…` a registry image and `oci:…` a layout; else a layout when
+/// such a path exists, a registry image when the first component is a
+/// host, a layout otherwise.
+fn previous_source(arg: &str) -> anyhow::Result<PreviousSource> {
+    let registry = |s: &str| {
+        let (mut reference, digest) =
+            Reference::parse_with_digest(s).map_err(|e| usage(format!("--previous {arg}: {e}")))?;
+        if digest.is_none() && reference.tag.is_none() {
+            reference.tag = Some("latest".to_owned());
+        }
+        Ok(PreviousSource::Registry(reference, digest))
+    };
+    if LayoutArg::parse(arg).is_ok() {
+        return Ok(PreviousSource::Layout(arg.to_owned()));
+    }
+    if arg.starts_with("docker://") {
+        return registry(arg);
+    }
+    if let Some(layout) = arg.strip_prefix("oci:") {
+        return Ok(PreviousSource::Layout(layout.to_owned()));
+    }
+    let host = arg.split_once('/').map(|(first, _)| first);
+    if previous::nothing_at(arg) && host.is_some_and(|h| names_registry(h) && valid_registry(h)) {
+        return registry(arg);
+    }
+    Ok(PreviousSource::Layout(arg.to_owned()))
+}
+
+/// The layers of the `--previous` image, if any; `None` also when
+/// `--previous-optional` forgives a missing one.
+fn read_previous(args: &Args) -> anyhow::Result<Option<Previous>> {
+    let Some(arg) = &args.previous else {
+        return Ok(None);
+    };
+    let from_scratch = |why: &dyn std::fmt::Display| {
+        eprintln!("nixoci: note: --previous {arg}: {why}; planning from scratch");
+        Ok(None)
+    };
+    let unknown_platforms = |unknown: &[String]| {
+        for platform in unknown {
+            eprintln!(
+                "nixoci: note: --previous {arg}: its {platform} layers name no store paths; planning {platform} from scratch"
+            );
+        }
+    };
+    let (reference, digest) = match previous_source(arg)? {
+        PreviousSource::Layout(layout) => {
+            return match previous::read(&layout) {
+                Ok(image) => {
+                    unknown_platforms(&image.unknown);
+                    Ok(Some(image.previous))
+                }
+                Err(e) if args.previous_optional && e.is_missing() => from_scratch(&e),
+                Err(e) => {
+                    let mut text = format!("--previous {arg}: {e}");
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(s) = source {
+                        text.push_str(&format!(": {s}"));
+                        source = s.source();
+                    }
+                    Err(usage(text))
+                }
+            };
+        }
+        PreviousSource::Registry(reference, digest) => (reference, digest),
+    };
+    let image = match &digest {
+        Some(d) => format!("{reference}@{d}"),
+        None => reference.to_string(),
+    };
+    let found = auth::lookup(
+        &AuthEnv::from_process(),
+        args.creds.as_deref(),
+        &reference.registry,
+        &reference.repository,
+    )
+    .map_err(|e| usage(format!("--previous {arg}: {}", error_chain(&e))))?;
+    let options = ClientOptions {
+        insecure: args.insecure,
+        ca_file: args.ca_file.clone(),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(
+        &reference,
+        found.credentials,
+        found.helper_hint,
+        vec![format!("repository:{}:pull", reference.repository)],
+        options,
+        Box::new(|msg| eprintln!("nixoci: {msg}")),
+    )
+    .with_context(|| format!("--previous {arg}: connecting to {}", reference.registry))?;
+    let wanted = match &digest {
+        Some(d) => d.to_string(),
+        None => reference.tag.clone().unwrap_or_default(),
+    };
+    match fetch::read_layers(&client, &wanted, digest.as_ref(), &image) {
+        Ok(remote) => {
+            unknown_platforms(&remote.layers.unknown);
+            Ok(Some(remote.layers.previous))
+        }
+        Err(e) if e.is_missing() && args.previous_optional => from_scratch(&e),
+        Err(e) if e.is_missing() => Err(usage(format!(
+            "--previous {arg}: {e} (with --previous-optional, a missing image is planned from scratch)"
+        ))),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("--previous {arg}"))),
+    }
 }
 
 /// `4096`, `64K`, `1M`, `2GiB`: bytes, with powers of 1024.
@@ -1064,6 +1202,76 @@ mod tests {
         assert_eq!(parse_size("2g"), Some(2 << 30));
         for bad in ["", "M", "1.5M", "-1", "1T", "99999999999999999999G"] {
             assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn previous_images_from_layouts_or_registries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = tmp.path().join("app.oci");
+        std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+        std::fs::write(layout.join("oci-layout"), crate::oci::layout::OCI_LAYOUT).unwrap();
+        let dir = layout.to_str().unwrap();
+        let plain = tmp.path().join("plain.d");
+        std::fs::create_dir(&plain).unwrap();
+        let plain = plain.to_str().unwrap();
+        let layout_of = |s: &str| PreviousSource::Layout(s.to_owned());
+        let registry = |reg: &str, name: &str, tag: Option<&str>, digest: Option<&str>| {
+            PreviousSource::Registry(
+                Reference {
+                    registry: reg.into(),
+                    repository: name.into(),
+                    tag: tag.map(Into::into),
+                },
+                digest.map(|d| d.parse().unwrap()),
+            )
+        };
+        let d = format!("sha256:{}", "a".repeat(64));
+        for (arg, want) in [
+            (dir.to_owned(), layout_of(dir)),
+            (format!("{dir}:1.0"), layout_of(&format!("{dir}:1.0"))),
+            (format!("oci:{dir}:1.0"), layout_of(&format!("{dir}:1.0"))),
+            // Paths that exist stay layouts, whatever they look like.
+            (plain.to_owned(), layout_of(plain)),
+            (format!("{plain}:x"), layout_of(&format!("{plain}:x"))),
+            ("missing.oci".into(), layout_of("missing.oci")),
+            ("./out/app.oci".into(), layout_of("./out/app.oci")),
+            ("out/app.oci:1".into(), layout_of("out/app.oci:1")),
+            (
+                "127.0.0.1:5000/app:1".into(),
+                registry("127.0.0.1:5000", "app", Some("1"), None),
+            ),
+            (
+                "localhost/team/app".into(),
+                registry("localhost", "team/app", Some("latest"), None),
+            ),
+            (
+                format!("registry.example.org/app@{d}"),
+                registry("registry.example.org", "app", None, Some(&d)),
+            ),
+            (
+                "docker://alpine".into(),
+                registry("docker.io", "library/alpine", Some("latest"), None),
+            ),
+            (
+                format!("docker://127.0.0.1:5000/app:1@{d}"),
+                registry("127.0.0.1:5000", "app", Some("1"), Some(&d)),
+            ),
+        ] {
+            assert_eq!(previous_source(&arg).unwrap(), want, "{arg}");
+        }
+        for bad in [
+            "docker://",
+            "docker://127.0.0.1:5000/App:1",
+            "127.0.0.1:5000/app:../x",
+            "127.0.0.1:5000/app@sha256:00",
+        ] {
+            let e = previous_source(bad).unwrap_err();
+            assert!(e.is::<UsageError>(), "{bad}: {e}");
+            assert!(
+                e.to_string().starts_with(&format!("--previous {bad}: ")),
+                "{e}"
+            );
         }
     }
 

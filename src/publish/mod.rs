@@ -5,16 +5,19 @@
 //!   then per-platform manifests, then the image index under its tag), over
 //!   the HTTP client in [`client`] with the credentials and challenges of
 //!   [`auth`].
+//! - [`fetch`] reads an image's manifests (and configs) back from a
+//!   registry over the same client, for `build --previous`.
 //! - [`static_export`] writes a static registry tree that a plain web
 //!   server or an S3 bucket serves read-only, with the nginx, Caddy and S3
 //!   metadata a static server cannot guess.
 //!
-//! Both read the image through [`source`] and check names and tags with the
-//! pure [`reference`] grammar, so nothing a user types reaches a URL or a
-//! file name unchecked.
+//! `push` and `static_export` read the image through [`source`]; all three
+//! check names and tags with the pure [`reference`] grammar, so nothing a
+//! user types reaches a URL or a file name unchecked.
 
 pub mod auth;
 pub mod client;
+pub mod fetch;
 pub mod push;
 pub mod reference;
 pub mod source;

@@ -9,6 +9,8 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::oci::Digest;
+
 /// How Docker Hub is written in references and credential files.
 pub const DOCKER_HUB: &str = "docker.io";
 /// The host that serves Docker Hub's registry API.
@@ -29,6 +31,8 @@ pub enum ReferenceError {
     Tag { reference: String, tag: String },
     #[error("'{0}': a digest is not a destination; give a tag")]
     Digest(String),
+    #[error("'{reference}': '{digest}' is not a sha256 digest (sha256: followed by 64 lowercase hex digits)")]
+    BadDigest { reference: String, digest: String },
 }
 
 /// A registry, a repository in it and maybe a tag.
@@ -54,11 +58,7 @@ impl Reference {
             return Err(ReferenceError::Digest(reference));
         }
         let (registry, remainder) = match s.split_once('/') {
-            Some((first, rest))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
-                (first.to_owned(), rest)
-            }
+            Some((first, rest)) if names_registry(first) => (first.to_owned(), rest),
             _ => (DOCKER_HUB.to_owned(), s),
         };
         if !valid_registry(&registry) {
@@ -98,6 +98,22 @@ impl Reference {
         })
     }
 
+    /// Parses `[docker://]REGISTRY/NAME[:TAG][@sha256:HEX]`, an image to
+    /// read: with a digest, the digest is what is fetched, and a tag only
+    /// names it for people.
+    pub fn parse_with_digest(s: &str) -> Result<(Reference, Option<Digest>), ReferenceError> {
+        let Some((name, digest)) = s.split_once('@') else {
+            return Ok((Reference::parse(s)?, None));
+        };
+        let digest = digest
+            .parse::<Digest>()
+            .map_err(|_| ReferenceError::BadDigest {
+                reference: s.to_owned(),
+                digest: digest.to_owned(),
+            })?;
+        Ok((Reference::parse(name)?, Some(digest)))
+    }
+
     /// The host (and port) that serves the registry API.
     pub fn api_host(&self) -> &str {
         if self.registry == DOCKER_HUB {
@@ -122,6 +138,13 @@ impl fmt::Display for Reference {
         }
         Ok(())
     }
+}
+
+/// True when the first component of a reference (before its first `/`)
+/// is a registry rather than part of a Docker Hub name: it has a `.` or a
+/// `:`, or is `localhost`, as Docker reads it.
+pub fn names_registry(first: &str) -> bool {
+    first.contains('.') || first.contains(':') || first == "localhost"
 }
 
 /// True when `host[:port]` names the loopback interface.
@@ -302,6 +325,27 @@ mod tests {
         }
         let long_tag = format!("r.org/a:{}", "x".repeat(129));
         assert!(Reference::parse(&long_tag).is_err());
+    }
+
+    #[test]
+    fn references_with_digests() {
+        let d = format!("sha256:{}", "0".repeat(64));
+        let (r, digest) = Reference::parse_with_digest(&format!("reg.org/a:1@{d}")).unwrap();
+        assert_eq!(r, Reference::parse("reg.org/a:1").unwrap());
+        assert_eq!(digest.map(|x| x.to_string()), Some(d.clone()));
+        let (r, digest) = Reference::parse_with_digest("docker://reg.org/a").unwrap();
+        assert_eq!((r.tag, digest), (None, None));
+        for bad in [
+            "reg.org/a@sha256:00",
+            "reg.org/a@",
+            "reg.org/a@md5:00",
+            &format!("reg.org/A@{d}"),
+            &format!("@{d}"),
+        ] {
+            assert!(Reference::parse_with_digest(bad).is_err(), "{bad}");
+        }
+        // Still no digest as a destination.
+        assert!(Reference::parse(&format!("reg.org/a@{d}")).is_err());
     }
 
     #[test]

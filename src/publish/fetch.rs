@@ -1,0 +1,262 @@
+//! Reading an image back from a registry with the distribution API, for
+//! `--previous REGISTRY/NAME[:TAG|@DIGEST]`: the manifest or image index
+//! the tag (or digest) names, each platform's manifest by digest, and a
+//! config when the layers' store paths must come from its history.
+//!
+//! Every document is read up to a size limit and checked against the
+//! digest it was asked by before it is parsed; the parsing itself is
+//! [`crate::oci::previous::from_documents`], the same as for layouts.
+
+use serde_json::{json, Value};
+use url::Url;
+
+use super::client::{response_header, status_error, Body, Client, ClientError, MANIFEST_ACCEPT};
+use crate::oci::image::{
+    MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
+};
+use crate::oci::previous::{from_documents, DocumentsError, ImageLayers, Kind};
+use crate::oci::Digest;
+
+/// Largest manifest or image index read.
+pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+/// Largest config read.
+pub const MAX_CONFIG_SIZE: u64 = 16 << 20;
+
+/// Why the image could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The tag or digest names nothing in the registry (404).
+    #[error("{image} is not in the registry{detail}")]
+    NotFound { image: String, detail: String },
+    #[error("fetching {what}")]
+    Client {
+        what: String,
+        #[source]
+        source: Box<ClientError>,
+    },
+    #[error("{what}: the registry sent a document whose digest is {found}")]
+    DigestMismatch { what: String, found: Digest },
+    #[error("{what}: larger than {limit} bytes")]
+    TooLarge { what: String, limit: u64 },
+    #[error("{what}: {problem}")]
+    Invalid { what: String, problem: String },
+}
+
+impl FetchError {
+    /// True when the image is not there (what `--previous-optional`
+    /// forgives), rather than unreadable.
+    pub fn is_missing(&self) -> bool {
+        matches!(self, FetchError::NotFound { .. })
+    }
+}
+
+/// What was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteImage {
+    /// The digest of the manifest or index the reference names.
+    pub digest: Digest,
+    pub media_type: String,
+    pub layers: ImageLayers,
+}
+
+/// A document as the registry sent it.
+struct Answer {
+    bytes: Vec<u8>,
+    content_type: Option<String>,
+    /// `Docker-Content-Digest`, when sent.
+    stated: Option<String>,
+}
+
+/// GETs `url` (retrying as a push does) and reads at most `limit` bytes.
+/// The outer error is the request's, the inner one the answer's.
+fn get(
+    client: &Client,
+    url: &Url,
+    accept: Option<&str>,
+    what: &str,
+    limit: u64,
+) -> Result<Result<Answer, FetchError>, ClientError> {
+    let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
+    let label = format!("GET {}", url.path());
+    client.with_retries(&label, |_| {
+        let mut resp = client.send("GET", url, &headers, &Body::Empty)?;
+        if !resp.status().is_success() {
+            return Err(status_error("GET", url, resp));
+        }
+        let too_large = || FetchError::TooLarge {
+            what: what.to_owned(),
+            limit,
+        };
+        let declared = response_header(&resp, "content-length").and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Ok(Err(too_large()));
+        }
+        let content_type = response_header(&resp, "content-type").map(str::to_owned);
+        let stated = response_header(&resp, "docker-content-digest").map(str::to_owned);
+        match resp.body_mut().with_config().limit(limit).read_to_vec() {
+            Ok(bytes) => Ok(Ok(Answer {
+                bytes,
+                content_type,
+                stated,
+            })),
+            Err(ureq::Error::BodyExceedsLimit(_)) => Ok(Err(too_large())),
+            Err(source) => Err(ClientError::Transport {
+                method: "GET",
+                url: url.to_string(),
+                source,
+            }),
+        }
+    })
+}
+
+/// One document by digest: a manifest or index from `manifests/`, a
+/// config from `blobs/`; its bytes must hash to `digest`.
+fn by_digest(
+    client: &Client,
+    kind: Kind,
+    digest: &Digest,
+    size: Option<u64>,
+) -> Result<Vec<u8>, FetchError> {
+    let what = format!("{} {digest}", kind.what());
+    let (path, accept, limit) = match kind {
+        Kind::Config => (format!("blobs/{digest}"), None, MAX_CONFIG_SIZE),
+        Kind::Index | Kind::Manifest => (
+            format!("manifests/{digest}"),
+            Some(MANIFEST_ACCEPT),
+            MAX_MANIFEST_SIZE,
+        ),
+    };
+    if size.is_some_and(|n| n > limit) {
+        return Err(FetchError::TooLarge { what, limit });
+    }
+    let client_err = |source| FetchError::Client {
+        what: what.clone(),
+        source: Box::new(source),
+    };
+    let url = client.repo_url(&path).map_err(client_err)?;
+    let answer = get(client, &url, accept, &what, limit).map_err(client_err)??;
+    let found = Digest::of(&answer.bytes);
+    if &found != digest {
+        return Err(FetchError::DigestMismatch { what, found });
+    }
+    Ok(answer.bytes)
+}
+
+/// The media type of a manifest or index: its own `mediaType`, else the
+/// `Content-Type` it came with.
+fn media_type(doc: &Value, content_type: Option<&str>) -> String {
+    doc["mediaType"]
+        .as_str()
+        .or_else(|| content_type.map(|c| c.split(';').next().unwrap_or(c).trim()))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Reads the layers of the image `reference` (a tag or a digest) names in
+/// the client's repository; `image` names it in messages.
+pub fn read_layers(
+    client: &Client,
+    reference: &str,
+    expected: Option<&Digest>,
+    image: &str,
+) -> Result<RemoteImage, FetchError> {
+    let what = format!("the manifest of {image}");
+    let client_err = |source| FetchError::Client {
+        what: what.clone(),
+        source: Box::new(source),
+    };
+    let url = client
+        .repo_url(&format!("manifests/{reference}"))
+        .map_err(client_err)?;
+    let answer = match get(
+        client,
+        &url,
+        Some(MANIFEST_ACCEPT),
+        &what,
+        MAX_MANIFEST_SIZE,
+    ) {
+        Ok(a) => a?,
+        Err(ClientError::Status {
+            status: 404,
+            detail,
+            ..
+        }) => {
+            return Err(FetchError::NotFound {
+                image: image.to_owned(),
+                detail,
+            })
+        }
+        Err(e) => return Err(client_err(e)),
+    };
+    let digest = Digest::of(&answer.bytes);
+    let stated = match expected {
+        Some(d) => Some(d.clone()),
+        // A registry states the digest of what it sent; one in another
+        // algorithm cannot be checked here.
+        None => answer.stated.as_deref().and_then(|s| s.parse().ok()),
+    };
+    if stated.is_some_and(|s| s != digest) {
+        return Err(FetchError::DigestMismatch {
+            what,
+            found: digest,
+        });
+    }
+    let doc: Value = serde_json::from_slice(&answer.bytes).map_err(|e| FetchError::Invalid {
+        what: what.clone(),
+        problem: format!("not valid JSON ({e})"),
+    })?;
+    let media_type = media_type(&doc, answer.content_type.as_deref());
+    if ![
+        MEDIA_TYPE_INDEX,
+        MEDIA_TYPE_MANIFEST,
+        MEDIA_TYPE_DOCKER_LIST,
+        MEDIA_TYPE_DOCKER_MANIFEST,
+    ]
+    .contains(&media_type.as_str())
+    {
+        return Err(FetchError::Invalid {
+            what,
+            problem: format!("not an image index or manifest (media type '{media_type}')"),
+        });
+    }
+    let root = json!({
+        "mediaType": media_type,
+        "digest": digest.as_str(),
+        "size": answer.bytes.len(),
+    });
+    let mut fetch = |kind: Kind, d: &Digest, size: Option<u64>| {
+        if d == &digest && kind != Kind::Config {
+            return Ok(answer.bytes.clone());
+        }
+        by_digest(client, kind, d, size)
+    };
+    let layers = from_documents(&root, &mut fetch).map_err(|e| match e {
+        DocumentsError::Invalid { what, problem } => FetchError::Invalid { what, problem },
+        DocumentsError::Fetch(e) => e,
+    })?;
+    Ok(RemoteImage {
+        digest,
+        media_type,
+        layers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types_from_the_document_or_the_header() {
+        let doc = json!({"mediaType": MEDIA_TYPE_INDEX});
+        assert_eq!(media_type(&doc, Some("text/plain")), MEDIA_TYPE_INDEX);
+        let bare = json!({"schemaVersion": 2});
+        assert_eq!(
+            media_type(
+                &bare,
+                Some(&format!("{MEDIA_TYPE_MANIFEST}; charset=utf-8"))
+            ),
+            MEDIA_TYPE_MANIFEST
+        );
+        assert_eq!(media_type(&bare, None), "");
+    }
+}
