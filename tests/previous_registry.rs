@@ -411,3 +411,156 @@ fn missing_refused_and_malformed_previous_images() {
     let o = store.nixoci("plan", &["--previous-optional"], &[]);
     code(&o, 2, "--previous-optional without --previous");
 }
+
+/// A registry of fixed answers on 127.0.0.1 (path to content type and
+/// body; anything else 404), one request per connection. Stops with the
+/// test process; it only ever listens on loopback.
+fn fixed_registry(answers: BTreeMap<String, (String, Vec<u8>)>) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding");
+    let port = listener.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            // The client tries TLS first: close on a handshake at once.
+            let mut first = [0u8; 1];
+            if conn.peek(&mut first).is_err() || !first[0].is_ascii_uppercase() {
+                continue;
+            }
+            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let (status, ctype, body) = match answers.get(&path) {
+                Some((t, b)) => ("200 OK", t.as_str(), b.clone()),
+                None => (
+                    "404 Not Found",
+                    "application/json",
+                    br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#
+                        .to_vec(),
+                ),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&body);
+        }
+    });
+    port
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
+
+#[test]
+fn registry_documents_are_checked_and_history_is_read() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = Store::new(&tmp.path().join("store"), "2");
+    let path = |name: &str| store.paths[&("amd64".to_owned(), name.to_owned())].clone();
+    // An older image: a Docker manifest whose layers carry no annotations,
+    // and a config whose history names each layer's store paths.
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "history": [
+            {"comment": format!("store paths: {} {}", path("glibc"), path("zlib"))},
+            {"created_by": "a label", "empty_layer": true},
+            {"comment": "store paths: /nix/store/00000000000000000000000000000000-app-1"},
+        ]
+    }))
+    .expect("JSON");
+    let layer = |n: u8| {
+        json!({"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+               "digest": sha256(&[n]), "size": 1})
+    };
+    let docker_manifest = "application/vnd.docker.distribution.manifest.v2+json";
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": docker_manifest,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": sha256(&config), "size": config.len()},
+        "layers": [layer(1), layer(2)],
+    }))
+    .expect("JSON");
+    // An index naming a manifest by a digest its bytes do not have.
+    let wrong = sha256(b"not the manifest");
+    let index_type = "application/vnd.oci.image.index.v1+json";
+    let lying = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": index_type,
+        "manifests": [{"mediaType": docker_manifest, "digest": wrong, "size": manifest.len(),
+                       "platform": {"os": "linux", "architecture": "amd64"}}],
+    }))
+    .expect("JSON");
+    let mut answers = BTreeMap::new();
+    let mut answer = |path: String, ctype: &str, body: &[u8]| {
+        answers.insert(path, (ctype.to_owned(), body.to_vec()));
+    };
+    answer("/v2/".into(), "application/json", b"{}");
+    answer("/v2/app/manifests/old".into(), docker_manifest, &manifest);
+    answer(
+        format!("/v2/app/manifests/{wrong}"),
+        docker_manifest,
+        &manifest,
+    );
+    answer(
+        format!("/v2/app/blobs/{}", sha256(&config)),
+        "application/octet-stream",
+        &config,
+    );
+    answer("/v2/app/manifests/lying".into(), index_type, &lying);
+    answer(
+        "/v2/app/manifests/huge".into(),
+        index_type,
+        &vec![b' '; 5 << 20],
+    );
+    let port = fixed_registry(answers);
+    let plan = |tag: &str| {
+        let previous = format!("127.0.0.1:{port}/app:{tag}");
+        store.nixoci("plan", &["--json", "--previous", &previous], &[])
+    };
+
+    // The history gives the amd64 layers: the one whose paths are all
+    // still there is kept, exactly as it was.
+    let found = ok_json(&plan("old"), "plan with a Docker manifest as --previous");
+    let kept: Vec<&Value> = found["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .filter(|l| l["origin"] == "previous")
+        .collect();
+    let mut want = vec![path("glibc"), path("zlib")];
+    want.sort();
+    assert_eq!(kept.len(), 1, "{found}");
+    assert_eq!(kept[0]["storePaths"], json!(want), "{found}");
+
+    // A document that is not what its digest says, and one too large:
+    // exit 1, naming the reference and the problem.
+    let o = plan("lying");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}/app:lying: ")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "manifest {wrong}: the registry sent a document whose digest is {}",
+            sha256(&manifest)
+        )),
+        "{err}"
+    );
+    let o = plan("huge");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("larger than 4194304 bytes"),
+        "{}",
+        stderr(&o)
+    );
+}
