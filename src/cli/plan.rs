@@ -26,10 +26,15 @@ come from (planned, pinned by --layer, or kept from --previous) and their
 store paths; with --json, the plan itself (a LayerPlan, see
 docs/layering.md).
 
-Example:
+--previous reads a layout or a registry image (see `nixoci build --help`).
+
+Examples:
 
   nixoci plan .#app --system x86_64-linux --system aarch64-linux \\
-      --max-layers 20 --previous app.oci:1.0";
+      --max-layers 20 --previous app.oci:1.0
+
+  nixoci plan .#app --previous docker://registry.example.org/app:1.0 \\
+      --previous-optional --json";
 
 /// `nixoci plan`'s arguments: `nixoci build`'s.
 #[derive(Debug)]
