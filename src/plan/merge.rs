@@ -20,8 +20,8 @@
 //! (ties broken by unit number, which follows path names, so the result
 //! does not depend on input order); each unit remembers its few best
 //! partners, so a merge rarely makes others look again at all units. A
-//! local search then moves paths between layers while that lowers the
-//! cost. Only units of the same platform class merge, so a path shared by
+//! local search then moves paths between layers, or splits a layer and
+//! merges two others to make room, while that lowers the cost. Only units of the same platform class merge, so a path shared by
 //! several platforms lands in the same layer of each image. Pinned units
 //! never merge; units kept from the previous image merge only when no merge
 //! of new units is left that would help, and never to reach the minimum
@@ -331,6 +331,16 @@ impl Merger<'_> {
 /// free unit smaller than `min_size` has a free partner, then refines. The
 /// caller has checked that the budget can be met.
 pub(crate) fn run(g: &Graph, units: Vec<Unit>, budget: usize, min_size: u64) -> Vec<Unit> {
+    let (mut units, merged) = run_merging(g, units, budget, min_size);
+    if merged {
+        refine(g, &mut units, min_size);
+    }
+    units
+}
+
+/// The merging of [`run`], without refining; and whether any merge was
+/// needed.
+fn run_merging(g: &Graph, units: Vec<Unit>, budget: usize, min_size: u64) -> (Vec<Unit>, bool) {
     let n = units.len();
     let mut count = vec![0; g.platforms.len()];
     for u in &units {
@@ -356,7 +366,7 @@ pub(crate) fn run(g: &Graph, units: Vec<Unit>, budget: usize, min_size: u64) -> 
     };
     let needed = m.count.iter().any(|&c| c > budget) || (0..n).any(|a| m.small(a));
     if !needed {
-        return m.units;
+        return (m.units, false);
     }
     if m.exact {
         weigh_all_pairs(&mut m);
@@ -379,14 +389,13 @@ pub(crate) fn run(g: &Graph, units: Vec<Unit>, budget: usize, min_size: u64) -> 
             m.merge(a, b);
         }
     }
-    let mut units: Vec<Unit> = m
+    let units: Vec<Unit> = m
         .units
         .into_iter()
         .zip(m.alive)
         .filter_map(|(u, alive)| alive.then_some(u))
         .collect();
-    refine(g, &mut units);
-    units
+    (units, true)
 }
 
 /// Fills every live unit's partners by weighing every pair.
@@ -458,14 +467,17 @@ fn weigh_likely_pairs(m: &mut Merger) {
 /// same platforms while that lowers the total cost, up to a few passes.
 /// Greedy merging decides early, on small units; this corrects what ended
 /// up next to the wrong neighbours. A move takes out of a unit one path, or
-/// the part of it that depends on some path `x`, or the part that does not.
-fn refine(g: &Graph, units: &mut [Unit]) {
+/// the part of it that depends on some path `x`, or the part that does not,
+/// into another unit; after the moves of a pass, [`split_and_remerge`]
+/// gives such a part a layer of its own where merging two others pays for
+/// it.
+fn refine(g: &Graph, units: &mut [Unit], min_size: u64) {
     // Thorough on closures of up to EXACT_UNITS paths, lighter above.
     let big = g.len() > EXACT_UNITS;
-    let (passes, moves, max_sets) = if big {
-        (4, 4, 64)
+    let (passes, moves, max_sets, splits) = if big {
+        (4, 4, 64, 4)
     } else {
-        (8, usize::MAX, 256)
+        (8, usize::MAX, 256, 16)
     };
     let free: Vec<usize> = (0..units.len())
         .filter(|&u| units[u].kind == Kind::Free)
@@ -493,10 +505,126 @@ fn refine(g: &Graph, units: &mut [Unit]) {
                 moved = true;
             }
         }
+        for _ in 0..splits {
+            if !split_and_remerge(g, units, &mut weight, &free, max_sets, min_size) {
+                break;
+            }
+            moved = true;
+        }
         if !moved {
             break;
         }
     }
+}
+
+/// The sets of paths of `unit` a move may take out: each path, and for
+/// each path `x` the unit depends on, the part that depends on `x` and the
+/// part that does not; at most about `max_sets`.
+fn candidate_sets(g: &Graph, unit: &Unit, max_sets: usize) -> BTreeSet<Vec<usize>> {
+    let mut sets: BTreeSet<Vec<usize>> = unit.paths.iter().map(|&p| vec![p]).collect();
+    for x in unit.deps.ones() {
+        if sets.len() >= max_sets {
+            break;
+        }
+        let (with, without): (Vec<usize>, Vec<usize>) =
+            unit.paths.iter().partition(|&&p| g.deps[p].contains(x));
+        for set in [with, without] {
+            if !set.is_empty() && set.len() < unit.paths.len() {
+                sets.insert(set);
+            }
+        }
+    }
+    sets
+}
+
+/// Split-and-remerge: takes a set of paths out of a unit into a layer of
+/// its own and merges two other units of the same platforms to make room,
+/// when that lowers the total cost. Moves between existing units cannot
+/// reach such plans when the budget is full. Returns whether it changed
+/// anything.
+fn split_and_remerge(
+    g: &Graph,
+    units: &mut [Unit],
+    weight: &mut [f64],
+    free: &[usize],
+    max_sets: usize,
+    min_size: u64,
+) -> bool {
+    // The three cheapest merges of two free units, per class: at least one
+    // leaves the unit to split alone.
+    let mut best_pair: BTreeMap<u64, Vec<(f64, usize, usize)>> = BTreeMap::new();
+    for (i, &b) in free.iter().enumerate() {
+        for &c in &free[i + 1..] {
+            if units[b].class != units[c].class
+                || units[b].paths.is_empty()
+                || units[c].paths.is_empty()
+            {
+                continue;
+            }
+            let d = units[b].mass * g.weight_minus(&units[c].deps, &units[b].deps)
+                + units[c].mass * g.weight_minus(&units[b].deps, &units[c].deps);
+            best_pair.entry(units[b].class).or_default().push((d, b, c));
+        }
+    }
+    for v in best_pair.values_mut() {
+        v.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+        v.truncate(3);
+    }
+    let mut best: Option<(f64, usize, Vec<usize>, usize, usize)> = None;
+    for &a in free {
+        let unit = &units[a];
+        if unit.paths.len() < 2 {
+            continue;
+        }
+        let Some(pairs) = best_pair.get(&unit.class) else {
+            continue;
+        };
+        let Some(&(d, b, c)) = pairs.iter().find(|(_, b, c)| *b != a && *c != a) else {
+            continue;
+        };
+        let before = unit.mass * weight[a];
+        for set in candidate_sets(g, unit, max_sets) {
+            let mut rest_deps = BitSet::new(g.len());
+            let mut set_deps = BitSet::new(g.len());
+            let mut set_mass = 0.0;
+            let mut set_size = 0u64;
+            for &p in &unit.paths {
+                if set.binary_search(&p).is_ok() {
+                    set_deps.union_with(&g.deps[p]);
+                    set_mass += g.mass[p];
+                    set_size = set_size.saturating_add(g.size[p]);
+                } else {
+                    rest_deps.union_with(&g.deps[p]);
+                }
+            }
+            // Neither part may fall below the minimum layer size.
+            if set_size < min_size || unit.size - set_size < min_size {
+                continue;
+            }
+            let after = set_mass * g.weight_of(&set_deps)
+                + (unit.mass - set_mass) * g.weight_of(&rest_deps);
+            let gain = before - after - d;
+            if gain > 1e-9 * before && best.as_ref().is_none_or(|x| gain > x.0) {
+                best = Some((gain, a, set, b, c));
+            }
+        }
+    }
+    let Some((_, a, set, b, c)) = best else {
+        return false;
+    };
+    // c joins b; the set takes c's place.
+    let moved = std::mem::take(&mut units[c].paths);
+    units[b].paths.extend(moved);
+    let class = units[a].class;
+    units[a].paths.retain(|p| set.binary_search(p).is_err());
+    for u in [a, b] {
+        let paths = std::mem::take(&mut units[u].paths);
+        units[u] = Unit::new(g, paths, class, Kind::Free);
+        weight[u] = g.weight_of(&units[u].deps);
+    }
+    units[c] = Unit::new(g, set, class, Kind::Free);
+    weight[c] = g.weight_of(&units[c].deps);
+    true
 }
 
 /// Paths to move out of a unit, where to, and the units after the move.
@@ -525,19 +653,7 @@ fn best_move(
     if unit.paths.len() < 2 {
         return None;
     }
-    let mut sets: BTreeSet<Vec<usize>> = unit.paths.iter().map(|&p| vec![p]).collect();
-    for x in unit.deps.ones() {
-        if sets.len() >= max_sets {
-            break;
-        }
-        let (with, without): (Vec<usize>, Vec<usize>) =
-            unit.paths.iter().partition(|&&p| g.deps[p].contains(x));
-        for set in [with, without] {
-            if !set.is_empty() && set.len() < unit.paths.len() {
-                sets.insert(set);
-            }
-        }
-    }
+    let sets = candidate_sets(g, unit, max_sets);
     let before_a = unit.mass * weight[a];
     let mut best: Option<(f64, Move)> = None;
     for set in sets {
@@ -591,4 +707,88 @@ fn best_move(
         }
     }
     best.map(|(_, m)| m)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::plan::tests::{closure, sp};
+
+    fn graph(nodes: &[(usize, u64, Vec<usize>)]) -> Graph {
+        let platform = "linux/amd64".parse().unwrap();
+        Graph::new(&BTreeMap::from([(platform, closure(nodes))])).unwrap()
+    }
+
+    fn total(g: &Graph, units: &[Unit]) -> f64 {
+        units.iter().map(|u| u.mass * g.weight_of(&u.deps)).sum()
+    }
+
+    /// Two big unrelated paths share a layer and two tiny ones have a layer
+    /// each, with no room for another layer: no move between the layers
+    /// helps as much as giving the big ones a layer each and joining the
+    /// tiny ones.
+    #[test]
+    fn split_and_remerge_makes_room_for_a_split() {
+        let g = graph(&[
+            (0, 1 << 20, vec![]),
+            (1, 1 << 20, vec![]),
+            (2, 1 << 10, vec![]),
+            (3, 1 << 10, vec![]),
+        ]);
+        let id = |i: usize| g.ids[&sp(i)];
+        let mut units = vec![
+            Unit::new(&g, vec![id(0), id(1)], 1, Kind::Free),
+            Unit::new(&g, vec![id(2)], 1, Kind::Free),
+            Unit::new(&g, vec![id(3)], 1, Kind::Free),
+        ];
+        let mut weight: Vec<f64> = units.iter().map(|u| g.weight_of(&u.deps)).collect();
+        let before = total(&g, &units);
+        assert!(split_and_remerge(
+            &g,
+            &mut units,
+            &mut weight,
+            &[0, 1, 2],
+            256,
+            0
+        ));
+        assert!(total(&g, &units) < before);
+        let mut layers: Vec<Vec<usize>> = units.iter().map(|u| u.paths.clone()).collect();
+        layers.sort();
+        let mut want = vec![vec![id(0)], vec![id(1)], vec![id(2), id(3)]];
+        want.sort();
+        assert_eq!(layers, want);
+        for (u, w) in units.iter().zip(&weight) {
+            assert_eq!(*w, g.weight_of(&u.deps));
+        }
+        // Nothing left to gain.
+        assert!(!split_and_remerge(
+            &g,
+            &mut units,
+            &mut weight,
+            &[0, 1, 2],
+            256,
+            0
+        ));
+    }
+
+    /// Refining never raises the cost the merging reached.
+    #[test]
+    fn refining_lowers_the_cost() {
+        let c = crate::plan::score::synthetic_closure(150, 3);
+        let g = Graph::new(&BTreeMap::from([("linux/amd64".parse().unwrap(), c)])).unwrap();
+        let units: Vec<Unit> = (0..g.len())
+            .map(|p| Unit::new(&g, vec![p], 1, Kind::Free))
+            .collect();
+        let (merged, _) = run_merging(&g, units, 12, 0);
+        let before = total(&g, &merged);
+        let mut refined = merged.clone();
+        refine(&g, &mut refined, 0);
+        assert!(total(&g, &refined) <= before);
+        assert_eq!(refined.len(), merged.len());
+        let mut paths: Vec<usize> = refined.iter().flat_map(|u| u.paths.clone()).collect();
+        paths.sort_unstable();
+        assert_eq!(paths, (0..g.len()).collect::<Vec<_>>());
+    }
 }
