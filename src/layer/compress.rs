@@ -45,8 +45,10 @@ pub const MEDIA_TYPE_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zs
 pub const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// Bytes per libzstd job: its multithreaded output depends on this, not
-/// on the number of workers.
-pub const ZSTD_JOB: u32 = 1 << 20;
+/// on the number of workers. 2 MiB (libzstd's default at level 3 is 8 MiB)
+/// keeps layers of a few MiB on every worker and memory flat, and
+/// compresses as well as the zstd CLI on a whole closure.
+pub const ZSTD_JOB: u32 = 2 << 20;
 
 /// The zlib-rs release that deflates gzip layers, as pinned in Cargo.lock
 /// (a unit test keeps the two equal). Part of every gzip layer's cache key.
@@ -227,6 +229,9 @@ pub struct Workers {
     in_flight: usize,
     /// Chunk buffers to reuse: no allocator churn, flat memory.
     spare: Mutex<Vec<Vec<u8>>>,
+    /// zstd contexts of finished layers, with their worker threads and
+    /// buffers: the next layer reuses them instead of allocating anew.
+    zstd: Mutex<Vec<zstd::zstd_safe::CCtx<'static>>>,
 }
 
 impl Workers {
@@ -250,6 +255,7 @@ impl Workers {
             jobs,
             in_flight,
             spare: Mutex::new(Vec::new()),
+            zstd: Mutex::new(Vec::new()),
         })
     }
 
@@ -272,6 +278,46 @@ impl Workers {
         }
     }
 
+    /// A zstd context set for `level`, reused when possible.
+    fn zstd_context(&self, level: i32) -> io::Result<zstd::zstd_safe::CCtx<'static>> {
+        use zstd::zstd_safe::{CCtx, CParameter};
+        let reused = self.zstd.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut ctx = reused.unwrap_or_else(CCtx::create);
+        // Never 0 workers: single-threaded output differs.
+        let workers = u32::try_from(self.jobs.max(1)).unwrap_or(1);
+        for param in [
+            CParameter::CompressionLevel(level),
+            CParameter::NbWorkers(workers),
+            CParameter::ChecksumFlag(true),
+            // Jobs of ZSTD_JOB bytes, not libzstd's default of 4 windows:
+            // the output depends on the job size, never on the workers.
+            CParameter::JobSize(
+                std::env::var("XJOB")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(ZSTD_JOB),
+            ),
+        ] {
+            ctx.set_parameter(param).map_err(zstd_error)?;
+        }
+        Ok(ctx)
+    }
+
+    /// Takes a zstd context back, its frame abandoned or finished.
+    fn recycle_zstd(&self, mut ctx: zstd::zstd_safe::CCtx<'static>) {
+        if ctx
+            .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+            .is_err()
+        {
+            return;
+        }
+        let mut pool = self.zstd.lock().unwrap_or_else(|p| p.into_inner());
+        // One per layer thread is all that is ever in use at once.
+        if pool.len() < 2 * self.jobs {
+            pool.push(ctx);
+        }
+    }
+
     /// The number of compression threads.
     pub fn jobs(&self) -> usize {
         self.jobs
@@ -286,7 +332,7 @@ impl Workers {
 /// A compressing writer: the tar stream goes in, the blob comes out of `W`.
 pub enum Encoder<'w, W: Write> {
     Gzip(Box<ChunkedGzip<'w, W>>),
-    Zstd(Box<zstd::stream::write::Encoder<'static, W>>),
+    Zstd(Box<ZstdStream<'w, W>>),
     None(W),
 }
 
@@ -299,17 +345,7 @@ impl<'w, W: Write> Encoder<'w, W> {
                 ChunkedGzip::new(out, level, workers).map_err(write)?,
             )),
             Compression::Zstd { level } => {
-                let mut z = zstd::stream::write::Encoder::new(out, level).map_err(write)?;
-                // Never 0 workers: single-threaded output differs.
-                let n = u32::try_from(workers.jobs.max(1)).unwrap_or(1);
-                z.multithread(n).map_err(write)?;
-                z.include_checksum(true).map_err(write)?;
-                // Jobs of ZSTD_JOB bytes, not libzstd's default 4 windows
-                // (8 MiB at level 3): layers of a few MiB then use every
-                // worker too, and less memory is in flight.
-                z.set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB))
-                    .map_err(write)?;
-                Encoder::Zstd(Box::new(z))
+                Encoder::Zstd(Box::new(ZstdStream::new(out, level, workers)?))
             }
             Compression::None => Encoder::None(out),
         })
@@ -340,6 +376,129 @@ impl<W: Write> Write for Encoder<'_, W> {
             Encoder::Gzip(_) => Ok(()),
             Encoder::Zstd(z) => z.flush(),
             Encoder::None(w) => w.flush(),
+        }
+    }
+}
+
+/// A libzstd error code as an I/O error.
+fn zstd_error(code: usize) -> io::Error {
+    io::Error::other(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)))
+}
+
+/// One zstd frame, compressed by a context from [`Workers`] (multithreaded,
+/// [`ZSTD_JOB`]-byte jobs, content checksum) and given back when done.
+pub struct ZstdStream<'w, W: Write> {
+    /// `None` only once finished.
+    ctx: Option<zstd::zstd_safe::CCtx<'static>>,
+    out: Option<W>,
+    workers: &'w Workers,
+    /// Small writes (tar headers, small files) gathered for libzstd, whose
+    /// every call takes locks in multithreaded mode.
+    pending: Vec<u8>,
+    /// Compressed bytes on their way to `out`.
+    buf: Vec<u8>,
+}
+
+/// How many bytes of small writes [`ZstdStream`] gathers.
+const ZSTD_PENDING: usize = 256 * 1024;
+
+impl<'w, W: Write> ZstdStream<'w, W> {
+    fn new(out: W, level: i32, workers: &'w Workers) -> Result<Self, LayerError> {
+        let ctx = workers
+            .zstd_context(level)
+            .map_err(|source| LayerError::WriteStream { source })?;
+        Ok(ZstdStream {
+            ctx: Some(ctx),
+            out: Some(out),
+            workers,
+            pending: Vec::with_capacity(ZSTD_PENDING),
+            buf: Vec::with_capacity(zstd::zstd_safe::CCtx::out_size()),
+        })
+    }
+
+    /// Hands `data` (empty when ending the frame) to libzstd and writes
+    /// what it gives back, until libzstd has taken all of `data` and, when
+    /// ending, flushed the whole frame. libzstd blocks while it cannot take
+    /// more input, so this waits for its workers rather than spinning.
+    fn compress(
+        ctx: &mut zstd::zstd_safe::CCtx<'static>,
+        out: &mut W,
+        buf: &mut Vec<u8>,
+        data: &[u8],
+        end: zstd::zstd_safe::zstd_sys::ZSTD_EndDirective,
+    ) -> io::Result<()> {
+        use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end;
+        let mut input = zstd::zstd_safe::InBuffer::around(data);
+        loop {
+            buf.clear();
+            let mut output = zstd::zstd_safe::OutBuffer::around(buf);
+            let left = ctx
+                .compress_stream2(&mut output, &mut input, end)
+                .map_err(zstd_error)?;
+            out.write_all(buf)?;
+            let done = match end {
+                ZSTD_e_end => left == 0,
+                _ => input.pos() == data.len(),
+            };
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Compresses `data`, or the pending bytes when `data` is `None`.
+    fn push(
+        &mut self,
+        data: Option<&[u8]>,
+        end: zstd::zstd_safe::zstd_sys::ZSTD_EndDirective,
+    ) -> io::Result<()> {
+        let (Some(ctx), Some(out)) = (self.ctx.as_mut(), self.out.as_mut()) else {
+            return Err(io::Error::other("zstd stream already finished"));
+        };
+        let data = data.unwrap_or(&self.pending);
+        Self::compress(ctx, out, &mut self.buf, data, end)?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Ends the frame and returns the inner writer, not flushed.
+    pub fn finish(mut self) -> io::Result<W> {
+        use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end;
+        self.push(None, ZSTD_e_end)?;
+        self.out
+            .take()
+            .ok_or_else(|| io::Error::other("zstd stream already finished"))
+    }
+}
+
+impl<W: Write> Write for ZstdStream<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_continue;
+        if self.pending.len() + buf.len() <= ZSTD_PENDING {
+            self.pending.extend_from_slice(buf);
+            return Ok(buf.len());
+        }
+        if !self.pending.is_empty() {
+            self.push(None, ZSTD_e_continue)?;
+        }
+        if buf.len() < ZSTD_PENDING {
+            self.pending.extend_from_slice(buf);
+        } else {
+            self.push(Some(buf), ZSTD_e_continue)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // A zstd flush would end a block early and change the bytes.
+        Ok(())
+    }
+}
+
+impl<W: Write> Drop for ZstdStream<'_, W> {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.ctx.take() {
+            self.workers.recycle_zstd(ctx);
         }
     }
 }
@@ -765,12 +924,62 @@ mod tests {
         };
         let one = zstd(1);
         assert!(zstd(2) == one);
+        assert!(zstd(3) == one);
         assert!(zstd::decode_all(&one[..]).unwrap() == data);
 
         let workers = Workers::new(1).unwrap();
         let mut enc = Encoder::new(Compression::None, Vec::new(), &workers).unwrap();
         enc.write_all(&data).unwrap();
         assert!(enc.finish().unwrap() == data);
+    }
+
+    /// zstd through [`Workers`]' pooled contexts: the bytes depend neither
+    /// on how the input is cut into writes nor on what the context
+    /// compressed before (a finished frame, an abandoned one), and equal
+    /// libzstd's own streaming encoder with the same parameters.
+    #[test]
+    fn zstd_bytes_independent_of_writes_and_context_reuse() {
+        let data = sample(5 * ZSTD_JOB as usize / 2, 21);
+        let workers = Workers::new(2).unwrap();
+        let zstd = Compression::Zstd { level: 3 };
+        let compress = |pieces: &mut dyn Iterator<Item = &[u8]>| {
+            let mut enc = Encoder::new(zstd, Vec::new(), &workers).unwrap();
+            for piece in pieces {
+                enc.write_all(piece).unwrap();
+            }
+            enc.finish().unwrap()
+        };
+        let whole = compress(&mut std::iter::once(&data[..]));
+        assert!(zstd::decode_all(&whole[..]).unwrap() == data);
+        // Tar-like writes: headers, small files, big copies.
+        let mut mixed = Vec::new();
+        let mut rest = &data[..];
+        for n in [512, 3, 65536, 512, 1 << 20, 7, 300_000].iter().cycle() {
+            let (a, b) = rest.split_at((*n).min(rest.len()));
+            mixed.push(a);
+            rest = b;
+            if rest.is_empty() {
+                break;
+            }
+        }
+        assert!(compress(&mut mixed.iter().copied()) == whole);
+        assert!(compress(&mut data.chunks(1)) == whole);
+        // An abandoned frame leaves nothing behind in the reused context.
+        {
+            let mut enc = Encoder::new(zstd, Vec::new(), &workers).unwrap();
+            enc.write_all(&sample(1 << 20, 5)).unwrap();
+        }
+        assert!(workers.zstd.lock().unwrap().len() == 1);
+        assert!(compress(&mut data.chunks(4096)) == whole);
+
+        let mut reference = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        reference.multithread(1).unwrap();
+        reference.include_checksum(true).unwrap();
+        reference
+            .set_parameter(zstd::zstd_safe::CParameter::JobSize(ZSTD_JOB))
+            .unwrap();
+        reference.write_all(&data).unwrap();
+        assert!(reference.finish().unwrap() == whole);
     }
 
     #[test]
