@@ -148,24 +148,33 @@ impl<W: Write> TarWriter<W> {
     }
 
     /// Writes the tree at `disk` as `name`, depth first, children sorted.
+    ///
+    /// A child's kind comes from its directory entry (no `lstat` per file);
+    /// a file is then opened without following symlinks and checked again
+    /// by `fstat`.
     fn tree(&mut self, disk: PathBuf, name: Vec<u8>) -> Result<(), StreamError> {
-        let mut pending = vec![(disk, name)];
-        while let Some((disk, mut name)) = pending.pop() {
-            let meta = fs::symlink_metadata(&disk).map_err(|e| read_error(&disk, e))?;
-            let kind = meta.file_type();
+        let root_kind = fs::symlink_metadata(&disk)
+            .map_err(|e| read_error(&disk, e))?
+            .file_type();
+        let mut pending = vec![(disk, name, root_kind)];
+        while let Some((disk, mut name, kind)) = pending.pop() {
             if kind.is_dir() {
                 name.push(b'/');
                 self.entry(&name, TYPE_DIRECTORY, DIR_MODE, 0, b"")?;
                 let mut children = Vec::new();
                 for child in fs::read_dir(&disk).map_err(|e| read_error(&disk, e))? {
-                    children.push(child.map_err(|e| read_error(&disk, e))?.file_name());
+                    let child = child.map_err(|e| read_error(&disk, e))?;
+                    // From the entry's d_type; an lstat where the file
+                    // system does not say.
+                    let kind = child.file_type().map_err(|e| read_error(&child.path(), e))?;
+                    children.push((child.file_name(), kind));
                 }
-                children.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+                children.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
                 // Reversed onto the stack, so that the first child comes next.
-                for child in children.into_iter().rev() {
+                for (child, kind) in children.into_iter().rev() {
                     let mut child_name = name.clone();
                     child_name.extend_from_slice(child.as_bytes());
-                    pending.push((disk.join(child), child_name));
+                    pending.push((disk.join(child), child_name, kind));
                 }
             } else if kind.is_file() {
                 self.file(&disk, &name)?;
