@@ -111,12 +111,97 @@ pub enum BuildError {
 
 /// The plan of a request, without building anything.
 pub fn plan_request(req: &BuildRequest) -> Result<LayerPlan, BuildError> {
-    let closures: BTreeMap<Platform, Closure> = req
-        .images
+    Ok(plan::plan(&closures(req), req.max_layers, &req.layering)?)
+}
+
+fn closures(req: &BuildRequest) -> BTreeMap<Platform, Closure> {
+    req.images
         .iter()
         .map(|(p, i)| (p.clone(), i.closure.clone()))
-        .collect();
-    Ok(plan::plan(&closures, req.max_layers, &req.layering)?)
+        .collect()
+}
+
+/// The planner's source files, hashed into every plan key: a planner that
+/// plans differently never reuses an old plan. A test keeps the list equal
+/// to the files of `src/plan/`.
+const PLANNER_SOURCES: [(&str, &str); 6] = [
+    ("baseline.rs", include_str!("plan/baseline.rs")),
+    ("graph.rs", include_str!("plan/graph.rs")),
+    ("merge.rs", include_str!("plan/merge.rs")),
+    ("mod.rs", include_str!("plan/mod.rs")),
+    ("score.rs", include_str!("plan/score.rs")),
+    ("tests.rs", include_str!("plan/tests.rs")),
+];
+
+/// The plan cache's key of a request: SHA-256 over a versioned text of
+/// everything the planner reads (closures with sizes and references,
+/// budget, layering options, previous image) and the planner's source.
+pub fn plan_key(req: &BuildRequest) -> Result<Digest, serde_json::Error> {
+    let mut text = String::from("nixoci plan cache key v1\n");
+    for (name, source) in PLANNER_SOURCES {
+        text.push_str(&format!(
+            "planner {name} {}\n",
+            Digest::of(source.as_bytes())
+        ));
+    }
+    let l = &req.layering;
+    text.push_str(&format!(
+        "max_layers {}\nreserve_layers {}\nmin_layer_size {}\npins {}\nprevious {}\nclosures {}\n",
+        req.max_layers,
+        l.reserve_layers,
+        l.min_layer_size,
+        serde_json::to_string(&l.pins)?,
+        serde_json::to_string(&l.previous)?,
+        serde_json::to_string(&closures(req))?,
+    ));
+    Ok(Digest::of(text.as_bytes()))
+}
+
+/// Whether `plan` is a plan of `req`: each image's layers hold every path
+/// of its closure exactly once and fit the budget. A stored plan must pass
+/// this before it is used.
+fn plan_fits(plan: &LayerPlan, req: &BuildRequest) -> bool {
+    let budget = req.max_layers.saturating_sub(req.layering.reserve_layers);
+    plan.version == plan::PLAN_VERSION
+        && plan.images.len() == req.images.len()
+        && plan
+            .images
+            .iter()
+            .zip(&req.images)
+            .all(|(image, (platform, request))| {
+                let mut seen = std::collections::BTreeSet::new();
+                image.platform == *platform
+                    && image.layers.len() <= budget
+                    && image.layers.iter().all(|&i| {
+                        plan.layers.get(i).is_some_and(|layer| {
+                            layer.store_paths.iter().all(|p| {
+                                request.closure.paths.contains_key(p) && seen.insert(p.clone())
+                            })
+                        })
+                    })
+                    && seen.len() == request.closure.paths.len()
+            })
+}
+
+/// [`plan_request`], through the plan cache of `--cache-dir`: the same
+/// request planned before is not planned again. Without a usable cache,
+/// plans.
+fn plan_cached(req: &BuildRequest) -> Result<LayerPlan, BuildError> {
+    let cache = req
+        .layer_options
+        .cache_dir
+        .as_deref()
+        .and_then(|dir| layer::cache::Cache::open(dir).ok());
+    let (Some(cache), Ok(key)) = (cache, plan_key(req)) else {
+        return plan_request(req);
+    };
+    if let Some(plan) = cache.plan(&key).filter(|p| plan_fits(p, req)) {
+        return Ok(plan);
+    }
+    let plan = plan_request(req)?;
+    // A cache that cannot take the plan costs a plan next time, nothing more.
+    let _ = cache.store_plan(&key, &plan);
+    Ok(plan)
 }
 
 /// A short human name for a layer: its first store path's name, and how
@@ -136,7 +221,7 @@ pub fn build(
     on_plan: &dyn Fn(&LayerPlan),
     on_layer: &(dyn Fn(&BuiltLayer) + Sync),
 ) -> Result<BuildReport, BuildError> {
-    let plan = plan_request(req)?;
+    let plan = plan_cached(req)?;
     on_plan(&plan);
     let layout = Layout::open(&req.output)?;
 
@@ -199,4 +284,149 @@ pub fn build(
         platforms,
         layers: outcomes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::*;
+    use crate::closure::PathInfo;
+    use crate::plan::{ImagePlan, Origin, PlannedLayer};
+
+    fn sp(name: &str) -> StorePath {
+        StorePath::from_absolute(&format!("/nix/store/{}-{name}", "a".repeat(32))).unwrap()
+    }
+
+    fn request(names: &[&str], max_layers: usize) -> BuildRequest {
+        let paths = names
+            .iter()
+            .map(|n| {
+                let info = PathInfo {
+                    path: sp(n),
+                    nar_hash: String::new(),
+                    nar_size: 10,
+                    references: Default::default(),
+                };
+                (sp(n), info)
+            })
+            .collect();
+        let closure = Closure {
+            version: crate::closure::CLOSURE_VERSION,
+            store_dir: crate::store_path::StoreDir::default(),
+            paths,
+        };
+        let image = ImageRequest {
+            roots: vec![sp(names[0])],
+            closure,
+            run: RunConfig::default(),
+        };
+        BuildRequest {
+            images: [("linux/amd64".parse().unwrap(), image)].into(),
+            tag: "latest".to_owned(),
+            output: PathBuf::from("out"),
+            created: "1970-01-01T00:00:00Z".to_owned(),
+            annotations: BTreeMap::new(),
+            max_layers,
+            layering: plan::Layering::default(),
+            jobs: 1,
+            layer_options: LayerOptions {
+                store_root: PathBuf::from("/"),
+                compression: layer::Compression::default(),
+                cache_dir: None,
+            },
+        }
+    }
+
+    fn plan_of(layers: &[&[&str]]) -> LayerPlan {
+        LayerPlan {
+            version: plan::PLAN_VERSION,
+            layers: layers
+                .iter()
+                .map(|l| PlannedLayer {
+                    store_paths: l.iter().map(|n| sp(n)).collect(),
+                    nar_size: 10 * l.len() as u64,
+                    origin: Origin::Planned,
+                })
+                .collect(),
+            images: vec![ImagePlan {
+                platform: "linux/amd64".parse().unwrap(),
+                layers: (0..layers.len()).collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_stored_plan_must_fit_the_request() {
+        let req = request(&["app", "lib", "base"], 2);
+        assert!(plan_fits(&plan_of(&[&["base", "lib"], &["app"]]), &req));
+        // A path missing, twice, or foreign; over the budget; another
+        // platform; a layer index out of range.
+        assert!(!plan_fits(&plan_of(&[&["base"], &["app"]]), &req));
+        assert!(!plan_fits(
+            &plan_of(&[&["base", "lib"], &["app", "lib"]]),
+            &req
+        ));
+        assert!(!plan_fits(
+            &plan_of(&[&["base", "lib"], &["app", "x"]]),
+            &req
+        ));
+        assert!(!plan_fits(&plan_of(&[&["base"], &["lib"], &["app"]]), &req));
+        let mut other = plan_of(&[&["base", "lib"], &["app"]]);
+        other.images[0].platform = "linux/arm64".parse().unwrap();
+        assert!(!plan_fits(&other, &req));
+        let mut out_of_range = plan_of(&[&["base", "lib"], &["app"]]);
+        out_of_range.images[0].layers.push(7);
+        assert!(!plan_fits(&out_of_range, &req));
+        let mut reserved = req.clone();
+        reserved.layering.reserve_layers = 1;
+        assert!(!plan_fits(
+            &plan_of(&[&["base", "lib"], &["app"]]),
+            &reserved
+        ));
+    }
+
+    #[test]
+    fn plan_key_follows_every_input() {
+        let req = request(&["app", "lib"], 5);
+        let key = plan_key(&req).unwrap();
+        assert_eq!(plan_key(&req.clone()).unwrap(), key);
+        let mut budget = req.clone();
+        budget.max_layers = 4;
+        let mut reserve = req.clone();
+        reserve.layering.reserve_layers = 1;
+        let mut min = req.clone();
+        min.layering.min_layer_size = 1;
+        let mut pins = req.clone();
+        pins.layering.pins = vec![vec![sp("lib")]];
+        let mut previous = req.clone();
+        previous.layering.previous = Some(plan::Previous::default());
+        let mut size = req.clone();
+        for image in size.images.values_mut() {
+            image
+                .closure
+                .paths
+                .values_mut()
+                .for_each(|i| i.nar_size = 11);
+        }
+        let others: BTreeSet<Digest> = [budget, reserve, min, pins, previous, size]
+            .iter()
+            .map(|r| plan_key(r).unwrap())
+            .chain([key])
+            .collect();
+        assert_eq!(others.len(), 7);
+    }
+
+    #[test]
+    fn planner_sources_are_every_file_of_src_plan() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/plan");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let listed: Vec<String> = PLANNER_SOURCES.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(files, listed, "update PLANNER_SOURCES in src/pipeline.rs");
+    }
 }

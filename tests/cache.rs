@@ -390,6 +390,81 @@ fn corrupt_cache_index_is_noticed_and_rebuilt() {
     assert!(all(&again, "hit"), "{:?}", statuses(&again));
 }
 
+/// The plan files of a cache directory.
+fn plan_files(cache: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(cache.join("plans-v1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn plans_are_cached_and_a_damaged_plan_is_replanned() {
+    let store = small_store();
+    let cache = store.dir().join("cache");
+    let budget = ["--max-layers", "3"];
+    let cold = build(
+        &store,
+        "env",
+        &store.dir().join("out"),
+        Some(&cache),
+        &budget,
+    );
+    let plans = plan_files(&cache);
+    assert_eq!(plans.len(), 1, "{plans:?}");
+    let stored = fs::read_to_string(&plans[0]).unwrap();
+    let entry: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(
+        entry["plan"]["images"][0]["layers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // The same request again: the stored plan, unchanged, the same image.
+    let again = build(
+        &store,
+        "env",
+        &store.dir().join("out2"),
+        Some(&cache),
+        &budget,
+    );
+    assert_eq!(digests(&again), digests(&cold));
+    assert_eq!(fs::read_to_string(&plans[0]).unwrap(), stored);
+
+    // Another budget is another plan.
+    build(&store, "env", &store.dir().join("out3"), Some(&cache), &[]);
+    assert_eq!(plan_files(&cache).len(), 2);
+
+    // Damaged plans: not JSON; a layer moved to another image position
+    // (the check digest no longer matches); truncated. Each time the build
+    // plans again, writes the same image and stores the plan anew.
+    let mut moved: Value = serde_json::from_str(&stored).unwrap();
+    moved["plan"]["images"][0]["layers"]
+        .as_array_mut()
+        .unwrap()
+        .reverse();
+    for (i, damage) in [
+        b"{not json".to_vec(),
+        serde_json::to_vec(&moved).unwrap(),
+        stored.as_bytes()[..stored.len() / 2].to_vec(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        fs::write(&plans[0], damage).unwrap();
+        let out = store.dir().join(format!("damaged{i}"));
+        let run = build(&store, "env", &out, Some(&cache), &budget);
+        assert_eq!(digests(&run), digests(&cold), "damage {i}");
+        verify(&out);
+        assert_eq!(fs::read_to_string(&plans[0]).unwrap(), stored, "damage {i}");
+    }
+}
+
 #[test]
 fn digests_do_not_depend_on_jobs_or_cache() {
     let store = small_store();

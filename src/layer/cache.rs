@@ -10,7 +10,12 @@
 //! ```text
 //! layers-v1/index/<key hex>          {"version":1,"key":…,"diffId":…,"digest":…,"size":…,"mediaType":…,"check":…}
 //! layers-v1/blobs/sha256/<hex>       the blob, often a hard link to a layout's blob
+//! plans-v1/<key hex>                 {"version":1,"key":…,"plan":…,"check":…}
 //! ```
+//!
+//! The plans are layer plans by the key of their inputs (closures, budget,
+//! layering options and the planner's source, `pipeline`), so that a
+//! rebuild of the same closures does not plan again.
 //!
 //! Nothing is trusted blindly: an entry carries a check digest over its own
 //! fields, and a blob is reused only after its size and SHA-256 are checked;
@@ -32,6 +37,7 @@ use sha2::{Digest as _, Sha256};
 use super::BuiltLayer;
 use crate::closure::PathInfo;
 use crate::oci::Digest;
+use crate::plan::LayerPlan;
 use crate::store_path::StorePath;
 
 /// Version of the cache's layout on disk and of its entries.
@@ -158,6 +164,25 @@ impl Entry {
     }
 }
 
+/// A stored layer plan, as on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PlanEntry {
+    version: u32,
+    key: Digest,
+    plan: LayerPlan,
+    /// SHA-256 of the key and the plan's JSON: a damaged entry never passes.
+    check: Digest,
+}
+
+impl PlanEntry {
+    fn check_of(key: &Digest, plan: &LayerPlan) -> Result<Digest, serde_json::Error> {
+        let mut text = format!("{CACHE_VERSION}\n{key}\n").into_bytes();
+        text.extend(serde_json::to_vec(plan)?);
+        Ok(Digest::of(&text))
+    }
+}
+
 /// What [`Cache::reuse`] found.
 #[derive(Debug)]
 pub enum Reuse {
@@ -173,6 +198,7 @@ pub struct Cache {
     dir: PathBuf,
     index: PathBuf,
     blobs: PathBuf,
+    plans: PathBuf,
 }
 
 impl Cache {
@@ -184,12 +210,13 @@ impl Cache {
             dir: dir.to_owned(),
             index: root.join("index"),
             blobs: root.join("blobs/sha256"),
+            plans: dir.join(format!("plans-v{CACHE_VERSION}")),
         };
         let not_writable = |path: &Path| {
             let path = path.to_owned();
             move |source| CacheError::NotWritable { path, source }
         };
-        for d in [&cache.index, &cache.blobs] {
+        for d in [&cache.index, &cache.blobs, &cache.plans] {
             fs::create_dir_all(d).map_err(not_writable(dir))?;
         }
         // A directory can exist and still refuse files (read-only mounts,
@@ -336,6 +363,45 @@ impl Cache {
             .tempfile_in(&self.index)?;
         temp.write_all(&bytes)?;
         temp.persist(self.entry_path(key)).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+impl Cache {
+    /// The stored plan of `key`, if there is one and it is intact; a
+    /// damaged entry is removed (the caller plans again and stores anew).
+    pub fn plan(&self, key: &Digest) -> Option<LayerPlan> {
+        let path = self.plans.join(key.hex());
+        let bytes = fs::read(&path).ok()?;
+        let entry = serde_json::from_slice::<PlanEntry>(&bytes)
+            .ok()
+            .filter(|e| {
+                e.version == CACHE_VERSION
+                    && e.key == *key
+                    && PlanEntry::check_of(key, &e.plan).is_ok_and(|c| c == e.check)
+            });
+        if entry.is_none() {
+            let _ = fs::remove_file(&path);
+        }
+        entry.map(|e| e.plan)
+    }
+
+    /// Stores `plan` as the plan of `key`, atomically.
+    pub fn store_plan(&self, key: &Digest, plan: &LayerPlan) -> io::Result<()> {
+        let entry = PlanEntry {
+            version: CACHE_VERSION,
+            key: key.clone(),
+            plan: plan.clone(),
+            check: PlanEntry::check_of(key, plan).map_err(io::Error::other)?,
+        };
+        let mut bytes = serde_json::to_vec(&entry).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        let mut temp = tempfile::Builder::new()
+            .prefix(".tmp-plan-")
+            .tempfile_in(&self.plans)?;
+        temp.write_all(&bytes)?;
+        temp.persist(self.plans.join(key.hex()))
+            .map_err(|e| e.error)?;
         Ok(())
     }
 }

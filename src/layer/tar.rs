@@ -166,7 +166,9 @@ impl<W: Write> TarWriter<W> {
                     let child = child.map_err(|e| read_error(&disk, e))?;
                     // From the entry's d_type; an lstat where the file
                     // system does not say.
-                    let kind = child.file_type().map_err(|e| read_error(&child.path(), e))?;
+                    let kind = child
+                        .file_type()
+                        .map_err(|e| read_error(&child.path(), e))?;
                     children.push((child.file_name(), kind));
                 }
                 children.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
