@@ -205,9 +205,16 @@ fn write_layer(
     file.into_inner().map_err(|e| write_error(e.into_error()))?;
 
     let blob = blobs_dir.join(digest.hex());
-    temp.persist(&blob).map_err(|e| LayerError::Write {
+    let file = temp.persist(&blob).map_err(|e| LayerError::Write {
         path: blob.clone(),
         source: e.error,
+    })?;
+    // Durable now, on this layer thread while the others compress, rather
+    // than all at once when the layout is committed (which syncs it again,
+    // then at almost no cost).
+    file.sync_all().map_err(|source| LayerError::Write {
+        path: blob.clone(),
+        source,
     })?;
     Ok(BuiltLayer {
         store_paths,
