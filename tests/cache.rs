@@ -685,3 +685,151 @@ fn compression_flags_are_checked() {
         assert!(stderr.contains(msg), "{args:?}: {stderr}");
     }
 }
+
+/// Sets the modification time of every file under `dir` to `age` ago.
+fn age_files(dir: &Path, age: std::time::Duration) {
+    let when = std::time::SystemTime::now() - age;
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            age_files(&path, age);
+        } else {
+            fs::File::open(&path).unwrap().set_modified(when).unwrap();
+        }
+    }
+}
+
+/// `nixoci cache prune --json ARGS` on `cache`: exit code, report, stderr.
+fn prune(cache: &Path, args: &[&str]) -> (i32, Value, String) {
+    let output = nixoci()
+        .args(["cache", "prune", "--json", "--cache-dir"])
+        .arg(cache)
+        .args(args)
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    (
+        output.status.code().unwrap(),
+        report,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn count_files(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .count()
+}
+
+#[test]
+fn prune_removes_what_was_not_used_and_keeps_the_rest_usable() {
+    const DAY: std::time::Duration = std::time::Duration::from_secs(86400);
+    let store = small_store();
+    let cache = store.dir().join("cache");
+    let cold = build(&store, "env", &store.dir().join("out"), Some(&cache), &[]);
+    let layers = cold.report["layers"].as_array().unwrap().len();
+    assert!(layers > 2, "{layers}");
+
+    // Everything 40 days old, then the tool alone used today: one of its
+    // layers (a hit) and its plan.
+    age_files(&cache, 40 * DAY);
+    let tool = build(&store, "tool", &store.dir().join("tool"), Some(&cache), &[]);
+    assert!(all(&tool, "hit"), "{:?}", statuses(&tool));
+    let used_today = tool.report["layers"].as_array().unwrap().len();
+
+    // A dry run says, and removes nothing.
+    let (code, dry, stderr) = prune(&cache, &["--unused-for", "30d", "--dry-run"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(dry["dryRun"], true);
+    assert_eq!(dry["removedLayers"], layers - used_today, "{dry}");
+    assert_eq!(dry["removedPlans"], 1, "{dry}");
+    assert_eq!(dry["keptLayers"], used_today);
+    assert_eq!(count_files(&cache.join("layers-v1/index")), layers);
+    assert!(stderr.contains("would remove"), "{stderr}");
+
+    // Leftovers: a temporary file and a blob no entry names, two hours old,
+    // and a fresh unnamed blob (a build may be storing it right now).
+    let blobs = cache.join("layers-v1/blobs/sha256");
+    let old = std::time::SystemTime::now() - 2 * DAY / 24;
+    for name in [".tmp-layer-x".to_owned(), "1".repeat(64)] {
+        fs::write(blobs.join(&name), b"left over").unwrap();
+        fs::File::open(blobs.join(&name))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    fs::write(blobs.join("2".repeat(64)), b"being stored").unwrap();
+
+    let (code, done, stderr) = prune(&cache, &["--unused-for", "30d"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(done["removedLayers"], dry["removedLayers"]);
+    assert_eq!(done["removedOther"], 2, "{done}");
+    assert!(done["removedBytes"].as_u64().unwrap() > 0);
+    assert_eq!(count_files(&cache.join("layers-v1/index")), used_today);
+    assert_eq!(count_files(&cache.join("plans-v1")), 1);
+    assert_eq!(count_files(&blobs), used_today + 1);
+    assert!(blobs.join("2".repeat(64)).exists());
+    assert!(!blobs.join(".tmp-layer-x").exists());
+
+    // What was removed is built again, the same; what was kept is a hit.
+    let again = build(&store, "env", &store.dir().join("out2"), Some(&cache), &[]);
+    let s = statuses(&again);
+    assert_eq!(
+        s.iter().filter(|(_, s)| s == "hit").count(),
+        used_today,
+        "{s:?}"
+    );
+    assert_eq!(digests(&again), digests(&cold));
+    verify(&store.dir().join("out2"));
+
+    // --max-size keeps the most recently used that fit: 0 keeps nothing.
+    let (code, empty, stderr) = prune(&cache, &["--max-size", "0"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(empty["keptLayers"], 0, "{empty}");
+    assert_eq!(empty["keptPlans"], 0, "{empty}");
+    assert_eq!(count_files(&cache.join("layers-v1/index")), 0);
+    let rebuilt = build(&store, "env", &store.dir().join("out3"), Some(&cache), &[]);
+    assert!(all(&rebuilt, "miss"), "{:?}", statuses(&rebuilt));
+    assert_eq!(digests(&rebuilt), digests(&cold));
+
+    // A size that holds the biggest layer only keeps that one, the most
+    // recently used first... here all were used at once, so it keeps
+    // layers while they fit and removes the rest.
+    let total: u64 = rebuilt.report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
+    let (code, half, _) = prune(&cache, &["--max-size", &(total / 2).to_string()]);
+    assert_eq!(code, 0);
+    assert!(half["keptBytes"].as_u64().unwrap() <= total / 2, "{half}");
+    assert!(half["removedLayers"].as_u64().unwrap() > 0, "{half}");
+}
+
+#[test]
+fn prune_needs_a_policy_and_says_when_there_is_no_cache() {
+    let store = small_store();
+    let cache = store.dir().join("cache");
+    for args in [
+        &[][..],
+        &["--unused-for", "3w"][..],
+        &["--unused-for", "30"][..],
+        &["--max-size", "lots"][..],
+    ] {
+        let (code, _, stderr) = prune(&cache, args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    let (code, _, stderr) = prune(&cache, &["--unused-for", "1d"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("nothing to prune"), "{stderr}");
+    assert!(!cache.exists());
+}

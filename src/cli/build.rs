@@ -1008,7 +1008,7 @@ fn read_previous(args: &Args) -> anyhow::Result<Option<Previous>> {
 }
 
 /// `4096`, `64K`, `1M`, `2GiB`: bytes, with powers of 1024.
-fn parse_size(s: &str) -> Option<u64> {
+pub(super) fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = s.split_at(digits);

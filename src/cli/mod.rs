@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod build;
+pub mod cache;
 pub mod export_static;
 pub mod plan;
 pub mod push;
@@ -33,6 +34,7 @@ pub enum Command {
     WriteSpec(write_spec::Args),
     Push(push::Args),
     ExportStatic(export_static::Args),
+    Cache(cache::Args),
 }
 
 /// An error caused by what the user asked for, not by the operation: exit 2.
@@ -119,6 +121,7 @@ pub fn main() -> ExitCode {
         Command::WriteSpec(args) => write_spec::run(args),
         Command::Push(args) => push::run(args),
         Command::ExportStatic(args) => export_static::run(args),
+        Command::Cache(args) => cache::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

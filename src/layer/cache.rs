@@ -21,8 +21,10 @@
 //! fields, and a blob is reused only after its size and SHA-256 are checked;
 //! a corrupt or foreign entry or blob is reported, removed and rebuilt.
 //! Every file is written to a temporary name and renamed, so concurrent runs
-//! never see a partial file. Nothing is ever evicted: deleting the directory
-//! (when no build runs) is always safe.
+//! never see a partial file. Using an entry or a plan sets its file's
+//! modification time, so [`Cache::prune`] (`nixoci cache prune`) can remove
+//! what was not used for a while, or the least recently used beyond a size.
+//! Deleting the directory (when no build runs) is always safe too.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -30,6 +32,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -318,6 +321,7 @@ impl Cache {
                 if !cached.exists() {
                     let _ = place(&in_layout, &cached);
                 }
+                touch(&self.entry_path(key));
                 return Reuse::Found(layer, CacheStatus::Layout);
             }
             Ok(false) => {}
@@ -325,7 +329,10 @@ impl Cache {
         }
         match check_blob(&cached, entry.size, &entry.digest) {
             Ok(true) => match place(&cached, &in_layout) {
-                Ok(()) => return Reuse::Found(layer, CacheStatus::Hit),
+                Ok(()) => {
+                    touch(&self.entry_path(key));
+                    return Reuse::Found(layer, CacheStatus::Hit);
+                }
                 Err(e) => problems.push(format!(
                     "cannot copy cached blob {} into the output ({e})",
                     entry.digest
@@ -372,16 +379,12 @@ impl Cache {
     /// damaged entry is removed (the caller plans again and stores anew).
     pub fn plan(&self, key: &Digest) -> Option<LayerPlan> {
         let path = self.plans.join(key.hex());
-        let bytes = fs::read(&path).ok()?;
-        let entry = serde_json::from_slice::<PlanEntry>(&bytes)
-            .ok()
-            .filter(|e| {
-                e.version == CACHE_VERSION
-                    && e.key == *key
-                    && PlanEntry::check_of(key, &e.plan).is_ok_and(|c| c == e.check)
-            });
-        if entry.is_none() {
-            let _ = fs::remove_file(&path);
+        let entry = self.plan_entry(key);
+        match &entry {
+            Some(_) => touch(&path),
+            None => {
+                let _ = fs::remove_file(&path);
+            }
         }
         entry.map(|e| e.plan)
     }
@@ -404,6 +407,233 @@ impl Cache {
             .map_err(|e| e.error)?;
         Ok(())
     }
+}
+
+/// Marks a cache file as used now (its modification time), for
+/// [`Cache::prune`]; a failure only makes it look older.
+fn touch(path: &Path) {
+    let _ = File::open(path).and_then(|f| f.set_modified(SystemTime::now()));
+}
+
+/// What [`Cache::prune`] removes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prune {
+    /// Layers and plans not used for this long.
+    pub unused_for: Option<Duration>,
+    /// Then the least recently used, until the blobs and plans kept take at
+    /// most this many bytes.
+    pub max_size: Option<u64>,
+    /// Only say what would be removed.
+    pub dry_run: bool,
+}
+
+/// Version of the JSON form of [`PruneReport`].
+pub const PRUNE_REPORT_VERSION: u32 = 1;
+
+/// What [`Cache::prune`] did (or, dry, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneReport {
+    pub version: u32,
+    pub dry_run: bool,
+    pub removed_layers: usize,
+    pub removed_plans: usize,
+    /// Bytes of the blobs and plans removed (a blob counted once).
+    pub removed_bytes: u64,
+    /// Damaged entries and plans, blobs no entry names and temporary files
+    /// of interrupted runs, removed whatever the policy.
+    pub removed_other: usize,
+    pub kept_layers: usize,
+    pub kept_plans: usize,
+    pub kept_bytes: u64,
+}
+
+/// A layer entry or a plan, as [`Cache::prune`] weighs it.
+struct Used {
+    path: PathBuf,
+    used: SystemTime,
+    /// The layer's blob; `None` for a plan.
+    blob: Option<(Digest, u64)>,
+    /// The plan file's size.
+    bytes: u64,
+}
+
+/// Blobs and temporary files younger than this are left alone: a build
+/// running now may be about to name them.
+const GRACE: Duration = Duration::from_secs(3600);
+
+impl Cache {
+    /// Removes layers and plans by `policy`, as of `now`: first those not
+    /// used for `unused_for`, then the least recently used until the rest
+    /// fits `max_size`; a layer's blob goes with the last entry that names
+    /// it. Damaged entries and plans, blobs that no entry names and
+    /// temporary files left by interrupted runs go too (blobs and temporary
+    /// files only once they are an hour old, since a build running now may
+    /// be writing them). Safe while builds run: a build that loses an entry
+    /// or a blob under it rebuilds the layer.
+    pub fn prune(&self, policy: &Prune, now: SystemTime) -> io::Result<PruneReport> {
+        let mut report = PruneReport {
+            version: PRUNE_REPORT_VERSION,
+            dry_run: policy.dry_run,
+            ..PruneReport::default()
+        };
+        let remove = |path: &Path| -> io::Result<()> {
+            if policy.dry_run {
+                return Ok(());
+            }
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        };
+        let age = |meta: &fs::Metadata| {
+            meta.modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default()
+        };
+
+        // Every entry and plan, with when it was last used.
+        let mut items = Vec::new();
+        for (dir, is_plan) in [(&self.index, false), (&self.plans, true)] {
+            for file in list(dir)? {
+                let meta = fs::symlink_metadata(&file)?;
+                let name = file_name(&file);
+                if name.starts_with('.') {
+                    if age(&meta) > GRACE {
+                        remove(&file)?;
+                        report.removed_other += 1;
+                    }
+                    continue;
+                }
+                let blob = if is_plan {
+                    let key = format!("sha256:{name}").parse::<Digest>();
+                    if key.map_or(true, |k| self.plan_entry(&k).is_none()) {
+                        remove(&file)?;
+                        report.removed_other += 1;
+                        continue;
+                    }
+                    None
+                } else {
+                    let entry = format!("sha256:{name}")
+                        .parse::<Digest>()
+                        .ok()
+                        .and_then(|k| self.entry(&k).ok().flatten());
+                    match entry {
+                        Some(e) => Some((e.digest, e.size)),
+                        None => {
+                            remove(&file)?;
+                            report.removed_other += 1;
+                            continue;
+                        }
+                    }
+                };
+                items.push(Used {
+                    path: file,
+                    used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    blob,
+                    bytes: meta.len(),
+                });
+            }
+        }
+        // Most recently used first; ties by name, so the outcome does not
+        // depend on the order the directory lists files in.
+        items.sort_by(|a, b| b.used.cmp(&a.used).then_with(|| a.path.cmp(&b.path)));
+
+        let mut kept_blobs: BTreeMap<Digest, u64> = BTreeMap::new();
+        let mut removed_blobs: BTreeMap<Digest, u64> = BTreeMap::new();
+        let mut kept_bytes = 0u64;
+        for item in items {
+            let unused = policy
+                .unused_for
+                .is_some_and(|limit| now.duration_since(item.used).unwrap_or_default() > limit);
+            let extra = match &item.blob {
+                Some((digest, size)) if !kept_blobs.contains_key(digest) => *size,
+                Some(_) => 0,
+                None => item.bytes,
+            };
+            let too_big = policy
+                .max_size
+                .is_some_and(|max| kept_bytes.saturating_add(extra) > max);
+            if unused || too_big {
+                remove(&item.path)?;
+                match item.blob {
+                    Some((digest, size)) => {
+                        report.removed_layers += 1;
+                        removed_blobs.insert(digest, size);
+                    }
+                    None => {
+                        report.removed_plans += 1;
+                        report.removed_bytes += item.bytes;
+                    }
+                }
+                continue;
+            }
+            kept_bytes += extra;
+            match item.blob {
+                Some((digest, size)) => {
+                    report.kept_layers += 1;
+                    kept_blobs.insert(digest, size);
+                }
+                None => report.kept_plans += 1,
+            }
+        }
+        report.kept_bytes = kept_bytes;
+
+        // Blobs: those of removed entries, and those no entry names.
+        for file in list(&self.blobs)? {
+            let name = file_name(&file);
+            let digest = format!("sha256:{name}").parse::<Digest>().ok();
+            if digest.as_ref().is_some_and(|d| kept_blobs.contains_key(d)) {
+                continue;
+            }
+            if let Some(size) = digest.as_ref().and_then(|d| removed_blobs.get(d)) {
+                remove(&file)?;
+                report.removed_bytes += size;
+                continue;
+            }
+            let meta = fs::symlink_metadata(&file)?;
+            if age(&meta) > GRACE {
+                remove(&file)?;
+                report.removed_other += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The intact plan entry of `key`, without marking it used.
+    fn plan_entry(&self, key: &Digest) -> Option<PlanEntry> {
+        let bytes = fs::read(self.plans.join(key.hex())).ok()?;
+        serde_json::from_slice::<PlanEntry>(&bytes)
+            .ok()
+            .filter(|e| {
+                e.version == CACHE_VERSION
+                    && e.key == *key
+                    && PlanEntry::check_of(key, &e.plan).is_ok_and(|c| c == e.check)
+            })
+    }
+}
+
+/// The files of `dir`, sorted; none when it does not exist.
+fn list(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            for e in entries {
+                files.push(e?.path());
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Checks that `path` is a regular file of `size` bytes hashing to

@@ -1,0 +1,175 @@
+//! `nixoci cache`: look after the layer cache.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+
+use super::usage;
+use crate::layer::cache::{self, Cache, Prune};
+
+/// Look after the layer cache (`--cache-dir` of `nixoci build`).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    Prune(PruneArgs),
+}
+
+/// Remove layers and plans from the cache: those not used for a while
+/// (--unused-for), then the least recently used until the rest fits a size
+/// (--max-size). Using a layer (a cache hit, or a blob already in the
+/// output) or a plan counts as use. Also removes damaged entries, blobs
+/// that no entry names and files left by interrupted builds. Safe while
+/// builds run: a build that loses a layer under it builds it again.
+///
+/// Examples:
+///
+///   nixoci cache prune --unused-for 30d
+///   nixoci cache prune --max-size 20G --dry-run
+///   nixoci cache prune --max-size 0        # empty it
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct PruneArgs {
+    /// The cache directory [default: $XDG_CACHE_HOME/nixoci, else
+    /// ~/.cache/nixoci].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Remove what was not used for this long: a number with s, m, h or d
+    /// (`90m`, `12h`, `30d`).
+    #[arg(long, value_name = "AGE")]
+    pub unused_for: Option<String>,
+
+    /// Then remove the least recently used until the rest takes at most
+    /// SIZE (bytes, or a number with K, M or G: powers of 1024).
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<String>,
+
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Command::Prune(args) => prune(args),
+    }
+}
+
+fn prune(args: PruneArgs) -> anyhow::Result<()> {
+    let unused_for = args
+        .unused_for
+        .as_deref()
+        .map(|s| {
+            parse_age(s).ok_or_else(|| {
+                usage(format!(
+                    "--unused-for '{s}': expected a number with s, m, h or d, as in 30d"
+                ))
+            })
+        })
+        .transpose()?;
+    let max_size = args
+        .max_size
+        .as_deref()
+        .map(|s| {
+            super::build::parse_size(s).ok_or_else(|| {
+                usage(format!(
+                    "--max-size '{s}': expected bytes, or a number with K, M or G"
+                ))
+            })
+        })
+        .transpose()?;
+    if unused_for.is_none() && max_size.is_none() {
+        return Err(usage(
+            "say what to remove: --unused-for AGE, --max-size SIZE, or both",
+        ));
+    }
+    let home = std::env::var_os("HOME").filter(|h| Path::new(h).is_dir());
+    let dir = args
+        .cache_dir
+        .clone()
+        .or_else(|| cache::default_dir(std::env::var_os("XDG_CACHE_HOME"), home))
+        .ok_or_else(|| {
+            usage("no cache directory: pass --cache-dir (XDG_CACHE_HOME is not set and HOME is not a directory)")
+        })?;
+    if !dir.is_dir() {
+        eprintln!("nixoci: no cache at {}: nothing to prune", dir.display());
+        return Ok(());
+    }
+    let cache = Cache::open(&dir).with_context(|| format!("opening cache {}", dir.display()))?;
+    let policy = Prune {
+        unused_for,
+        max_size,
+        dry_run: args.dry_run,
+    };
+    let report = cache
+        .prune(&policy, SystemTime::now())
+        .with_context(|| format!("pruning cache {}", dir.display()))?;
+    if args.json {
+        let mut bytes = serde_json::to_vec_pretty(&report)?;
+        bytes.push(b'\n');
+        super::print_stdout(&bytes)?;
+    }
+    let verb = if report.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    eprintln!(
+        "{}: {verb} {} layers and {} plans ({}){}; kept {} layers and {} plans ({})",
+        dir.display(),
+        report.removed_layers,
+        report.removed_plans,
+        super::build::human_bytes(report.removed_bytes),
+        match report.removed_other {
+            0 => String::new(),
+            n => format!(" and {n} damaged or leftover files"),
+        },
+        report.kept_layers,
+        report.kept_plans,
+        super::build::human_bytes(report.kept_bytes),
+    );
+    Ok(())
+}
+
+/// `90s`, `90m`, `12h`, `30d`.
+fn parse_age(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = s.split_at(digits);
+    let seconds: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(
+        number.parse::<u64>().ok()?.checked_mul(seconds)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages() {
+        assert_eq!(parse_age("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_age("90m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_age("12h"), Some(Duration::from_secs(43200)));
+        assert_eq!(parse_age("30d"), Some(Duration::from_secs(2_592_000)));
+        for bad in ["", "30", "d", "1w", "-1d", "1.5d", "99999999999999999999d"] {
+            assert_eq!(parse_age(bad), None, "{bad}");
+        }
+    }
+}
