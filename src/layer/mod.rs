@@ -26,7 +26,7 @@ pub mod compress;
 pub mod tar;
 
 use std::collections::BTreeMap;
-use std::fs::{self, Permissions};
+use std::fs::{self, File, Permissions};
 use std::io::BufWriter;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -209,13 +209,7 @@ fn write_layer(
         path: blob.clone(),
         source: e.error,
     })?;
-    // Durable now, on this layer thread while the others compress, rather
-    // than all at once when the layout is committed (which syncs it again,
-    // then at almost no cost).
-    file.sync_all().map_err(|source| LayerError::Write {
-        path: blob.clone(),
-        source,
-    })?;
+    start_writeback(&file);
     Ok(BuiltLayer {
         store_paths,
         diff_id,
@@ -223,6 +217,24 @@ fn write_layer(
         size,
         media_type: opts.compression.media_type().to_owned(),
     })
+}
+
+/// Asks the kernel to start writing `file` to disk now, without waiting, so
+/// that the layout's commit, which syncs every new blob, finds little left
+/// to write (and waits for it). Best effort: the commit's sync is what makes
+/// the blob durable.
+fn start_writeback(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain system call on a file descriptor `file` owns for
+        // the duration of the call; no memory is passed.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
 }
 
 /// Builds `layers` with `jobs` threads (0: one per CPU), the biggest first

@@ -14,6 +14,8 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use super::image::{Blob, IndexEntry, TopIndex};
 use super::Digest;
@@ -180,11 +182,7 @@ impl Layout {
     /// Makes every new blob durable, then points `tag` at `target` in
     /// `index.json`, keeping the layout's other tags.
     pub fn commit(mut self, tag: &str, target: &Blob) -> Result<(), LayoutError> {
-        for blob in &self.new_blobs() {
-            File::open(blob)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err("syncing", blob))?;
-        }
+        sync_all(&self.new_blobs())?;
         let index_path = self.dir.join("index.json");
         let mut index = match fs::read(&index_path) {
             Ok(bytes) => {
@@ -254,6 +252,39 @@ pub fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), Lay
 fn set_mode_0644(file: &File) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     file.set_permissions(fs::Permissions::from_mode(0o644))
+}
+
+/// Syncs `files`, several at once: the file system then commits their
+/// metadata in a few journal transactions instead of one per file. The
+/// error is that of the first failing file in order.
+fn sync_all(files: &[PathBuf]) -> Result<(), LayoutError> {
+    const AT_ONCE: usize = 16;
+    let next = AtomicUsize::new(0);
+    let failed: Vec<Mutex<Option<io::Error>>> = files.iter().map(|_| Mutex::new(None)).collect();
+    let work = || {
+        while let Some(i) = Some(next.fetch_add(1, Ordering::Relaxed)).filter(|&i| i < files.len())
+        {
+            if let Err(e) = File::open(&files[i]).and_then(|f| f.sync_all()) {
+                if let Ok(mut slot) = failed[i].lock() {
+                    *slot = Some(e);
+                }
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        // Helpers that cannot be started leave their share to this thread.
+        for _ in 1..AT_ONCE.min(files.len()) {
+            let _ = std::thread::Builder::new().spawn_scoped(scope, work);
+        }
+        work();
+    });
+    for (file, slot) in files.iter().zip(failed) {
+        let error = slot.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = error {
+            return Err(io_err("syncing", file)(e));
+        }
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), LayoutError> {
