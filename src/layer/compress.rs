@@ -223,7 +223,9 @@ impl Budget {
 /// The threads that compress: a pool of `jobs` threads for gzip chunks, and
 /// the worker count of every zstd stream.
 pub struct Workers {
-    pool: rayon::ThreadPool,
+    /// Started by the first gzip chunk: a build whose layers are all reused
+    /// starts no compression thread.
+    pool: std::sync::OnceLock<Result<rayon::ThreadPool, String>>,
     budget: Budget,
     jobs: usize,
     in_flight: usize,
@@ -237,17 +239,15 @@ pub struct Workers {
 impl Workers {
     /// `jobs` compression threads (0: one per CPU).
     pub fn new(jobs: usize) -> Result<Workers, LayerError> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(jobs)
-            .thread_name(|i| format!("nixoci-deflate-{i}"))
-            .build()
-            .map_err(|source| LayerError::ThreadPool { jobs, source })?;
-        let jobs = pool.current_num_threads();
+        let jobs = match jobs {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         // Enough queued chunks that no thread waits for the next one, few
         // enough that memory stays flat: about 2 MiB per chunk in flight.
         let in_flight = 2 * jobs + 2;
         Ok(Workers {
-            pool,
+            pool: std::sync::OnceLock::new(),
             budget: Budget {
                 free: Mutex::new(in_flight),
                 freed: Condvar::new(),
@@ -257,6 +257,21 @@ impl Workers {
             spare: Mutex::new(Vec::new()),
             zstd: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The gzip chunk threads, started on first use.
+    fn pool(&self) -> io::Result<&rayon::ThreadPool> {
+        let jobs = self.jobs;
+        self.pool
+            .get_or_init(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(jobs)
+                    .thread_name(|i| format!("nixoci-deflate-{i}"))
+                    .build()
+                    .map_err(|e| format!("cannot start {jobs} compression threads: {e}"))
+            })
+            .as_ref()
+            .map_err(|e| io::Error::other(e.clone()))
     }
 
     /// An empty buffer with room for a chunk, reused when possible.
@@ -640,9 +655,10 @@ impl<'w, W: Write> ChunkedGzip<'w, W> {
             self.dict = input[input.len().saturating_sub(WINDOW)..].to_vec();
         }
         let (index, level, tx) = (self.submitted, self.level, self.done_tx.clone());
+        let pool = self.workers.pool()?;
         let output = self.workers.buffer();
         self.submitted += 1;
-        self.workers.pool.spawn(move || {
+        pool.spawn(move || {
             let result = deflate_chunk(level, &dict, &input, last, output);
             // The receiver is gone only when the layer already failed.
             let _ = tx.send((index, result, input));

@@ -136,12 +136,6 @@ pub enum LayerError {
     UnknownCompression { name: String },
     #[error("opening the layer cache")]
     Cache(#[from] cache::CacheError),
-    #[error("starting {jobs} compression threads")]
-    ThreadPool {
-        jobs: usize,
-        #[source]
-        source: rayon::ThreadPoolBuildError,
-    },
     #[error("starting layer threads")]
     Threads(#[source] std::io::Error),
 }

@@ -183,6 +183,8 @@ impl Layout {
     /// `index.json`, keeping the layout's other tags.
     pub fn commit(mut self, tag: &str, target: &Blob) -> Result<(), LayoutError> {
         sync_all(&self.new_blobs())?;
+        // The blobs' names are entries of blobs/sha256: durable with it.
+        sync_dir(&self.blobs_dir())?;
         let index_path = self.dir.join("index.json");
         let mut index = match fs::read(&index_path) {
             Ok(bytes) => {
