@@ -306,14 +306,19 @@ fn one_path_change_rebuilds_exactly_the_affected_layers() {
     verify(&out);
 }
 
-fn cache_files(cache: &Path, sub: &str) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(cache.join("layers-v1").join(sub))
+/// The files of `dir` but temporary ones (`.tmp-…`, `.probe-…`), sorted.
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
         .collect();
     files.sort();
     files
+}
+
+fn cache_files(cache: &Path, sub: &str) -> Vec<PathBuf> {
+    files_in(&cache.join("layers-v1").join(sub))
 }
 
 #[test]
@@ -392,13 +397,7 @@ fn corrupt_cache_index_is_noticed_and_rebuilt() {
 
 /// The plan files of a cache directory.
 fn plan_files(cache: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(cache.join("plans-v1"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-        .collect();
-    files.sort();
-    files
+    files_in(&cache.join("plans-v1"))
 }
 
 #[test]

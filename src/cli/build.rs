@@ -824,19 +824,21 @@ fn resolve(args: &Args, with_output: bool) -> anyhow::Result<BuildRequest> {
     })
 }
 
+/// The default cache directory, from XDG_CACHE_HOME or HOME. A HOME that
+/// does not exist (Nix builders get /homeless-shelter, and Nix checks that
+/// it stays missing) is never used, hence never created.
+pub(super) fn default_cache_dir() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").filter(|h| Path::new(h).is_dir());
+    cache::default_dir(std::env::var_os("XDG_CACHE_HOME"), home)
+}
+
 /// The layer cache to use: `--cache-dir` or the default, if it can be
 /// written; otherwise none, said once on stderr.
 fn cache_dir(args: &Args) -> Option<PathBuf> {
     if args.no_cache {
         return None;
     }
-    // A HOME that does not exist (Nix builders get /homeless-shelter, and
-    // Nix checks that it stays missing) is never created.
-    let home = std::env::var_os("HOME").filter(|h| Path::new(h).is_dir());
-    let dir = args
-        .cache_dir
-        .clone()
-        .or_else(|| cache::default_dir(std::env::var_os("XDG_CACHE_HOME"), home));
+    let dir = args.cache_dir.clone().or_else(default_cache_dir);
     let Some(dir) = dir else {
         eprintln!(
             "nixoci: no layer cache directory (XDG_CACHE_HOME is not set and HOME is not a directory); building without a layer cache"

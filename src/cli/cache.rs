@@ -1,12 +1,12 @@
 //! `nixoci cache`: look after the layer cache.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 
 use super::usage;
-use crate::layer::cache::{self, Cache, Prune};
+use crate::layer::cache::{Cache, Prune};
 
 /// Look after the layer cache (`--cache-dir` of `nixoci build`).
 #[derive(Debug, clap::Args)]
@@ -93,11 +93,10 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
             "say what to remove: --unused-for AGE, --max-size SIZE, or both",
         ));
     }
-    let home = std::env::var_os("HOME").filter(|h| Path::new(h).is_dir());
     let dir = args
         .cache_dir
         .clone()
-        .or_else(|| cache::default_dir(std::env::var_os("XDG_CACHE_HOME"), home))
+        .or_else(super::build::default_cache_dir)
         .ok_or_else(|| {
             usage("no cache directory: pass --cache-dir (XDG_CACHE_HOME is not set and HOME is not a directory)")
         })?;
