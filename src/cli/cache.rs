@@ -20,7 +20,9 @@ pub enum Command {
     Prune(PruneArgs),
 }
 
-/// Remove layers and plans from the cache: those not used for a while
+/// Remove layers and plans that were not used for a while, or beyond a size.
+///
+/// Removes from the cache the layers and plans not used for a while
 /// (--unused-for), then the least recently used until the rest fits a size
 /// (--max-size). Using a layer (a cache hit, or a blob already in the
 /// output) or a plan counts as use. Also removes damaged entries, blobs
