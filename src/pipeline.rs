@@ -187,12 +187,7 @@ fn plan_fits(plan: &LayerPlan, req: &BuildRequest) -> bool {
 /// request planned before is not planned again. Without a usable cache,
 /// plans.
 fn plan_cached(req: &BuildRequest) -> Result<LayerPlan, BuildError> {
-    let cache = req
-        .layer_options
-        .cache_dir
-        .as_deref()
-        .and_then(|dir| layer::cache::Cache::open(dir).ok());
-    let (Some(cache), Ok(key)) = (cache, plan_key(req)) else {
+    let (Some(cache), Ok(key)) = (&req.layer_options.cache, plan_key(req)) else {
         return plan_request(req);
     };
     if let Some(plan) = cache.plan(&key).filter(|p| plan_fits(p, req)) {
@@ -334,7 +329,7 @@ mod tests {
             layer_options: LayerOptions {
                 store_root: PathBuf::from("/"),
                 compression: layer::Compression::default(),
-                cache_dir: None,
+                cache: None,
             },
         }
     }

@@ -819,7 +819,7 @@ fn resolve(args: &Args, with_output: bool) -> anyhow::Result<BuildRequest> {
         layer_options: LayerOptions {
             store_root: args.store_root.clone(),
             compression,
-            cache_dir: if with_output { cache_dir(args) } else { None },
+            cache: if with_output { cache(args) } else { None },
         },
     })
 }
@@ -832,9 +832,9 @@ pub(super) fn default_cache_dir() -> Option<PathBuf> {
     cache::default_dir(std::env::var_os("XDG_CACHE_HOME"), home)
 }
 
-/// The layer cache to use: `--cache-dir` or the default, if it can be
-/// written; otherwise none, said once on stderr.
-fn cache_dir(args: &Args) -> Option<PathBuf> {
+/// The layer cache to use, opened: `--cache-dir` or the default, if it can
+/// be written; otherwise none, said once on stderr.
+fn cache(args: &Args) -> Option<Cache> {
     if args.no_cache {
         return None;
     }
@@ -846,7 +846,7 @@ fn cache_dir(args: &Args) -> Option<PathBuf> {
         return None;
     };
     match Cache::open(&dir) {
-        Ok(_) => Some(dir),
+        Ok(cache) => Some(cache),
         Err(e) => {
             let cause = std::error::Error::source(&e)
                 .map(|c| format!(" ({c})"))

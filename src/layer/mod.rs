@@ -59,8 +59,9 @@ pub struct LayerOptions {
     /// the real store.
     pub store_root: PathBuf,
     pub compression: Compression,
-    /// The layer cache's directory; `None` builds every layer.
-    pub cache_dir: Option<PathBuf>,
+    /// The layer cache, opened once for the whole build; `None` builds every
+    /// layer.
+    pub cache: Option<Cache>,
 }
 
 /// A layer written to `blobs/sha256/`.
@@ -134,8 +135,6 @@ pub enum LayerError {
     NoLevel,
     #[error("unknown compression '{name}' (expected gzip, zstd or none)")]
     UnknownCompression { name: String },
-    #[error("opening the layer cache")]
-    Cache(#[from] cache::CacheError),
     #[error("starting layer threads")]
     Threads(#[source] std::io::Error),
 }
@@ -272,8 +271,8 @@ pub fn build_layers(
     }
 
     let workers = Workers::new(jobs)?;
-    let cache = opts.cache_dir.as_deref().map(Cache::open).transpose()?;
-    let keys: Vec<Option<Digest>> = match &cache {
+    let cache = opts.cache.as_ref();
+    let keys: Vec<Option<Digest>> = match cache {
         Some(_) => {
             let engine = opts.compression.engine();
             let fingerprint = Digest::of(
@@ -309,7 +308,7 @@ pub fn build_layers(
     let build_one = |k: usize| -> Result<LayerOutcome, LayerError> {
         let paths = &distinct[k];
         let mut problem = None;
-        if let (Some(cache), Some(key)) = (&cache, &keys[k]) {
+        if let (Some(cache), Some(key)) = (cache, &keys[k]) {
             match cache.reuse(key, paths, opts.compression.media_type(), blobs_dir) {
                 cache::Reuse::Found(layer, status) => {
                     return Ok(LayerOutcome {
@@ -322,7 +321,7 @@ pub fn build_layers(
             }
         }
         let layer = write_layer(paths, opts, blobs_dir, &workers)?;
-        if let (Some(cache), Some(key)) = (&cache, &keys[k]) {
+        if let (Some(cache), Some(key)) = (cache, &keys[k]) {
             if let Err(e) = cache.store(key, &layer, blobs_dir) {
                 let note = format!(
                     "could not store layer {} in cache {}: {e}",
@@ -448,7 +447,7 @@ mod tests {
         LayerOptions {
             store_root: fixture.root.path().to_owned(),
             compression: Compression::default(),
-            cache_dir: None,
+            cache: None,
         }
     }
 
@@ -510,7 +509,7 @@ mod tests {
         let opts = LayerOptions {
             store_root: root.path().to_owned(),
             compression: Compression::default(),
-            cache_dir: None,
+            cache: None,
         };
         let gone = StorePath::from_absolute(&format!("/nix/store/{H1}-gone")).unwrap();
         let err = build_layer(&[gone], &opts, blobs.path()).unwrap_err();
