@@ -306,12 +306,7 @@ impl Workers {
             CParameter::ChecksumFlag(true),
             // Jobs of ZSTD_JOB bytes, not libzstd's default of 4 windows:
             // the output depends on the job size, never on the workers.
-            CParameter::JobSize(
-                std::env::var("XJOB")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(ZSTD_JOB),
-            ),
+            CParameter::JobSize(ZSTD_JOB),
         ] {
             ctx.set_parameter(param).map_err(zstd_error)?;
         }
