@@ -238,7 +238,7 @@ pub struct Workers {
 
 impl Workers {
     /// `jobs` compression threads (0: one per CPU).
-    pub fn new(jobs: usize) -> Result<Workers, LayerError> {
+    pub fn new(jobs: usize) -> Workers {
         let jobs = match jobs {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -246,7 +246,7 @@ impl Workers {
         // Enough queued chunks that no thread waits for the next one, few
         // enough that memory stays flat: about 2 MiB per chunk in flight.
         let in_flight = 2 * jobs + 2;
-        Ok(Workers {
+        Workers {
             pool: std::sync::OnceLock::new(),
             budget: Budget {
                 free: Mutex::new(in_flight),
@@ -256,7 +256,7 @@ impl Workers {
             in_flight,
             spare: Mutex::new(Vec::new()),
             zstd: Mutex::new(Vec::new()),
-        })
+        }
     }
 
     /// The gzip chunk threads, started on first use.
@@ -803,7 +803,7 @@ mod tests {
     use super::*;
 
     fn gzip(data: &[u8], level: u32, jobs: usize) -> Vec<u8> {
-        let workers = Workers::new(jobs).unwrap();
+        let workers = Workers::new(jobs);
         let mut enc = Encoder::new(Compression::Gzip { level }, Vec::new(), &workers).unwrap();
         // Odd-sized writes, as the tar writer's are not chunk-aligned.
         for piece in data.chunks(77_777) {
@@ -927,7 +927,7 @@ mod tests {
     fn zstd_same_for_any_worker_count_and_none_is_the_input() {
         let data = sample(3 * CHUNK, 13);
         let zstd = |jobs| {
-            let workers = Workers::new(jobs).unwrap();
+            let workers = Workers::new(jobs);
             let mut enc =
                 Encoder::new(Compression::Zstd { level: 3 }, Vec::new(), &workers).unwrap();
             for piece in data.chunks(4096) {
@@ -940,7 +940,7 @@ mod tests {
         assert!(zstd(3) == one);
         assert!(zstd::decode_all(&one[..]).unwrap() == data);
 
-        let workers = Workers::new(1).unwrap();
+        let workers = Workers::new(1);
         let mut enc = Encoder::new(Compression::None, Vec::new(), &workers).unwrap();
         enc.write_all(&data).unwrap();
         assert!(enc.finish().unwrap() == data);
@@ -953,7 +953,7 @@ mod tests {
     #[test]
     fn zstd_bytes_independent_of_writes_and_context_reuse() {
         let data = sample(5 * ZSTD_JOB as usize / 2, 21);
-        let workers = Workers::new(2).unwrap();
+        let workers = Workers::new(2);
         let zstd = Compression::Zstd { level: 3 };
         let compress = |pieces: &mut dyn Iterator<Item = &[u8]>| {
             let mut enc = Encoder::new(zstd, Vec::new(), &workers).unwrap();

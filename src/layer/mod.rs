@@ -151,7 +151,7 @@ pub fn build_layer(
     blobs_dir: &Path,
 ) -> Result<BuiltLayer, LayerError> {
     opts.compression.check()?;
-    let workers = Workers::new(1)?;
+    let workers = Workers::new(1);
     write_layer(paths, opts, blobs_dir, &workers)
 }
 
@@ -270,7 +270,7 @@ pub fn build_layers(
         slots.push(k);
     }
 
-    let workers = Workers::new(jobs)?;
+    let workers = Workers::new(jobs);
     let cache = opts.cache.as_ref();
     let keys: Vec<Option<Digest>> = match cache {
         Some(_) => {
