@@ -342,7 +342,9 @@ impl Workers {
 /// A compressing writer: the tar stream goes in, the blob comes out of `W`.
 pub enum Encoder<'w, W: Write> {
     Gzip(Box<ChunkedGzip<'w, W>>),
-    Zstd(Box<ZstdStream<'w, W>>),
+    /// Small writes (tar headers, small files) gathered for libzstd, whose
+    /// every call takes locks in multithreaded mode.
+    Zstd(Box<io::BufWriter<ZstdStream<'w, W>>>),
     None(W),
 }
 
@@ -354,9 +356,10 @@ impl<'w, W: Write> Encoder<'w, W> {
             Compression::Gzip { level } => Encoder::Gzip(Box::new(
                 ChunkedGzip::new(out, level, workers).map_err(write)?,
             )),
-            Compression::Zstd { level } => {
-                Encoder::Zstd(Box::new(ZstdStream::new(out, level, workers)?))
-            }
+            Compression::Zstd { level } => Encoder::Zstd(Box::new(io::BufWriter::with_capacity(
+                ZSTD_GATHER,
+                ZstdStream::new(out, level, workers)?,
+            ))),
             Compression::None => Encoder::None(out),
         })
     }
@@ -365,7 +368,10 @@ impl<'w, W: Write> Encoder<'w, W> {
     pub fn finish(self) -> io::Result<W> {
         match self {
             Encoder::Gzip(g) => g.finish(),
-            Encoder::Zstd(z) => z.finish(),
+            Encoder::Zstd(z) => z
+                .into_inner()
+                .map_err(io::IntoInnerError::into_error)?
+                .finish(),
             Encoder::None(w) => Ok(w),
         }
     }
@@ -402,15 +408,12 @@ pub struct ZstdStream<'w, W: Write> {
     ctx: Option<zstd::zstd_safe::CCtx<'static>>,
     out: Option<W>,
     workers: &'w Workers,
-    /// Small writes (tar headers, small files) gathered for libzstd, whose
-    /// every call takes locks in multithreaded mode.
-    pending: Vec<u8>,
     /// Compressed bytes on their way to `out`.
     buf: Vec<u8>,
 }
 
-/// How many bytes of small writes [`ZstdStream`] gathers.
-const ZSTD_PENDING: usize = 256 * 1024;
+/// How many bytes of small writes are gathered for a [`ZstdStream`].
+const ZSTD_GATHER: usize = 256 * 1024;
 
 impl<'w, W: Write> ZstdStream<'w, W> {
     fn new(out: W, level: i32, workers: &'w Workers) -> Result<Self, LayerError> {
@@ -421,7 +424,6 @@ impl<'w, W: Write> ZstdStream<'w, W> {
             ctx: Some(ctx),
             out: Some(out),
             workers,
-            pending: Vec::with_capacity(ZSTD_PENDING),
             buf: Vec::with_capacity(zstd::zstd_safe::CCtx::out_size()),
         })
     }
@@ -431,21 +433,22 @@ impl<'w, W: Write> ZstdStream<'w, W> {
     /// ending, flushed the whole frame. libzstd blocks while it cannot take
     /// more input, so this waits for its workers rather than spinning.
     fn compress(
-        ctx: &mut zstd::zstd_safe::CCtx<'static>,
-        out: &mut W,
-        buf: &mut Vec<u8>,
+        &mut self,
         data: &[u8],
         end: zstd::zstd_safe::zstd_sys::ZSTD_EndDirective,
     ) -> io::Result<()> {
         use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end;
+        let (Some(ctx), Some(out)) = (self.ctx.as_mut(), self.out.as_mut()) else {
+            return Err(io::Error::other("zstd stream already finished"));
+        };
         let mut input = zstd::zstd_safe::InBuffer::around(data);
         loop {
-            buf.clear();
-            let mut output = zstd::zstd_safe::OutBuffer::around(buf);
+            self.buf.clear();
+            let mut output = zstd::zstd_safe::OutBuffer::around(&mut self.buf);
             let left = ctx
                 .compress_stream2(&mut output, &mut input, end)
                 .map_err(zstd_error)?;
-            out.write_all(buf)?;
+            out.write_all(&self.buf)?;
             let done = match end {
                 ZSTD_e_end => left == 0,
                 _ => input.pos() == data.len(),
@@ -456,25 +459,10 @@ impl<'w, W: Write> ZstdStream<'w, W> {
         }
     }
 
-    /// Compresses `data`, or the pending bytes when `data` is `None`.
-    fn push(
-        &mut self,
-        data: Option<&[u8]>,
-        end: zstd::zstd_safe::zstd_sys::ZSTD_EndDirective,
-    ) -> io::Result<()> {
-        let (Some(ctx), Some(out)) = (self.ctx.as_mut(), self.out.as_mut()) else {
-            return Err(io::Error::other("zstd stream already finished"));
-        };
-        let data = data.unwrap_or(&self.pending);
-        Self::compress(ctx, out, &mut self.buf, data, end)?;
-        self.pending.clear();
-        Ok(())
-    }
-
     /// Ends the frame and returns the inner writer, not flushed.
     pub fn finish(mut self) -> io::Result<W> {
         use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end;
-        self.push(None, ZSTD_e_end)?;
+        self.compress(&[], ZSTD_e_end)?;
         self.out
             .take()
             .ok_or_else(|| io::Error::other("zstd stream already finished"))
@@ -484,18 +472,7 @@ impl<'w, W: Write> ZstdStream<'w, W> {
 impl<W: Write> Write for ZstdStream<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_continue;
-        if self.pending.len() + buf.len() <= ZSTD_PENDING {
-            self.pending.extend_from_slice(buf);
-            return Ok(buf.len());
-        }
-        if !self.pending.is_empty() {
-            self.push(None, ZSTD_e_continue)?;
-        }
-        if buf.len() < ZSTD_PENDING {
-            self.pending.extend_from_slice(buf);
-        } else {
-            self.push(Some(buf), ZSTD_e_continue)?;
-        }
+        self.compress(buf, ZSTD_e_continue)?;
         Ok(buf.len())
     }
 
