@@ -363,14 +363,11 @@ impl Cache {
         if !good {
             place(&built, &cached)?;
         }
-        let mut bytes = serde_json::to_vec(&Entry::new(key, layer)).map_err(io::Error::other)?;
-        bytes.push(b'\n');
-        let mut temp = tempfile::Builder::new()
-            .prefix(".tmp-entry-")
-            .tempfile_in(&self.index)?;
-        temp.write_all(&bytes)?;
-        temp.persist(self.entry_path(key)).map_err(|e| e.error)?;
-        Ok(())
+        write_json(
+            &self.entry_path(key),
+            ".tmp-entry-",
+            &Entry::new(key, layer),
+        )
     }
 }
 
@@ -378,7 +375,7 @@ impl Cache {
     /// The stored plan of `key`, if there is one and it is intact; a
     /// damaged entry is removed (the caller plans again and stores anew).
     pub fn plan(&self, key: &Digest) -> Option<LayerPlan> {
-        let path = self.plans.join(key.hex());
+        let path = self.plan_path(key);
         let entry = self.plan_entry(key);
         match &entry {
             Some(_) => touch(&path),
@@ -397,16 +394,27 @@ impl Cache {
             plan: plan.clone(),
             check: PlanEntry::check_of(key, plan).map_err(io::Error::other)?,
         };
-        let mut bytes = serde_json::to_vec(&entry).map_err(io::Error::other)?;
-        bytes.push(b'\n');
-        let mut temp = tempfile::Builder::new()
-            .prefix(".tmp-plan-")
-            .tempfile_in(&self.plans)?;
-        temp.write_all(&bytes)?;
-        temp.persist(self.plans.join(key.hex()))
-            .map_err(|e| e.error)?;
-        Ok(())
+        write_json(&self.plan_path(key), ".tmp-plan-", &entry)
     }
+
+    fn plan_path(&self, key: &Digest) -> PathBuf {
+        self.plans.join(key.hex())
+    }
+}
+
+/// Writes `value` as one line of JSON to `path`, through a temporary file
+/// (named with `prefix`) beside it and a rename: readers never see a
+/// partial file.
+fn write_json<T: Serialize>(path: &Path, prefix: &str, value: &T) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("a cache file has no directory"))?;
+    let mut temp = tempfile::Builder::new().prefix(prefix).tempfile_in(dir)?;
+    temp.write_all(&bytes)?;
+    temp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// Marks a cache file as used now (its modification time), for
@@ -603,7 +611,7 @@ impl Cache {
 
     /// The intact plan entry of `key`, without marking it used.
     fn plan_entry(&self, key: &Digest) -> Option<PlanEntry> {
-        let bytes = fs::read(self.plans.join(key.hex())).ok()?;
+        let bytes = fs::read(self.plan_path(key)).ok()?;
         serde_json::from_slice::<PlanEntry>(&bytes)
             .ok()
             .filter(|e| {
