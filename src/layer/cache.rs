@@ -514,27 +514,22 @@ impl Cache {
                     }
                     continue;
                 }
-                let blob = if is_plan {
-                    let key = format!("sha256:{name}").parse::<Digest>();
-                    if key.map_or(true, |k| self.plan_entry(&k).is_none()) {
-                        remove(&file)?;
-                        report.removed_other += 1;
-                        continue;
-                    }
-                    None
-                } else {
-                    let entry = format!("sha256:{name}")
-                        .parse::<Digest>()
+                // `None` when damaged: a name that is no key, or an entry or
+                // plan that does not pass its checks.
+                let key = format!("sha256:{name}").parse::<Digest>().ok();
+                let blob = match (key, is_plan) {
+                    (Some(k), true) => self.plan_entry(&k).map(|_| None),
+                    (Some(k), false) => self
+                        .entry(&k)
                         .ok()
-                        .and_then(|k| self.entry(&k).ok().flatten());
-                    match entry {
-                        Some(e) => Some((e.digest, e.size)),
-                        None => {
-                            remove(&file)?;
-                            report.removed_other += 1;
-                            continue;
-                        }
-                    }
+                        .flatten()
+                        .map(|e| Some((e.digest, e.size))),
+                    (None, _) => None,
+                };
+                let Some(blob) = blob else {
+                    remove(&file)?;
+                    report.removed_other += 1;
+                    continue;
                 };
                 items.push(Used {
                     path: file,
