@@ -954,15 +954,7 @@ fn read_previous(args: &Args) -> anyhow::Result<Option<Previous>> {
                     Ok(Some(image.previous))
                 }
                 Err(e) if args.previous_optional && e.is_missing() => from_scratch(&e),
-                Err(e) => {
-                    let mut text = format!("--previous {arg}: {e}");
-                    let mut source = std::error::Error::source(&e);
-                    while let Some(s) = source {
-                        text.push_str(&format!(": {s}"));
-                        source = s.source();
-                    }
-                    Err(usage(text))
-                }
+                Err(e) => Err(usage(format!("--previous {arg}: {}", error_chain(&e)))),
             };
         }
         PreviousSource::Registry(reference, digest) => (reference, digest),
