@@ -321,6 +321,16 @@ fn cache_files(cache: &Path, sub: &str) -> Vec<PathBuf> {
     files_in(&cache.join("layers-v1").join(sub))
 }
 
+/// After a build over a damaged cache (`run`, into `out`): the image is the
+/// one the `cold` build made and verifies, and the rebuilt layers went back
+/// into the cache, so the next build takes every layer from it.
+fn mended(store: &Store, cache: &Path, cold: &Run, run: &Run, out: &Path) {
+    assert_eq!(digests(run), digests(cold));
+    verify(out);
+    let again = build(store, "env", &store.dir().join("out3"), Some(cache), &[]);
+    assert!(all(&again, "hit"), "{:?}", statuses(&again));
+}
+
 #[test]
 fn corrupt_cache_blob_is_noticed_and_rebuilt() {
     let store = small_store();
@@ -351,12 +361,7 @@ fn corrupt_cache_blob_is_noticed_and_rebuilt() {
         "{}",
         run.stderr
     );
-    assert_eq!(digests(&run), digests(&cold));
-    verify(&out);
-
-    // The rebuilt layer went back into the cache.
-    let again = build(&store, "env", &store.dir().join("out3"), Some(&cache), &[]);
-    assert!(all(&again, "hit"), "{:?}", statuses(&again));
+    mended(&store, &cache, &cold, &run, &out);
 }
 
 #[test]
@@ -388,11 +393,7 @@ fn corrupt_cache_index_is_noticed_and_rebuilt() {
         "{}",
         run.stderr
     );
-    assert_eq!(digests(&run), digests(&cold));
-    verify(&out);
-
-    let again = build(&store, "env", &store.dir().join("out3"), Some(&cache), &[]);
-    assert!(all(&again, "hit"), "{:?}", statuses(&again));
+    mended(&store, &cache, &cold, &run, &out);
 }
 
 /// The plan files of a cache directory.
