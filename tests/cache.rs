@@ -152,20 +152,27 @@ fn nixoci() -> Command {
     c
 }
 
+/// `nixoci build` of the closure file `closure` (from [`Store::write`],
+/// with root `root_path`) for linux/amd64 into `out`.
+fn build_command(store: &Store, closure: &Path, root_path: &str, out: &Path) -> Command {
+    let mut cmd = nixoci();
+    cmd.args(["build", "--platform"])
+        .arg(format!("linux/amd64={root_path}"))
+        .arg("--closure-json")
+        .arg(closure)
+        .arg("--store-root")
+        .arg(store.root())
+        .arg("-o")
+        .arg(out);
+    cmd
+}
+
 /// `nixoci build --json` of `root`'s closure into `out`; `cache` `None`
 /// means `--no-cache`.
 fn build(store: &Store, root: &str, out: &Path, cache: Option<&Path>, extra: &[&str]) -> Run {
     let (closure, root_path) = store.write(root);
-    let mut cmd = nixoci();
-    cmd.args(["build", "--json", "--platform"])
-        .arg(format!("linux/amd64={root_path}"))
-        .arg("--closure-json")
-        .arg(&closure)
-        .arg("--store-root")
-        .arg(store.root())
-        .arg("-o")
-        .arg(out)
-        .args(extra);
+    let mut cmd = build_command(store, &closure, &root_path, out);
+    cmd.arg("--json").args(extra);
     match cache {
         Some(dir) => cmd.arg("--cache-dir").arg(dir),
         None => cmd.arg("--no-cache"),
@@ -581,16 +588,8 @@ fn unwritable_cache_is_skipped_with_one_message() {
     );
 
     let (closure, root) = store.write("env");
-    let output = nixoci()
+    let output = build_command(&store, &closure, &root, &store.dir().join("out2"))
         .env("HOME", store.dir().join("homeless-shelter"))
-        .args(["build", "--platform"])
-        .arg(format!("linux/amd64={root}"))
-        .arg("--closure-json")
-        .arg(&closure)
-        .arg("--store-root")
-        .arg(store.root())
-        .arg("-o")
-        .arg(store.dir().join("out2"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -610,21 +609,19 @@ fn concurrent_builds_share_one_cache() {
     let (closure, root) = store.write("env");
     let children: Vec<_> = (0..3)
         .map(|i| {
-            nixoci()
-                .args(["build", "--json", "--platform"])
-                .arg(format!("linux/amd64={root}"))
-                .arg("--closure-json")
-                .arg(&closure)
-                .arg("--store-root")
-                .arg(store.root())
-                .arg("--cache-dir")
-                .arg(&cache)
-                .arg("-o")
-                .arg(store.dir().join(format!("out{i}")))
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
+            build_command(
+                &store,
+                &closure,
+                &root,
+                &store.dir().join(format!("out{i}")),
+            )
+            .arg("--json")
+            .arg("--cache-dir")
+            .arg(&cache)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
         })
         .collect();
     for child in children {
@@ -668,15 +665,8 @@ fn compression_flags_are_checked() {
         ),
         (&["--compression", "xz"][..], "invalid value 'xz'"),
     ] {
-        let output = nixoci()
-            .args(["build", "--no-cache", "--platform"])
-            .arg(format!("linux/amd64={root}"))
-            .arg("--closure-json")
-            .arg(&closure)
-            .arg("--store-root")
-            .arg(store.root())
-            .arg("-o")
-            .arg(store.dir().join("out"))
+        let output = build_command(&store, &closure, &root, &store.dir().join("out"))
+            .arg("--no-cache")
             .args(args)
             .output()
             .unwrap();
