@@ -114,12 +114,25 @@ struct Candidates {
 
 impl Candidates {
     /// The `CANDIDATES` best of `all`.
-    fn from(mut all: Vec<(Key, usize)>) -> Candidates {
-        all.sort_unstable();
-        let floor = all.get(CANDIDATES).map(|c| c.0);
-        all.truncate(CANDIDATES);
+    fn from(all: Vec<(Key, usize)>) -> Candidates {
+        Candidates::best_of(all)
+    }
+
+    /// The `CANDIDATES` best of `all`, selected without sorting the rest
+    /// (keys are distinct: they hold the partner's number), in a list of
+    /// their own so that `all` can be reused.
+    fn best_of(mut all: impl AsMut<[(Key, usize)]>) -> Candidates {
+        let all = all.as_mut();
+        let floor = if all.len() > CANDIDATES {
+            all.select_nth_unstable(CANDIDATES);
+            Some(all[CANDIDATES].0)
+        } else {
+            None
+        };
+        let mut list = all[..all.len().min(CANDIDATES)].to_vec();
+        list.sort_unstable();
         Candidates {
-            list: all,
+            list,
             floor,
             partial: false,
         }
@@ -398,22 +411,32 @@ fn run_merging(g: &Graph, units: Vec<Unit>, budget: usize, min_size: u64) -> (Ve
     (units, true)
 }
 
-/// Fills every live unit's partners by weighing every pair.
+/// Fills every live unit's partners by weighing every pair, each once.
 fn weigh_all_pairs(m: &mut Merger) {
     let live: Vec<usize> = (0..m.units.len()).filter(|&u| m.alive[u]).collect();
-    let mut all: BTreeMap<usize, Vec<(Key, usize)>> = BTreeMap::new();
+    let n = live.len();
+    // The keys of the pairs (i, j) of live units with i < j, row by row,
+    // in one allocation: no list grows pair by pair.
+    let row = |i: usize| i * n - i * (i + 1) / 2;
+    let mut keys: Vec<Option<Key>> = Vec::with_capacity(n * n.saturating_sub(1) / 2);
     for (i, &a) in live.iter().enumerate() {
         for &b in &live[i + 1..] {
-            if m.mergeable(a, b) {
-                let k = m.key(a, b);
-                all.entry(a).or_default().push((k, b));
-                all.entry(b).or_default().push((k, a));
-            }
+            keys.push(m.mergeable(a, b).then(|| m.key(a, b)));
         }
     }
     m.heap.clear();
-    for a in live {
-        m.cands[a] = Candidates::from(all.remove(&a).unwrap_or_default());
+    let mut all: Vec<(Key, usize)> = Vec::with_capacity(n);
+    for (i, &a) in live.iter().enumerate() {
+        all.clear();
+        for (j, &b) in live.iter().enumerate() {
+            let k = match j.cmp(&i) {
+                std::cmp::Ordering::Less => keys[row(j) + i - j - 1],
+                std::cmp::Ordering::Equal => None,
+                std::cmp::Ordering::Greater => keys[row(i) + j - i - 1],
+            };
+            all.extend(k.map(|k| (k, b)));
+        }
+        m.cands[a] = Candidates::best_of(&mut all);
         m.refresh(a);
     }
 }
