@@ -674,6 +674,11 @@ pub fn check_blob(path: &Path, size: u64, digest: &Digest) -> Result<bool, Strin
 /// Makes `to` a hard link to `from`, else a copy of it, atomically
 /// replacing whatever `to` was.
 fn place(from: &Path, to: &Path) -> io::Result<()> {
+    // Where `to` does not exist yet (a fresh output), one link does it:
+    // a link appears whole or not at all.
+    if fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
     let dir = to
         .parent()
         .ok_or_else(|| io::Error::other("a blob path has no directory"))?;

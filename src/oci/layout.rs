@@ -266,7 +266,9 @@ fn sync_all(files: &[PathBuf]) -> Result<(), LayoutError> {
     let work = || {
         while let Some(i) = Some(next.fetch_add(1, Ordering::Relaxed)).filter(|&i| i < files.len())
         {
-            if let Err(e) = File::open(&files[i]).and_then(|f| f.sync_all()) {
+            // Data and what reading it needs (fdatasync): a blob's name is
+            // made durable by syncing its directory.
+            if let Err(e) = File::open(&files[i]).and_then(|f| f.sync_data()) {
                 if let Ok(mut slot) = failed[i].lock() {
                     *slot = Some(e);
                 }
