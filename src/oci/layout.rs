@@ -182,18 +182,24 @@ impl Layout {
     /// Makes every new blob durable, then points `tag` at `target` in
     /// `index.json`, keeping the layout's other tags.
     pub fn commit(mut self, tag: &str, target: &Blob) -> Result<(), LayoutError> {
-        sync_all(&self.new_blobs())?;
-        // The blobs' names are entries of blobs/sha256: durable with it.
-        sync_dir(&self.blobs_dir())?;
+        let new_blobs = self.new_blobs();
+        if !new_blobs.is_empty() {
+            sync_all(&new_blobs)?;
+            // The blobs' names are entries of blobs/sha256: durable with it.
+            sync_dir(&self.blobs_dir())?;
+        }
         let index_path = self.dir.join("index.json");
-        let mut index = match fs::read(&index_path) {
-            Ok(bytes) => {
-                serde_json::from_slice::<TopIndex>(&bytes).map_err(|source| LayoutError::Index {
-                    path: index_path.clone(),
-                    source,
-                })?
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => TopIndex::default(),
+        let (mut index, old_bytes) = match fs::read(&index_path) {
+            Ok(bytes) => (
+                serde_json::from_slice::<TopIndex>(&bytes).map_err(|source| {
+                    LayoutError::Index {
+                        path: index_path.clone(),
+                        source,
+                    }
+                })?,
+                Some(bytes),
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (TopIndex::default(), None),
             Err(e) => return Err(io_err("reading", &index_path)(e)),
         };
         index.set_tag(tag, target);
@@ -203,11 +209,15 @@ impl Layout {
             source: io::Error::other(e.to_string()),
         })?;
         let layout_file = self.dir.join("oci-layout");
-        if !layout_file.exists() {
+        let layout_there = layout_file.exists();
+        if !layout_there {
             write_atomically(&self.dir, &layout_file, OCI_LAYOUT)?;
         }
-        write_atomically(&self.dir, &index_path, &bytes)?;
-        sync_dir(&self.dir)?;
+        // A rebuild that changed nothing leaves index.json as it is.
+        if !layout_there || old_bytes.as_deref() != Some(&bytes[..]) {
+            write_atomically(&self.dir, &index_path, &bytes)?;
+            sync_dir(&self.dir)?;
+        }
         self.committed = true;
         Ok(())
     }
@@ -456,6 +466,30 @@ mod tests {
             .collect();
         assert_eq!(tags, ["one", "two"]);
         assert_eq!(fs::read(dir.join("oci-layout")).unwrap(), OCI_LAYOUT);
+    }
+
+    /// A commit that changes nothing rewrites nothing: index.json keeps its
+    /// inode (no new file renamed over it), so sync tools see no change.
+    #[test]
+    fn an_unchanged_commit_leaves_index_json_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out.oci");
+        let a = blob(b"{\"a\":1}");
+        let l = Layout::open(&dir).unwrap();
+        l.write_blob(&a).unwrap();
+        l.commit("one", &a).unwrap();
+        let inode = || fs::metadata(dir.join("index.json")).unwrap().ino();
+        let before = inode();
+
+        let l = Layout::open(&dir).unwrap();
+        l.write_blob(&a).unwrap();
+        l.commit("one", &a).unwrap();
+        assert_eq!(inode(), before);
+
+        let l = Layout::open(&dir).unwrap();
+        l.commit("two", &a).unwrap();
+        assert_ne!(inode(), before);
     }
 
     #[test]
