@@ -175,7 +175,8 @@ impl Layout {
         if path.exists() {
             return Ok(());
         }
-        write_atomically(&self.blobs_dir(), &path, &blob.bytes)?;
+        // Not synced here: the commit syncs every new blob, several at once.
+        write_through_temp(&self.blobs_dir(), &path, &blob.bytes, false)?;
         Ok(())
     }
 
@@ -245,14 +246,31 @@ impl Drop for Layout {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in `dir` and a rename.
+/// Writes `bytes` to `path` through a temporary file in `dir`, synced, and
+/// a rename.
 pub fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
+    write_through_temp(dir, path, bytes, true)
+}
+
+/// [`write_atomically`], syncing the file first only when `sync` is set.
+fn write_through_temp(
+    dir: &Path,
+    path: &Path,
+    bytes: &[u8],
+    sync: bool,
+) -> Result<(), LayoutError> {
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
         .map_err(io_err("creating a temporary file in", dir))?;
     tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
+        .and_then(|()| {
+            if sync {
+                tmp.as_file().sync_all()
+            } else {
+                Ok(())
+            }
+        })
         .map_err(io_err("writing", path))?;
     // Readable by everyone, as `skopeo` and registries' static files expect.
     set_mode_0644(tmp.as_file()).map_err(io_err("writing", path))?;
