@@ -113,15 +113,10 @@ struct Candidates {
 }
 
 impl Candidates {
-    /// The `CANDIDATES` best of `all`.
-    fn from(all: Vec<(Key, usize)>) -> Candidates {
-        Candidates::best_of(all)
-    }
-
     /// The `CANDIDATES` best of `all`, selected without sorting the rest
     /// (keys are distinct: they hold the partner's number), in a list of
     /// their own so that `all` can be reused.
-    fn best_of(mut all: impl AsMut<[(Key, usize)]>) -> Candidates {
+    fn from(mut all: impl AsMut<[(Key, usize)]>) -> Candidates {
         let all = all.as_mut();
         let floor = if all.len() > CANDIDATES {
             all.select_nth_unstable(CANDIDATES);
@@ -436,7 +431,7 @@ fn weigh_all_pairs(m: &mut Merger) {
             };
             all.extend(k.map(|k| (k, b)));
         }
-        m.cands[a] = Candidates::best_of(&mut all);
+        m.cands[a] = Candidates::from(&mut all);
         m.refresh(a);
     }
 }
