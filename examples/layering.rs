@@ -277,6 +277,14 @@ fn mib(bytes: u64) -> String {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let known = ["--quick", "--layers", "--synthetic"];
+    if let Some(bad) = args
+        .iter()
+        .find(|a| a.starts_with("--") && !known.contains(&a.as_str()))
+    {
+        eprintln!("layering: unknown option {bad}; usage: layering [--quick] [--layers] DPKG_QUERY_OUTPUT | --synthetic N");
+        return ExitCode::from(2);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let show_layers = args.iter().any(|a| a == "--layers");
     if let Some(n) = args
@@ -287,7 +295,7 @@ fn main() -> ExitCode {
         return synthetic(n);
     }
     let Some(file) = args.iter().find(|a| !a.starts_with("--")) else {
-        eprintln!("usage: layering [--quick] DPKG_QUERY_OUTPUT");
+        eprintln!("usage: layering [--quick] [--layers] DPKG_QUERY_OUTPUT | --synthetic N");
         return ExitCode::from(2);
     };
     let text = match std::fs::read_to_string(file) {
