@@ -209,16 +209,29 @@ pub fn layer_name(paths: &[StorePath]) -> String {
     }
 }
 
-/// Builds the layout `req` describes. `on_layer` is called as each layer
-/// finishes, from worker threads.
-pub fn build(
-    req: &BuildRequest,
-    on_plan: &dyn Fn(&LayerPlan),
-    on_layer: &(dyn Fn(&BuiltLayer) + Sync),
-) -> Result<BuildReport, BuildError> {
+/// What a build tells its caller as it goes.
+pub struct Events<'a> {
+    /// The plan, before any layer is built.
+    pub plan: &'a dyn Fn(&LayerPlan),
+    /// Another process holds the output's lock; the build waits for it.
+    pub waiting: &'a dyn Fn(),
+    /// Temporary files (count, bytes) that builds which died left in the
+    /// output, removed.
+    pub stale: &'a dyn Fn(usize, u64),
+    /// A layer finished; called from worker threads.
+    pub layer: &'a (dyn Fn(&BuiltLayer) + Sync),
+}
+
+/// Builds the layout `req` describes.
+pub fn build(req: &BuildRequest, events: &Events) -> Result<BuildReport, BuildError> {
     let plan = plan_cached(req)?;
-    on_plan(&plan);
-    let layout = Layout::open(&req.output)?;
+    (events.plan)(&plan);
+    let layout = Layout::open_waiting(&req.output, &mut || (events.waiting)())?;
+    match layout.stale_removed() {
+        (0, _) => {}
+        (count, bytes) => (events.stale)(count, bytes),
+    }
+    let on_layer = events.layer;
 
     let blobs_dir = layout.blobs_dir();
     let groups: Vec<Vec<StorePath>> = plan.layers.iter().map(|l| l.store_paths.clone()).collect();

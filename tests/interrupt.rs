@@ -162,3 +162,277 @@ fn a_failed_build_removes_the_layers_it_wrote() {
     assert!(stderr.contains("pipe"), "names the file: {stderr}");
     assert!(!out.exists(), "a failed build left {}", out.display());
 }
+
+/// A small fake store: one path holding `size` bytes of `fill`.
+fn small_store(dir: &Path, path: &str, size: usize, fill: u8) -> std::path::PathBuf {
+    let d = dir.join("root").join(path.trim_start_matches('/'));
+    fs::create_dir_all(&d).unwrap();
+    fs::write(d.join("data"), vec![fill; size]).unwrap();
+    let closure = dir.join(format!("closure-{fill}.json"));
+    fs::write(
+        &closure,
+        format!(
+            r#"[{{"path":"{path}","narHash":"sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","narSize":{size},"references":[]}}]"#
+        ),
+    )
+    .unwrap();
+    closure
+}
+
+fn nixoci() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_nixoci"))
+}
+
+fn small_build(dir: &Path, path: &str, closure: &Path, out: &Path, tag: &str) -> Command {
+    let mut cmd = nixoci();
+    cmd.args(["build", "--no-cache", "--tag", tag])
+        .arg("--platform")
+        .arg(format!("linux/amd64={path}"))
+        .arg("--closure-json")
+        .arg(closure)
+        .arg("--store-root")
+        .arg(dir.join("root"))
+        .arg("-o")
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn tags(out: &Path) -> Vec<String> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn verify_ok(out: &Path) -> String {
+    let v = nixoci().arg("verify").arg(out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&v.stderr).into_owned();
+    assert!(v.status.success(), "{stderr}");
+    stderr
+}
+
+/// The names in `dir` and their sizes.
+fn listing(dir: &Path) -> Vec<(String, u64)> {
+    let mut names: Vec<(String, u64)> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Waits (at most 20 s) until `dir` holds a name starting with `prefix`.
+fn wait_for(dir: &Path, prefix: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        let there = fs::read_dir(dir).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        });
+        if there {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("nothing named {prefix}… appeared in {}", dir.display());
+}
+
+/// Two builds into the same new output at once: the second waits for the
+/// first and merges its tag into what the first committed.
+#[test]
+fn concurrent_builds_into_one_new_output_keep_both_tags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = small_store(tmp.path(), PATH_A, 256 << 10, 1);
+    let b = small_store(tmp.path(), PATH_B, 256 << 10, 2);
+    for round in 0..20 {
+        let out = tmp.path().join(format!("nc-{round}.oci"));
+        let one = small_build(tmp.path(), PATH_A, &a, &out, "a:1")
+            .spawn()
+            .unwrap();
+        let two = small_build(tmp.path(), PATH_B, &b, &out, "b:1")
+            .spawn()
+            .unwrap();
+        for child in [one, two] {
+            let r = child.wait_with_output().unwrap();
+            assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        }
+        let mut found = tags(&out);
+        found.sort();
+        assert_eq!(found, ["a:1", "b:1"], "round {round}");
+        verify_ok(&out);
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP: the build removes its temporary files and
+/// blobs (and a new output's directory) and exits 128 + the signal.
+#[test]
+fn a_signal_removes_what_the_build_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let closure = big_store(tmp.path());
+    let small = small_store(tmp.path(), PATH_A, 4096, 3);
+    let existing = tmp.path().join("existing.oci");
+    let r = small_build(tmp.path(), PATH_A, &small, &existing, "kept")
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let before = listing(&existing.join("blobs/sha256"));
+    let index_before = fs::read(existing.join("index.json")).unwrap();
+
+    for (signal, code) in [
+        (libc::SIGINT, 130),
+        (libc::SIGTERM, 143),
+        (libc::SIGHUP, 129),
+    ] {
+        for out in [
+            tmp.path().join(format!("new-{signal}.oci")),
+            existing.clone(),
+        ] {
+            let child = build(tmp.path(), &closure, &out).spawn().unwrap();
+            wait_for(&out.join("blobs/sha256"), ".tmp-layer-");
+            // SAFETY: kill(2) on our own child's pid.
+            assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+            let r = child.wait_with_output().unwrap();
+            assert_eq!(
+                r.status.code(),
+                Some(code),
+                "signal {signal}: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            if out == existing {
+                assert_eq!(
+                    listing(&out.join("blobs/sha256")),
+                    before,
+                    "signal {signal}"
+                );
+                assert_eq!(fs::read(out.join("index.json")).unwrap(), index_before);
+                let top: Vec<String> = listing(&out).into_iter().map(|(n, _)| n).collect();
+                assert_eq!(top, ["blobs", "index.json", "oci-layout"]);
+            } else {
+                assert!(!out.exists(), "signal {signal} left {}", out.display());
+            }
+        }
+    }
+    verify_ok(&existing);
+}
+
+/// SIGKILL cannot be caught: the next build removes the temporary files,
+/// `verify` reports the complete blobs no tag reaches, and `gc` removes
+/// them once they are older than the grace period.
+#[test]
+fn what_a_killed_build_leaves_is_found_and_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let closure = big_store(tmp.path());
+    let small = small_store(tmp.path(), PATH_A, 4096, 4);
+    let out = tmp.path().join("out.oci");
+    let r = small_build(tmp.path(), PATH_A, &small, &out, "kept")
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let before = listing(&out.join("blobs/sha256"));
+
+    // Killed once the first of its two layers is complete and the second
+    // is being written.
+    let mut child = build(tmp.path(), &closure, &out).spawn().unwrap();
+    let blobs = out.join("blobs/sha256");
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no layer completed"
+        );
+        let now = listing(&blobs);
+        let complete = now.iter().filter(|(n, _)| !n.starts_with('.')).count();
+        let writing = now.iter().any(|(n, _)| n.starts_with(".tmp-layer-"));
+        if complete > before.len() && writing {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = listing(&blobs);
+    assert!(left.iter().any(|(n, _)| n.starts_with(".tmp-")));
+
+    // verify: still ok, and says what no tag reaches.
+    let v = nixoci()
+        .args(["verify", "--json"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    let stray: Vec<&(String, u64)> = left
+        .iter()
+        .filter(|e| !e.0.starts_with('.') && !before.contains(e))
+        .collect();
+    assert_eq!(report["unreachableBlobs"], stray.len());
+    assert_eq!(
+        report["unreachableBytes"],
+        stray.iter().map(|(_, s)| s).sum::<u64>()
+    );
+    assert!(String::from_utf8_lossy(&v.stderr).contains("nixoci gc"));
+
+    // gc within the grace period keeps them (and removes the temp files).
+    let gc = nixoci().arg("gc").arg(&out).output().unwrap();
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    let after_gc = listing(&blobs);
+    assert!(after_gc.iter().all(|(n, _)| !n.starts_with('.')));
+    assert_eq!(after_gc.len(), before.len() + stray.len());
+    let gc = nixoci()
+        .args(["gc", "--grace", "0"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    assert_eq!(listing(&blobs), before);
+    verify_ok(&out);
+
+    // A build killed again: the next build into the layout removes the
+    // temporary files it left, and says so.
+    let mut child = build(tmp.path(), &closure, &out).spawn().unwrap();
+    wait_for(&blobs, ".tmp-layer-");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let r = small_build(tmp.path(), PATH_A, &small, &out, "again")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{stderr}");
+    assert!(stderr.contains("temporary file"), "{stderr}");
+    assert!(listing(&blobs).iter().all(|(n, _)| !n.starts_with('.')));
+}
+
+#[test]
+fn gc_refuses_what_is_not_a_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = nixoci().arg("gc").arg(tmp.path()).output().unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    let r = nixoci()
+        .args(["gc", "--grace", "soon"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2));
+}

@@ -1104,16 +1104,29 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             .progress_chars("=> "),
     );
     let written = AtomicU64::new(0);
-    let report = pipeline::build(
-        &req,
-        &|plan| bar.set_length(plan.layers.len() as u64),
-        &|layer| {
+    let output = req.output.display();
+    let events = pipeline::Events {
+        plan: &|plan| bar.set_length(plan.layers.len() as u64),
+        waiting: &|| {
+            bar.suspend(|| eprintln!("nixoci: waiting for another nixoci that is writing {output}"))
+        },
+        stale: &|count, bytes| {
+            bar.suspend(|| {
+                eprintln!(
+                    "nixoci: removed {count} temporary file{} ({}) that interrupted builds left in {output}",
+                    if count == 1 { "" } else { "s" },
+                    human_bytes(bytes)
+                )
+            })
+        },
+        layer: &|layer| {
             let total = written.fetch_add(layer.size, Ordering::Relaxed) + layer.size;
             bar.set_message(human_bytes(total));
             bar.inc(1);
         },
-    )
-    .with_context(|| format!("building {}", req.output.display()))?;
+    };
+    let report = pipeline::build(&req, &events)
+        .with_context(|| format!("building {}", req.output.display()))?;
     bar.finish_and_clear();
     if args.structured_attrs {
         write_hydra_products(&req.output)?;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 pub mod build;
 pub mod cache;
 pub mod export_static;
+pub mod gc;
 pub mod plan;
 pub mod push;
 pub mod verify;
@@ -35,6 +36,7 @@ pub enum Command {
     Push(push::Args),
     ExportStatic(export_static::Args),
     Cache(cache::Args),
+    Gc(gc::Args),
 }
 
 /// An error caused by what the user asked for, not by the operation: exit 2.
@@ -62,6 +64,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 .is_some_and(|e| e.is_usage())
             || cause
                 .downcast_ref::<crate::oci::layout::LayoutError>()
+                .is_some_and(|e| e.is_usage())
+            || cause
+                .downcast_ref::<crate::oci::gc::GcError>()
                 .is_some_and(|e| e.is_usage())
             || cause.is::<crate::plan::PlanError>()
     });
@@ -105,8 +110,47 @@ pub fn print_stdout(bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
+/// Makes SIGINT, SIGTERM and SIGHUP remove what this run was writing
+/// ([`crate::oci::temp`]) and exit 130, 143 or 129 (128 + the signal).
+///
+/// The signals are blocked in this thread before any other starts, so that
+/// every thread inherits the mask, and one thread takes them with
+/// `sigwait`. Child processes (`nix`) start with an empty mask, as
+/// `std::process::Command` resets it.
+fn catch_signals() {
+    // SAFETY: `set` is a local sigset_t initialised by sigemptyset before
+    // use; pthread_sigmask changes only this thread's mask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return;
+        }
+        set
+    };
+    let waiter = move || loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is a valid signal set and `sig` a valid out pointer.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            crate::oci::temp::remove_all_and_exit(128 + sig);
+        }
+    };
+    let started = std::thread::Builder::new()
+        .name("nixoci-signals".into())
+        .spawn(waiter);
+    if started.is_err() {
+        // Nobody would take them: let the signals act as usual.
+        // SAFETY: as above.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    }
+}
+
 /// Parses the command line, runs it and returns the process exit code.
 pub fn main() -> ExitCode {
+    catch_signals();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -122,6 +166,7 @@ pub fn main() -> ExitCode {
         Command::Push(args) => push::run(args),
         Command::ExportStatic(args) => export_static::run(args),
         Command::Cache(args) => cache::run(args),
+        Command::Gc(args) => gc::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

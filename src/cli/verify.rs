@@ -3,8 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use serde::Serialize;
 
-use crate::oci::verify::verify;
+use super::build::human_bytes;
+use crate::oci::gc::unreachable;
+use crate::oci::verify::{verify, VerifyReport};
 
 /// Verify an OCI image layout: re-hash every blob, check sizes, media
 /// types, platforms, and every layer's uncompressed digest against its
@@ -23,26 +26,56 @@ pub struct Args {
     pub jobs: Option<usize>,
 }
 
+/// The JSON report: the verification's, and the blobs no tag reaches.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    #[serde(flatten)]
+    verify: VerifyReport,
+    /// Blobs that no tag reaches (`nixoci gc` removes them).
+    unreachable_blobs: usize,
+    unreachable_bytes: u64,
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let jobs = args.jobs.unwrap_or_else(super::build::default_jobs);
-    let report = verify(&args.layout, jobs)
-        .with_context(|| format!("verifying {}", args.layout.display()))?;
+    let dir = args.layout.display();
+    let context = || format!("verifying {dir}");
+    let report = verify(&args.layout, jobs).with_context(context)?;
+    let unreachable = unreachable(&args.layout).with_context(context)?;
+    let report = Report {
+        verify: report,
+        unreachable_blobs: unreachable.len(),
+        unreachable_bytes: unreachable.iter().map(|u| u.size).sum(),
+    };
     if args.json {
         let mut bytes = serde_json::to_vec_pretty(&report)?;
         bytes.push(b'\n');
         super::print_stdout(&bytes)?;
     }
+    let r = &report.verify;
     eprintln!(
-        "{}: ok ({} blobs, {} manifests, {} layers; tags: {})",
-        args.layout.display(),
-        report.blobs,
-        report.manifests,
-        report.layers,
-        if report.tags.is_empty() {
+        "{dir}: ok ({} blobs, {} manifests, {} layers; tags: {})",
+        r.blobs,
+        r.manifests,
+        r.layers,
+        if r.tags.is_empty() {
             "none".to_owned()
         } else {
-            report.tags.join(", ")
+            r.tags.join(", ")
         }
     );
+    if report.unreachable_blobs > 0 {
+        eprintln!(
+            "{dir}: {} blob{} ({}) that no tag reaches; `nixoci gc {dir}` removes them",
+            report.unreachable_blobs,
+            if report.unreachable_blobs == 1 {
+                ""
+            } else {
+                "s"
+            },
+            human_bytes(report.unreachable_bytes)
+        );
+    }
     Ok(())
 }

@@ -39,6 +39,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::BuiltLayer;
 use crate::closure::PathInfo;
+use crate::oci::temp;
 use crate::oci::Digest;
 use crate::plan::LayerPlan;
 use crate::store_path::StorePath;
@@ -411,9 +412,9 @@ fn write_json<T: Serialize>(path: &Path, prefix: &str, value: &T) -> io::Result<
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("a cache file has no directory"))?;
-    let mut temp = tempfile::Builder::new().prefix(prefix).tempfile_in(dir)?;
-    temp.write_all(&bytes)?;
-    temp.persist(path).map_err(|e| e.error)?;
+    let mut temp = temp::create(tempfile::Builder::new().prefix(prefix), dir)?;
+    temp.as_file_mut().write_all(&bytes)?;
+    temp.persist(path)?;
     Ok(())
 }
 
@@ -676,7 +677,7 @@ pub fn check_blob(path: &Path, size: u64, digest: &Digest) -> Result<bool, Strin
 fn place(from: &Path, to: &Path) -> io::Result<()> {
     // Where `to` does not exist yet (a fresh output), one link does it:
     // a link appears whole or not at all.
-    if fs::hard_link(from, to).is_ok() {
+    if temp::hard_link(from, to).is_ok() {
         return Ok(());
     }
     let dir = to
@@ -687,17 +688,15 @@ fn place(from: &Path, to: &Path) -> io::Result<()> {
             return Ok(());
         }
     }
-    let linked = tempfile::Builder::new()
-        .prefix(".tmp-link-")
-        .make_in(dir, |temp| fs::hard_link(from, temp));
+    let linked = temp::create_with(tempfile::Builder::new().prefix(".tmp-link-"), dir, |t| {
+        fs::hard_link(from, t)
+    });
     match linked {
-        Ok(temp) => temp.persist(to).map(drop).map_err(|e| e.error),
+        Ok(temp) => temp.persist(to).map(drop),
         Err(_) => {
-            let mut temp = tempfile::Builder::new()
-                .prefix(".tmp-copy-")
-                .tempfile_in(dir)?;
+            let mut temp = temp::create(tempfile::Builder::new().prefix(".tmp-copy-"), dir)?;
             io::copy(&mut File::open(from)?, temp.as_file_mut())?;
-            temp.persist(to).map(drop).map_err(|e| e.error)
+            temp.persist(to).map(drop)
         }
     }
 }

@@ -36,7 +36,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::closure::PathInfo;
-use crate::oci::{Digest, DigestWriter};
+use crate::oci::{temp, Digest, DigestWriter};
 use crate::store_path::StorePath;
 
 pub use self::cache::{Cache, CacheStatus};
@@ -167,14 +167,16 @@ fn write_layer(
     store_paths.dedup();
 
     // The temp file is removed when dropped, on any early return.
-    let temp = tempfile::Builder::new()
-        .prefix(".tmp-layer-")
-        .permissions(Permissions::from_mode(0o666))
-        .tempfile_in(blobs_dir)
-        .map_err(|source| LayerError::Write {
-            path: blobs_dir.to_owned(),
-            source,
-        })?;
+    let temp = temp::create(
+        tempfile::Builder::new()
+            .prefix(".tmp-layer-")
+            .permissions(Permissions::from_mode(0o666)),
+        blobs_dir,
+    )
+    .map_err(|source| LayerError::Write {
+        path: blobs_dir.to_owned(),
+        source,
+    })?;
     let temp_path = temp.path().to_owned();
     let write_error = |source| LayerError::Write {
         path: temp_path.clone(),
@@ -200,7 +202,7 @@ fn write_layer(
     let blob = blobs_dir.join(digest.hex());
     let file = temp.persist(&blob).map_err(|e| LayerError::Write {
         path: blob.clone(),
-        source: e.error,
+        source: e,
     })?;
     start_writeback(&file);
     Ok(BuiltLayer {

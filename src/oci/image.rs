@@ -59,7 +59,8 @@ pub struct Blob {
 }
 
 impl Blob {
-    fn new(media_type: &'static str, bytes: Vec<u8>) -> Blob {
+    /// A document of `media_type` holding `bytes`.
+    pub fn new(media_type: &'static str, bytes: Vec<u8>) -> Blob {
         let digest = Digest::of(&bytes);
         Blob {
             media_type,

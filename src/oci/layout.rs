@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::image::{Blob, IndexEntry, TopIndex};
+use super::temp::{self, TempFile, Unfinished, UnfinishedLayout};
 use super::Digest;
 
 /// The content of `oci-layout`.
@@ -32,6 +33,8 @@ pub enum LayoutError {
         "output {0} is a non-empty directory without an oci-layout file; refusing to write into it"
     )]
     NotALayout(PathBuf),
+    #[error("{0} is not an OCI image layout (no oci-layout file)")]
+    NoLayout(PathBuf),
     #[error("{path} has an unsupported imageLayoutVersion (expected 1.0.0)")]
     Version { path: PathBuf },
     #[error("{path} is not a valid index.json")]
@@ -56,6 +59,7 @@ impl LayoutError {
             self,
             LayoutError::NotADirectory(_)
                 | LayoutError::NotALayout(_)
+                | LayoutError::NoLayout(_)
                 | LayoutError::Version { .. }
         )
     }
@@ -89,10 +93,12 @@ pub fn check_output(dir: &Path) -> Result<(), LayoutError> {
                 return Ok(());
             }
             // Empty, or left by an interrupted build (only `blobs/`, whose
-            // complete blobs a new build reuses).
+            // complete blobs a new build reuses, and temporary files).
             for entry in fs::read_dir(dir).map_err(io_err("reading", dir))? {
                 let entry = entry.map_err(io_err("reading", dir))?;
-                if entry.file_name() != "blobs" || !entry.path().is_dir() {
+                let name = entry.file_name();
+                let temp = name.as_bytes().starts_with(temp::TEMP_PREFIX.as_bytes());
+                if !temp && (name != "blobs" || !entry.path().is_dir()) {
                     return Err(LayoutError::NotALayout(dir.to_owned()));
                 }
             }
@@ -101,41 +107,149 @@ pub fn check_output(dir: &Path) -> Result<(), LayoutError> {
     }
 }
 
-/// A layout being written. Dropped without [`Layout::commit`], it removes
-/// the blobs and directories it created: every blob that was not in
-/// `blobs/sha256` when it was opened, whoever wrote it (the layer builder
-/// writes there directly).
+/// A layout being written, holding the layout's lock (an exclusive `flock`
+/// on its directory) from [`Layout::open`] until it is committed or
+/// dropped: writers of one layout take turns, and each merges its tag into
+/// the `index.json` the one before committed. Dropped without
+/// [`Layout::commit`], it removes the blobs and directories it created:
+/// every blob that was not in `blobs/sha256` when it was opened, whoever
+/// wrote it (the layer builder writes there directly); so does a signal
+/// ([`super::temp`]).
 pub struct Layout {
     dir: PathBuf,
-    created: Vec<PathBuf>,
-    /// Blob file names present when the layout was opened.
+    /// `None` once committed.
+    unfinished: Option<Unfinished>,
+    /// What `blobs/sha256` held when the layout was opened.
     existing: BTreeSet<OsString>,
-    committed: bool,
+    /// Temporary files of dead writers removed when the lock was taken.
+    stale: (usize, u64),
+    /// Dropped last: the lock is released after the cleanup.
+    _lock: File,
+}
+
+/// Takes the lock of the existing layout `dir` (as [`Layout::open`] does),
+/// for work on it that writes no image (`nixoci gc`). The lock is held
+/// until the returned file is dropped.
+pub fn lock_existing(dir: &Path, waiting: &mut dyn FnMut()) -> Result<File, LayoutError> {
+    if !dir.join("oci-layout").is_file() {
+        return Err(LayoutError::NoLayout(dir.to_owned()));
+    }
+    Ok(lock_dir(dir, false, waiting)?.0)
+}
+
+/// Takes the exclusive lock of the layout directory `dir`, creating the
+/// directory when missing and `create` is set. Returns the lock and
+/// whether this call created the directory. `waiting` is called once if
+/// another process holds it.
+fn lock_dir(
+    dir: &Path,
+    create: bool,
+    waiting: &mut dyn FnMut(),
+) -> Result<(File, bool), LayoutError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let mut said = false;
+    loop {
+        let created = match fs::create_dir(dir) {
+            _ if !create => false,
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(io_err("creating", dir)(e)),
+        };
+        let lock = File::open(dir).map_err(io_err("opening", dir))?;
+        let flock = |op| {
+            // SAFETY: flock on a descriptor `lock` owns; no memory is passed.
+            if unsafe { libc::flock(lock.as_raw_fd(), op) } == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        };
+        match flock(libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !said {
+                    waiting();
+                    said = true;
+                }
+                flock(libc::LOCK_EX).map_err(io_err("locking", dir))?;
+            }
+            Err(e) => return Err(io_err("locking", dir)(e)),
+        }
+        // A writer that failed may have removed the directory while we
+        // waited: lock the one that is there now.
+        let locked = lock.metadata().map_err(io_err("reading", dir))?;
+        match fs::symlink_metadata(dir) {
+            Ok(now) if now.dev() == locked.dev() && now.ino() == locked.ino() => {
+                return Ok((lock, created))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {}
+            Err(e) => return Err(io_err("reading", dir)(e)),
+        }
+    }
 }
 
 impl Layout {
-    /// Opens `dir` for writing, creating it (and `blobs/sha256`) if needed.
+    /// Opens `dir` for writing, creating it (and `blobs/sha256`) if needed,
+    /// and takes its lock, waiting for another writer to finish.
     pub fn open(dir: &Path) -> Result<Layout, LayoutError> {
+        Layout::open_waiting(dir, &mut || {})
+    }
+
+    /// [`Layout::open`], calling `waiting` once if another writer holds the
+    /// lock. Temporary files of dead writers are removed.
+    pub fn open_waiting(dir: &Path, waiting: &mut dyn FnMut()) -> Result<Layout, LayoutError> {
         check_output(dir)?;
-        let mut layout = Layout {
+        let (lock, created_dir) = lock_dir(dir, true, waiting)?;
+        let mut created = Vec::new();
+        if created_dir {
+            created.push(dir.to_owned());
+        }
+        // The registration removes the directory again on any error below.
+        let unfinished = temp::register(UnfinishedLayout {
             dir: dir.to_owned(),
-            created: Vec::new(),
+            blobs_dir: dir.join("blobs/sha256"),
             existing: BTreeSet::new(),
-            committed: false,
-        };
-        for d in [dir.to_owned(), dir.join("blobs"), dir.join("blobs/sha256")] {
+            created: created.clone(),
+        });
+        // What it looks like now that it is ours.
+        check_output(dir)?;
+        for d in [dir.join("blobs"), dir.join("blobs/sha256")] {
             match fs::create_dir(&d) {
-                Ok(()) => layout.created.push(d),
+                Ok(()) => created.push(d),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => {}
                 Err(e) => return Err(io_err("creating", &d)(e)),
             }
         }
-        layout.existing = layout.blob_names();
-        Ok(layout)
+        // Under the lock, temporary files are those of writers that died.
+        let blobs_dir = dir.join("blobs/sha256");
+        let (a, a_bytes) = temp::remove_temp_files(&blobs_dir);
+        let (b, b_bytes) = temp::remove_temp_files(dir);
+        let existing = temp::blob_names(&blobs_dir);
+        unfinished.update(UnfinishedLayout {
+            dir: dir.to_owned(),
+            blobs_dir,
+            existing: existing.clone(),
+            created,
+        });
+        Ok(Layout {
+            dir: dir.to_owned(),
+            unfinished: Some(unfinished),
+            existing,
+            stale: (a + b, a_bytes + b_bytes),
+            _lock: lock,
+        })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The temporary files of writers that died before this one (count,
+    /// bytes), removed when the layout was opened.
+    pub fn stale_removed(&self) -> (usize, u64) {
+        self.stale
     }
 
     /// `blobs/sha256`, where layers are written directly.
@@ -147,36 +261,32 @@ impl Layout {
         self.blobs_dir().join(digest.hex())
     }
 
-    /// The names in `blobs/sha256`, temporary files left out.
-    fn blob_names(&self) -> BTreeSet<OsString> {
-        fs::read_dir(self.blobs_dir())
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name())
-                    .filter(|n| !n.as_bytes().starts_with(b"."))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     /// Blobs written since the layout was opened.
     fn new_blobs(&self) -> Vec<PathBuf> {
         let dir = self.blobs_dir();
-        self.blob_names()
+        temp::blob_names(&dir)
             .difference(&self.existing)
             .map(|n| dir.join(n))
             .collect()
     }
 
-    /// Writes a small blob unless a blob with its digest is already there.
+    /// Writes a small blob unless a good blob with its digest is already
+    /// there: one of another size or content is replaced.
     pub fn write_blob(&self, blob: &Blob) -> Result<(), LayoutError> {
         let path = self.blob_path(&blob.digest);
-        if path.exists() {
+        if blob_is(&path, &blob.bytes) {
             return Ok(());
         }
         // Not synced here: the commit syncs every new blob, several at once.
-        write_through_temp(&self.blobs_dir(), &path, &blob.bytes, false)?;
+        let tmp = write_temp(&self.blobs_dir(), &path, &blob.bytes, false)?;
+        tmp.persist(&path).map_err(io_err("writing", &path))?;
+        if self.existing.contains(path.file_name().unwrap_or_default()) {
+            // A repaired blob keeps its name: sync it here, the commit
+            // syncs only new names.
+            File::open(&path)
+                .and_then(|f| f.sync_data())
+                .map_err(io_err("syncing", &path))?;
+        }
         Ok(())
     }
 
@@ -214,56 +324,46 @@ impl Layout {
         if !layout_there {
             write_atomically(&self.dir, &layout_file, OCI_LAYOUT)?;
         }
+        let unfinished = self.unfinished.take();
         // A rebuild that changed nothing leaves index.json as it is.
         if !layout_there || old_bytes.as_deref() != Some(&bytes[..]) {
-            write_atomically(&self.dir, &index_path, &bytes)?;
+            let tmp = write_temp(&self.dir, &index_path, &bytes, true)?;
+            match unfinished {
+                Some(u) => u.commit(tmp, &index_path),
+                None => tmp.persist(&index_path).map(drop),
+            }
+            .map_err(io_err("writing", &index_path))?;
             sync_dir(&self.dir)?;
+        } else if let Some(u) = unfinished {
+            u.finish();
         }
-        self.committed = true;
         Ok(())
     }
 }
 
-impl Drop for Layout {
-    fn drop(&mut self) {
-        if self.committed {
-            return;
-        }
-        for blob in self.new_blobs() {
-            let _ = fs::remove_file(blob);
-        }
-        // Remove temporary files a failed writer may have left.
-        if let Ok(entries) = fs::read_dir(self.blobs_dir()) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(".tmp") {
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
-        for dir in self.created.iter().rev() {
-            let _ = fs::remove_dir(dir);
-        }
-    }
+/// True when `path` is a regular file holding exactly `bytes`.
+fn blob_is(path: &Path, bytes: &[u8]) -> bool {
+    // Size first: reading is needed only when it matches.
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == bytes.len() as u64)
+        && fs::read(path).is_ok_and(|found| found == bytes)
 }
 
 /// Writes `bytes` to `path` through a temporary file in `dir`, synced, and
 /// a rename.
 pub fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
-    write_through_temp(dir, path, bytes, true)
+    write_temp(dir, path, bytes, true)?
+        .persist(path)
+        .map_err(io_err("writing", path))?;
+    Ok(())
 }
 
-/// [`write_atomically`], syncing the file first only when `sync` is set.
-fn write_through_temp(
-    dir: &Path,
-    path: &Path,
-    bytes: &[u8],
-    sync: bool,
-) -> Result<(), LayoutError> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
+/// A temporary file in `dir` holding `bytes`, readable by everyone, synced
+/// only when `sync` is set, to be renamed to `path`.
+fn write_temp(dir: &Path, path: &Path, bytes: &[u8], sync: bool) -> Result<TempFile, LayoutError> {
+    let mut tmp = temp::create(tempfile::Builder::new().prefix(temp::TEMP_PREFIX), dir)
         .map_err(io_err("creating a temporary file in", dir))?;
-    tmp.write_all(bytes)
+    tmp.as_file_mut()
+        .write_all(bytes)
         .and_then(|()| {
             if sync {
                 tmp.as_file().sync_all()
@@ -274,9 +374,7 @@ fn write_through_temp(
         .map_err(io_err("writing", path))?;
     // Readable by everyone, as `skopeo` and registries' static files expect.
     set_mode_0644(tmp.as_file()).map_err(io_err("writing", path))?;
-    tmp.persist(path)
-        .map_err(|e| io_err("writing", path)(e.error))?;
-    Ok(())
+    Ok(tmp)
 }
 
 fn set_mode_0644(file: &File) -> io::Result<()> {

@@ -1,0 +1,151 @@
+//! `nixoci gc`: remove the blobs of a layout that no tag reaches.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+
+use super::build::human_bytes;
+use crate::oci::gc::collect;
+
+/// Remove the blobs of an OCI image layout that no tag reaches: what a
+/// killed build or an overwritten tag left behind. `nixoci verify` reports
+/// them.
+///
+/// Only blobs last modified longer ago than the grace period go, and the
+/// layout's lock is held meanwhile, so a build that is still writing never
+/// loses a blob it has not yet committed. Temporary files of builds that
+/// died are removed too.
+///
+///   nixoci gc hello.oci
+///   nixoci gc hello.oci --grace 0 --dry-run --json
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The layout directory.
+    pub layout: PathBuf,
+
+    /// Keep unreachable blobs modified within this time: `90s`, `30m`,
+    /// `1h`, `2d`, or seconds.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_grace)]
+    pub grace: Duration,
+
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `90s`, `30m`, `1h`, `2d`, or plain seconds.
+fn parse_grace(s: &str) -> Result<Duration, String> {
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if scale > 0 => n
+            .checked_mul(scale)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("'{s}' is too long")),
+        _ => Err(format!(
+            "'{s}': expected a duration such as 90s, 30m, 1h, 2d or seconds"
+        )),
+    }
+}
+
+/// `3600 s` as `1h`: the biggest unit that says it exactly.
+fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    [("d", 86_400), ("h", 3600), ("m", 60)]
+        .iter()
+        .find(|(_, n)| secs > 0 && secs % n == 0)
+        .map(|(unit, n)| format!("{}{unit}", secs / n))
+        .unwrap_or_else(|| format!("{secs}s"))
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let dir = args.layout.display();
+    // The grace period is measured against the file system's clock: this
+    // reaches no output.
+    let now = SystemTime::now();
+    let report = collect(&args.layout, args.grace, now, args.dry_run, &mut || {
+        eprintln!("nixoci: waiting for another nixoci that is writing {dir}")
+    })
+    .with_context(|| format!("collecting {dir}"))?;
+    if args.json {
+        let mut bytes = serde_json::to_vec_pretty(&report)?;
+        bytes.push(b'\n');
+        super::print_stdout(&bytes)?;
+    }
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    let mut line = format!(
+        "{dir}: {verb} {} unreachable blob{} ({})",
+        report.removed.len(),
+        if report.removed.len() == 1 { "" } else { "s" },
+        human_bytes(report.removed_bytes)
+    );
+    if !report.kept.is_empty() {
+        line.push_str(&format!(
+            "; kept {} younger than {} ({})",
+            report.kept.len(),
+            format_duration(args.grace),
+            human_bytes(report.kept_bytes)
+        ));
+    }
+    if report.temp_files > 0 {
+        line.push_str(&format!(
+            "; removed {} temporary file{} ({})",
+            report.temp_files,
+            if report.temp_files == 1 { "" } else { "s" },
+            human_bytes(report.temp_bytes)
+        ));
+    }
+    eprintln!("{line}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grace_periods() {
+        for (s, secs) in [
+            ("0", 0),
+            ("90", 90),
+            ("90s", 90),
+            ("30m", 1800),
+            ("1h", 3600),
+            ("2d", 172_800),
+        ] {
+            assert_eq!(parse_grace(s), Ok(Duration::from_secs(secs)), "{s}");
+            let back = format_duration(Duration::from_secs(secs));
+            assert_eq!(parse_grace(&back), Ok(Duration::from_secs(secs)), "{back}");
+        }
+        for bad in [
+            "",
+            "h",
+            "1x",
+            "-1",
+            "1.5h",
+            "1h30m",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_grace(bad).is_err(), "{bad}");
+        }
+    }
+}
