@@ -652,12 +652,28 @@ fn resolve(args: &Args, with_output: bool) -> anyhow::Result<BuildRequest> {
     for p in &args.expose {
         exposed_port(p)?;
     }
+    // The config flags, before Nix builds anything ({root} as a stand-in).
+    if let Ok(stand_in) =
+        StorePath::from_absolute(&format!("{}/{}-root", store_dir.as_str(), "0".repeat(32)))
+    {
+        run_config(args, RunConfig::default(), &stand_in)?
+            .check()
+            .map_err(|e| usage(e.to_string()))?;
+    }
     let layering = layering(args, &store_dir)?;
     let output = if with_output {
         let output = args
             .output
             .clone()
             .ok_or_else(|| usage("--output is required"))?;
+        let stores = super::store_dirs(&args.store_dir, &args.store_root);
+        // The ociLayout builder writes its own $out, a store path.
+        if !args.structured_attrs {
+            super::refuse_in_store("--output", &output, &stores)?;
+        }
+        if let Some(dir) = cache_dir(args) {
+            super::refuse_in_store("--cache-dir", &dir, &stores)?;
+        }
         check_output(&output)?;
         output
     } else {
@@ -750,6 +766,8 @@ fn resolve(args: &Args, with_output: bool) -> anyhow::Result<BuildRequest> {
             annotations.entry(k.clone()).or_insert_with(|| v.clone());
         }
     }
+    crate::oci::image::check_key_values("--annotation", &annotations)
+        .map_err(|e| usage(e.to_string()))?;
     let image_roots: BTreeMap<Platform, Vec<StorePath>> = roots
         .iter()
         .map(|(p, r)| {
@@ -780,15 +798,22 @@ fn resolve(args: &Args, with_output: bool) -> anyhow::Result<BuildRequest> {
             .context("reading closures from the Nix store")?,
     };
     let mut images = BTreeMap::new();
+    let mut checked = BTreeSet::new();
     for (platform, rs) in image_roots {
         let closure = graph
             .subclosure(&rs)
             .map_err(|e| usage(format!("closure of {} for {platform}: {e}", rs[0])))?;
-        for root in &rs {
-            let on_disk = args.store_root.join(root.as_str().trim_start_matches('/'));
+        // Every path a layer will read, before anything is written (a plan
+        // reads none: it needs only the roots).
+        let read = if with_output { closure.paths.len() } else { 0 };
+        for path in rs.iter().chain(closure.paths.keys().take(read)) {
+            if !checked.insert(path.clone()) {
+                continue;
+            }
+            let on_disk = args.store_root.join(path.as_str().trim_start_matches('/'));
             if std::fs::symlink_metadata(&on_disk).is_err() {
                 bail!(UsageError(format!(
-                    "{root} is not in the store (looked for {})",
+                    "{path} is not in the store (looked for {})",
                     on_disk.display()
                 )));
             }
@@ -798,6 +823,8 @@ fn resolve(args: &Args, with_output: bool) -> anyhow::Result<BuildRequest> {
             .map(ImageSpec::run_config)
             .unwrap_or_default();
         let run = run_config(args, base, &rs[0])?;
+        run.check()
+            .map_err(|e| usage(format!("the image config of {platform}: {e}")))?;
         images.insert(
             platform,
             ImageRequest {
@@ -832,14 +859,21 @@ pub(super) fn default_cache_dir() -> Option<PathBuf> {
     cache::default_dir(std::env::var_os("XDG_CACHE_HOME"), home)
 }
 
+/// The layer cache directory a build uses, if any.
+fn cache_dir(args: &Args) -> Option<PathBuf> {
+    if args.no_cache {
+        return None;
+    }
+    args.cache_dir.clone().or_else(default_cache_dir)
+}
+
 /// The layer cache to use, opened: `--cache-dir` or the default, if it can
 /// be written; otherwise none, said once on stderr.
 fn cache(args: &Args) -> Option<Cache> {
     if args.no_cache {
         return None;
     }
-    let dir = args.cache_dir.clone().or_else(default_cache_dir);
-    let Some(dir) = dir else {
+    let Some(dir) = cache_dir(args) else {
         eprintln!(
             "nixoci: no layer cache directory (XDG_CACHE_HOME is not set and HOME is not a directory); building without a layer cache"
         );

@@ -102,6 +102,7 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
         .ok_or_else(|| {
             usage("no cache directory: pass --cache-dir (XDG_CACHE_HOME is not set and HOME is not a directory)")
         })?;
+    super::refuse_in_store("--cache-dir", &dir, &super::default_store_dirs())?;
     if !dir.is_dir() {
         eprintln!("nixoci: no cache at {}: nothing to prune", dir.display());
         return Ok(());

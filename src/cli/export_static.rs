@@ -57,6 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Names first: nothing is read or written for a bad one.
     static_export::check_names(&args.repository, &args.tags)
         .map_err(|e| usage(format!("--repository/--tag: {e}")))?;
+    super::refuse_in_store("--output", &args.output, &super::default_store_dirs())?;
     static_export::check_tree(&args.output).map_err(|e| usage(error_chain(&e)))?;
     let image = read_image(&layout.dir, layout.tag.as_deref()).map_err(|e| {
         if e.is_usage() {

@@ -74,6 +74,7 @@ fn format_duration(d: Duration) -> String {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    super::refuse_in_store("LAYOUT", &args.layout, &super::default_store_dirs())?;
     let dir = args.layout.display();
     // The grace period is measured against the file system's clock: this
     // reaches no output.

@@ -2,6 +2,7 @@
 //! (whose doc comments are the help text) and its `run`.
 
 use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -94,6 +95,78 @@ pub fn error_line(err: &anyhow::Error) -> String {
         last = p.clone();
     }
     line.replace('\n', " ")
+}
+
+/// The store directories nixoci must never write into: `store_dir`, and
+/// the same under `store_root` when that is not `/`.
+pub fn store_dirs(store_dir: &str, store_root: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from(store_dir)];
+    if store_root != Path::new("/") {
+        dirs.push(store_root.join(store_dir.trim_start_matches('/')));
+    }
+    dirs
+}
+
+/// [`store_dirs`] for commands without `--store-dir`: `NIX_STORE_DIR`, else
+/// `/nix/store`.
+pub fn default_store_dirs() -> Vec<PathBuf> {
+    let dir = std::env::var("NIX_STORE_DIR")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "/nix/store".to_owned());
+    store_dirs(&dir, Path::new("/"))
+}
+
+/// `path` made absolute with its symlinks resolved: the longest part that
+/// exists is canonicalised, the rest (which holds no symlink, as it does
+/// not exist) is appended with `.` and `..` resolved by name.
+fn resolved(path: &Path) -> io::Result<PathBuf> {
+    let mut absolute = std::env::current_dir()?;
+    absolute.push(path);
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    let mut base = loop {
+        match existing.canonicalize() {
+            Ok(p) => break p,
+            Err(_) => match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_owned());
+                    existing = parent;
+                }
+                // `..` as the last part, or `/` itself.
+                _ => break existing.to_owned(),
+            },
+        }
+    };
+    for part in rest.iter().rev() {
+        match part.to_str() {
+            Some("..") => {
+                base.pop();
+            }
+            Some(".") => {}
+            _ => base.push(part),
+        }
+    }
+    Ok(base)
+}
+
+/// Refuses (exit 2) a path nixoci would write to (`what`: the flag) when it
+/// is inside one of `store_dirs` once symlinks are resolved: writing there
+/// would corrupt store paths.
+pub fn refuse_in_store(what: &str, path: &Path, store_dirs: &[PathBuf]) -> anyhow::Result<()> {
+    let target = resolved(path).map_err(|e| usage(format!("{what} {}: {e}", path.display())))?;
+    for store in store_dirs {
+        let store = resolved(store).unwrap_or_else(|_| store.clone());
+        if target.starts_with(&store) {
+            return Err(usage(format!(
+                "{what} {}: inside the Nix store {} (resolved to {}); nixoci never writes into the store",
+                path.display(),
+                store.display(),
+                target.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// True when progress and colour belong on stderr.

@@ -203,6 +203,9 @@ pub struct Cache {
     index: PathBuf,
     blobs: PathBuf,
     plans: PathBuf,
+    /// Set by the first layer that could not be stored (a full disk): the
+    /// build goes on without storing, and says so once.
+    full: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Cache {
@@ -215,6 +218,7 @@ impl Cache {
             index: root.join("index"),
             blobs: root.join("blobs/sha256"),
             plans: dir.join(format!("plans-v{CACHE_VERSION}")),
+            full: Default::default(),
         };
         let not_writable = |path: &Path| {
             let path = path.to_owned();
@@ -357,7 +361,23 @@ impl Cache {
     /// Records a freshly built layer whose blob is in `blobs_dir`: the blob
     /// goes into the cache's store (a hard link when the file system
     /// allows, else a copy), then the entry, each atomically.
-    pub fn store(&self, key: &Digest, layer: &BuiltLayer, blobs_dir: &Path) -> io::Result<()> {
+    ///
+    /// After the first failure, layers are no longer stored (`Ok(false)`):
+    /// a full disk is reported once, not once per layer.
+    pub fn store(&self, key: &Digest, layer: &BuiltLayer, blobs_dir: &Path) -> io::Result<bool> {
+        use std::sync::atomic::Ordering;
+        if self.full.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        match self.store_now(key, layer, blobs_dir) {
+            Ok(()) => Ok(true),
+            // Only the first failure is an error to report.
+            Err(e) if !self.full.swap(true, Ordering::Relaxed) => Err(e),
+            Err(_) => Ok(false),
+        }
+    }
+
+    fn store_now(&self, key: &Digest, layer: &BuiltLayer, blobs_dir: &Path) -> io::Result<()> {
         let built = blobs_dir.join(layer.digest.hex());
         let cached = self.blob_path(&layer.digest);
         let good = fs::metadata(&cached).is_ok_and(|m| m.is_file() && m.len() == layer.size);

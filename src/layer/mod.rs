@@ -326,7 +326,7 @@ pub fn build_layers(
         if let (Some(cache), Some(key)) = (cache, &keys[k]) {
             if let Err(e) = cache.store(key, &layer, blobs_dir) {
                 let note = format!(
-                    "could not store layer {} in cache {}: {e}",
+                    "could not store layer {} in cache {}: {e}; no more layers are stored there in this build",
                     layer.digest,
                     cache.dir().display()
                 );

@@ -50,6 +50,98 @@ pub struct RunConfig {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A config or annotation value that no runtime can take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {value:?}: {problem}")]
+pub struct InvalidConfig {
+    /// The flag or field, e.g. `--env` or `WorkingDir`.
+    pub field: &'static str,
+    pub value: String,
+    pub problem: &'static str,
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+impl RunConfig {
+    /// Checks what the OCI image spec and runtimes require: an absolute
+    /// working directory, environment and label keys that are not empty and
+    /// hold no control character (a newline would end the line they sit
+    /// on in `docker inspect` and env files), and no NUL anywhere (argv and
+    /// the environment cannot carry one).
+    pub fn check(&self) -> Result<(), InvalidConfig> {
+        let bad = |field, value: &str, problem| {
+            Err(InvalidConfig {
+                field,
+                value: value.to_owned(),
+                problem,
+            })
+        };
+        for e in &self.env {
+            let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+            if key.is_empty() || !e.contains('=') {
+                return bad("--env", e, "expected KEY=VALUE with a non-empty KEY");
+            }
+            if has_control(key) {
+                return bad("--env", e, "the key holds a control character");
+            }
+            if e.contains('\0') {
+                return bad("--env", e, "holds a NUL byte");
+            }
+        }
+        if let Some(w) = &self.working_dir {
+            if !w.starts_with('/') {
+                return bad("--workdir", w, "expected an absolute path");
+            }
+            if has_control(w) {
+                return bad("--workdir", w, "holds a control character");
+            }
+        }
+        if let Some(u) = &self.user {
+            if u.is_empty() || has_control(u) || u.contains(char::is_whitespace) {
+                return bad(
+                    "--user",
+                    u,
+                    "expected USER[:GROUP] (names or ids) without spaces or control characters",
+                );
+            }
+        }
+        let argv = self.entrypoint.iter().chain(&self.cmd).flatten();
+        if let Some(arg) = argv.into_iter().find(|a| a.contains('\0')) {
+            return bad("--entrypoint/--cmd", arg, "holds a NUL byte");
+        }
+        check_key_values("--label", &self.labels)
+    }
+}
+
+/// Checks annotation or label keys (not empty, no control character) and
+/// values (no NUL).
+pub fn check_key_values(
+    field: &'static str,
+    map: &BTreeMap<String, String>,
+) -> Result<(), InvalidConfig> {
+    for (k, v) in map {
+        let problem = if k.is_empty() {
+            Some("the key is empty")
+        } else if has_control(k) {
+            Some("the key holds a control character")
+        } else if v.contains('\0') {
+            Some("the value holds a NUL byte")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(InvalidConfig {
+                field,
+                value: format!("{k}={v}"),
+                problem,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A document ready to be written as a blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blob {
@@ -382,6 +474,111 @@ pub fn valid_ref_name(tag: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn run_configs_runtimes_cannot_take_are_refused() {
+        let ok = RunConfig {
+            env: vec!["PATH=/bin".into(), "MULTI=a\nb".into(), "EMPTY=".into()],
+            working_dir: Some("/app".into()),
+            user: Some("1000:1000".into()),
+            labels: [("org.example.x".to_owned(), "y\nz".to_owned())].into(),
+            ..RunConfig::default()
+        };
+        assert_eq!(ok.check(), Ok(()));
+        let cases: Vec<(&str, RunConfig)> = vec![
+            (
+                "--env",
+                RunConfig {
+                    env: vec!["A\nB=1".into()],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "--env",
+                RunConfig {
+                    env: vec!["=1".into()],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "--env",
+                RunConfig {
+                    env: vec!["A=\0".into()],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "--env",
+                RunConfig {
+                    env: vec!["NOVALUE".into()],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "--workdir",
+                RunConfig {
+                    working_dir: Some("relative".into()),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "--workdir",
+                RunConfig {
+                    working_dir: Some("".into()),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "--workdir",
+                RunConfig {
+                    working_dir: Some("/a\tb".into()),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "--user",
+                RunConfig {
+                    user: Some("a b".into()),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "--user",
+                RunConfig {
+                    user: Some("".into()),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "--entrypoint/--cmd",
+                RunConfig {
+                    cmd: Some(vec!["a\0".into()]),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "--label",
+                RunConfig {
+                    labels: [("a\u{1b}".to_owned(), "1".to_owned())].into(),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "--label",
+                RunConfig {
+                    labels: [(String::new(), "1".to_owned())].into(),
+                    ..ok.clone()
+                },
+            ),
+        ];
+        for (field, config) in cases {
+            let e = config.check().unwrap_err();
+            assert_eq!(e.field, field, "{config:?}");
+            assert!(!e.to_string().contains('\n'), "one line: {e}");
+        }
+        let annotations = BTreeMap::from([("a\rb".to_owned(), "x".to_owned())]);
+        assert!(check_key_values("--annotation", &annotations).is_err());
+    }
+
     use super::*;
     use crate::layer::MEDIA_TYPE_TAR_GZIP;
     use crate::store_path::StorePath;
