@@ -308,12 +308,12 @@ fn link_or_copy_to_temp(src: &Path, dest: &Path) -> Result<(PathBuf, u64), Expor
     Ok((tmp, copied))
 }
 
-/// Puts the layout's blob `digest` (of `size` bytes) into the blob store
-/// at `dest`, checking its digest on the way: hashed once, from the open
-/// file whose inode was just hard-linked, or while it is copied. The
-/// layout's file is opened without following a symlink, and a link is
-/// kept only if it is that very file. Links only when a web server can read
-/// the file. Returns the bytes copied.
+/// Puts the blob `digest` of the layout `layout` into the blob store at
+/// `dest`, checking its digest on the way: hashed once, from the open file
+/// whose inode was just hard-linked, or while it is copied. The layout's
+/// file is opened without following a symlink, and a hard link is kept only
+/// if it is that very file and a web server can read it; else the file is
+/// copied. Returns the bytes copied.
 fn store_blob(layout: &Path, digest: &Digest, dest: &Path) -> Result<u64, ExportError> {
     let rel = files::blob_path(digest);
     let src = layout.join(&rel);
