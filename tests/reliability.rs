@@ -177,9 +177,18 @@ fn a_rebuild_repairs_damaged_documents_in_the_output() {
         ("config", digest(&platform["config"])),
         ("index", digest(&report["index"])),
     ];
+    let outside = tmp.path().join("outside");
     for (what, hex) in &documents {
         let path = blobs.join(hex);
         let good = fs::read(&path).unwrap();
+        // A symlink to a good copy outside the layout is replaced too.
+        fs::write(&outside, &good).unwrap();
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&outside, &path).unwrap();
+        verify(&out).expect_code(1);
+        run(&mut store.build(&out, &[])).success();
+        assert!(fs::symlink_metadata(&path).unwrap().is_file(), "{what}");
+        verify(&out).success();
         for damage in [
             vec![b'x'; good.len()],          // same size, other bytes
             b"garbage".to_vec(),             // another size
@@ -191,6 +200,46 @@ fn a_rebuild_repairs_damaged_documents_in_the_output() {
             assert_eq!(fs::read(&path).unwrap(), good, "{what} not repaired");
             verify(&out).success();
         }
+    }
+}
+
+/// A layer blob of the output that is a symlink out of the layout is not
+/// reused through the layer cache: it is replaced by the real blob.
+#[test]
+fn a_rebuild_replaces_a_symlinked_layer_blob() {
+    let tmp = common::tempdir();
+    let store = Store::new(tmp.path());
+    let out = tmp.path().join("out.oci");
+    let cache = tmp.path().join("cache");
+    let with_cache = |out: &Path| {
+        let mut cmd = nixoci();
+        let args: Vec<_> = store
+            .build(out, &[])
+            .get_args()
+            .filter(|a| *a != "--no-cache")
+            .map(|a| a.to_owned())
+            .collect();
+        cmd.args(args).arg("--cache-dir").arg(&cache);
+        cmd
+    };
+    let report = run(&mut with_cache(&out)).success().json();
+    let outside = tmp.path().join("outside");
+    for layer in report["layers"].as_array().unwrap() {
+        let hex = layer["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        let path = out.join("blobs/sha256").join(hex);
+        fs::copy(&path, &outside).unwrap();
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&outside, &path).unwrap();
+        let again = run(&mut with_cache(&out)).success().json();
+        assert!(fs::symlink_metadata(&path).unwrap().is_file());
+        let statuses: Vec<&str> = again["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["cache"].as_str().unwrap())
+            .collect();
+        assert!(!statuses.is_empty());
+        verify(&out).success();
     }
 }
 

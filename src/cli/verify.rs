@@ -11,7 +11,9 @@ use crate::oci::verify::{verify, VerifyReport};
 
 /// Verify an OCI image layout: re-hash every blob, check sizes, media
 /// types, platforms, and every layer's uncompressed digest against its
-/// image config. Exits 1 naming the first problem found.
+/// image config. Exits 1 naming the first problem found. A symbolic link
+/// inside the layout (a blob, index.json, blobs/) is such a problem, never
+/// followed; so are image indexes nested more than 8 deep.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The layout directory.

@@ -663,18 +663,18 @@ fn file_name(path: &Path) -> String {
 /// Checks that `path` is a regular file of `size` bytes hashing to
 /// `digest`. `Ok(false)` when it does not exist; `Err` says what is wrong.
 pub fn check_blob(path: &Path, size: u64, digest: &Digest) -> Result<bool, String> {
-    let meta = match fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(format!("cannot be read ({e})")),
+    // Never through a symlink: what it points at is not this blob.
+    let (mut file, meta) = match crate::oci::files::open_no_follow(path) {
+        Ok(opened) => opened,
+        Err(e) if e.is_not_found() => return Ok(false),
+        Err(crate::oci::files::FileError::Io { source, .. }) => {
+            return Err(format!("cannot be read ({source})"))
+        }
+        Err(e) => return Err(format!("is not a plain file ({e})")),
     };
-    if !meta.is_file() {
-        return Err("is not a file".to_owned());
-    }
     if meta.len() != size {
         return Err(format!("has {} bytes, expected {size}", meta.len()));
     }
-    let mut file = File::open(path).map_err(|e| format!("cannot be read ({e})"))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -703,7 +703,7 @@ fn place(from: &Path, to: &Path) -> io::Result<()> {
     let dir = to
         .parent()
         .ok_or_else(|| io::Error::other("a blob path has no directory"))?;
-    if let (Ok(a), Ok(b)) = (fs::metadata(from), fs::metadata(to)) {
+    if let (Ok(a), Ok(b)) = (fs::metadata(from), fs::symlink_metadata(to)) {
         if a.dev() == b.dev() && a.ino() == b.ino() {
             return Ok(());
         }

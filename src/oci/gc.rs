@@ -11,7 +11,6 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -21,12 +20,10 @@ use serde_json::Value;
 use super::image::{
     MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
 };
+use super::files::{self, FileError};
 use super::layout::{self, LayoutError};
 use super::temp;
-use super::Digest;
-
-/// How deep indexes may nest below `index.json`.
-const MAX_NESTING: usize = 8;
+use super::{check_nesting, Digest};
 
 /// The most bytes an index or manifest may have.
 const MAX_DOCUMENT: u64 = 4 << 20;
@@ -42,6 +39,8 @@ pub enum GcError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error(transparent)]
     Layout(#[from] LayoutError),
 }
@@ -60,21 +59,17 @@ fn invalid(what: impl Into<String>, problem: impl Into<String>) -> GcError {
     }
 }
 
-/// Reads a small JSON document of the layout without following a symlink.
-fn read_document(path: &Path, what: &str) -> Result<Value, GcError> {
-    let io_err = |source| GcError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(io_err)?;
+/// Reads a small JSON document of the layout `dir` (`rel`: `index.json`
+/// or a blob) without following a symlink.
+fn read_document(dir: &Path, rel: &Path, what: &str) -> Result<Value, GcError> {
+    let (file, _) = files::open(dir, rel)?;
     let mut bytes = Vec::new();
     file.take(MAX_DOCUMENT + 1)
         .read_to_end(&mut bytes)
-        .map_err(io_err)?;
+        .map_err(|source| GcError::Io {
+            path: dir.join(rel),
+            source,
+        })?;
     if bytes.len() as u64 > MAX_DOCUMENT {
         return Err(invalid(what, format!("larger than {MAX_DOCUMENT} bytes")));
     }
@@ -98,11 +93,10 @@ fn digest_of(d: &Value, what: &str) -> Result<Digest, GcError> {
 /// missing is an error; a missing config or layer is not (`verify` says
 /// so), it is simply not there to keep.
 pub fn reachable(dir: &Path) -> Result<BTreeSet<Digest>, GcError> {
-    let blobs = dir.join("blobs/sha256");
     let mut seen = BTreeSet::new();
     // (document, its name, depth)
     let mut pending = vec![(
-        read_document(&dir.join("index.json"), "index.json")?,
+        read_document(dir, Path::new("index.json"), "index.json")?,
         "index.json".to_owned(),
         0,
     )];
@@ -123,14 +117,9 @@ pub fn reachable(dir: &Path) -> Result<BTreeSet<Digest>, GcError> {
             ]
             .contains(&media_type);
             if nested {
-                if depth >= MAX_NESTING {
-                    return Err(invalid(
-                        &what,
-                        format!("indexes nest deeper than {MAX_NESTING} levels"),
-                    ));
-                }
+                check_nesting(depth).map_err(|e| invalid(&what, e.to_string()))?;
                 let name = format!("blob {digest}");
-                let child = read_document(&blobs.join(digest.hex()), &name)?;
+                let child = read_document(dir, &files::blob_path(&digest), &name)?;
                 pending.push((child, name, depth + 1));
             }
         }
@@ -301,6 +290,6 @@ mod tests {
         }
         l.commit("deep", &inner).unwrap();
         let e = reachable(&dir).unwrap_err();
-        assert!(e.to_string().contains("nest deeper"), "{e}");
+        assert!(e.to_string().contains("nest more than"), "{e}");
     }
 }

@@ -444,19 +444,15 @@ pub enum TagError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("reading {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] super::files::FileError),
 }
 
 impl TagError {
     /// True when the argument names no image (exit 2), false when the
     /// layout is there but unreadable.
     pub fn is_usage(&self) -> bool {
-        !matches!(self, TagError::Index { .. } | TagError::Io { .. })
+        !matches!(self, TagError::Index { .. } | TagError::File(_))
     }
 }
 
@@ -498,10 +494,7 @@ pub fn tagged_entry(dir: &Path, tag: Option<&str>) -> Result<IndexEntry, TagErro
         return Err(TagError::NotALayout(dir.to_owned()));
     }
     let index_path = dir.join("index.json");
-    let bytes = fs::read(&index_path).map_err(|source| TagError::Io {
-        path: index_path.clone(),
-        source,
-    })?;
+    let bytes = super::files::read(dir, "index.json")?;
     let index: TopIndex = serde_json::from_slice(&bytes).map_err(|source| TagError::Index {
         path: index_path.clone(),
         source,

@@ -19,12 +19,13 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+use super::files::{self, FileError};
 use super::image::{
     ANNOTATION_STORE_PATHS, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_INDEX,
     MEDIA_TYPE_MANIFEST,
 };
 use super::layout::{tagged_entry, LayoutArg, TagError};
-use super::Digest;
+use super::{check_nesting, Digest};
 use crate::plan::Previous;
 use crate::platform::Platform;
 
@@ -33,17 +34,13 @@ use crate::platform::Platform;
 pub enum PreviousError {
     #[error(transparent)]
     Tag(#[from] TagError),
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{layout}: {what}: {problem}")]
     Invalid {
         layout: PathBuf,
         what: String,
         problem: String,
-    },
-    #[error("reading {path}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
     },
 }
 
@@ -126,9 +123,7 @@ impl<E> Reader<'_, '_, E> {
         let media_type = d["mediaType"].as_str().unwrap_or_default();
         match media_type {
             MEDIA_TYPE_INDEX | MEDIA_TYPE_DOCKER_LIST => {
-                if depth > 4 {
-                    return Err(invalid("image index", "indexes nest more than 4 deep"));
-                }
+                check_nesting(depth).map_err(|e| invalid("image index", e.to_string()))?;
                 let index = self.document(d, Kind::Index)?;
                 let children = index["manifests"]
                     .as_array()
@@ -245,16 +240,15 @@ pub fn from_documents<E>(
 /// Reads the image `arg` (`LAYOUT[:TAG]`) names.
 pub fn read(arg: &str) -> Result<PreviousImage, PreviousError> {
     let LayoutArg { dir, tag } = LayoutArg::parse(arg)?;
+    files::check_layout(&dir)?;
     let entry = tagged_entry(&dir, tag.as_deref())?;
     let entry = serde_json::to_value(&entry).map_err(|e| PreviousError::Invalid {
         layout: dir.clone(),
         what: "index.json".into(),
         problem: e.to_string(),
     })?;
-    let blobs = dir.join("blobs/sha256");
     let mut fetch = |_: Kind, digest: &Digest, _: Option<u64>| {
-        let path = blobs.join(digest.hex());
-        fs::read(&path).map_err(|source| PreviousError::Io { path, source })
+        files::read(&dir, files::blob_path(digest)).map_err(PreviousError::File)
     };
     let found = from_documents(&entry, &mut fetch).map_err(|e| match e {
         DocumentsError::Invalid { what, problem } => PreviousError::Invalid {
@@ -435,6 +429,45 @@ mod tests {
         let blobs = format!("{dir}/blobs");
         assert!(!read(&blobs).unwrap_err().is_missing());
         assert!(!read(&format!("{blobs}:1.0")).unwrap_err().is_missing());
+    }
+
+    /// One limit for every reader: an index that lists itself forever is
+    /// read MAX_NESTING levels deep, then refused.
+    #[test]
+    fn indexes_nest_at_most_the_limit() {
+        let d = format!("sha256:{}", "0".repeat(64));
+        let child = serde_json::json!({"mediaType": MEDIA_TYPE_INDEX, "digest": d, "size": 1});
+        let doc = serde_json::to_vec(&serde_json::json!({"manifests": [child]})).unwrap();
+        let mut asked = 0;
+        let mut fetch = |_: Kind, _: &Digest, _: Option<u64>| -> Result<Vec<u8>, ()> {
+            asked += 1;
+            Ok(doc.clone())
+        };
+        let e = from_documents(&child, &mut fetch).unwrap_err();
+        assert!(
+            matches!(&e, DocumentsError::Invalid { problem, .. } if problem == "image indexes nest more than 8 deep"),
+            "{e:?}"
+        );
+        assert_eq!(asked, crate::oci::MAX_NESTING);
+    }
+
+    #[test]
+    fn never_follows_a_symlink_out_of_the_layout() {
+        let tmp = layout();
+        let dir = tmp.path();
+        let outside = tempfile::tempdir().unwrap();
+        let blobs = dir.join("blobs/sha256");
+        // The image index, which every read reaches.
+        let top: Value =
+            serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let name = top["manifests"][0]["digest"].as_str().unwrap()[7..].to_owned();
+        fs::rename(blobs.join(&name), outside.path().join("blob")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("blob"), blobs.join(&name)).unwrap();
+        let e = read(dir.to_str().unwrap()).unwrap_err();
+        assert!(
+            matches!(e, PreviousError::File(FileError::Symlink(_))) && !e.is_usage(),
+            "{e}"
+        );
     }
 
     #[test]

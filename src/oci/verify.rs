@@ -2,8 +2,12 @@
 //! every manifest's layers decompressed (gzip, zstd or plain tar) and
 //! checked against the config's `diff_ids`, media types and platform fields
 //! checked. Stops at the first problem and names it.
+//!
+//! Files are opened through [`super::files`] (a symbolic link anywhere in
+//! the layout is an error, never followed) and image indexes nest at most
+//! [`super::MAX_NESTING`] deep, as for every other reader.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -12,8 +16,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::files::{self, FileError};
 use super::image::{MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
-use super::{Digest, DigestWriter};
+use super::{check_nesting, Digest, DigestWriter};
 use crate::layer::{MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD};
 
 /// The first problem found in a layout.
@@ -38,12 +43,24 @@ pub enum VerifyError {
         expected: String,
         found: Digest,
     },
+    #[error(transparent)]
+    File(FileError),
     #[error("reading {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+}
+
+/// A file that could not be opened: `what` is missing, or the layout is
+/// broken (a symbolic link, not a regular file, unreadable).
+fn file_error(e: FileError, what: impl Into<String>) -> VerifyError {
+    if e.is_not_found() {
+        VerifyError::Missing(what.into())
+    } else {
+        VerifyError::File(e)
+    }
 }
 
 /// What a successful verification looked at.
@@ -64,17 +81,8 @@ fn invalid(what: impl Into<String>, problem: impl Into<String>) -> VerifyError {
     }
 }
 
-fn read_json(path: &Path, what: &str) -> Result<Value, VerifyError> {
-    let bytes = fs::read(path).map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            VerifyError::Missing(what.to_owned())
-        } else {
-            VerifyError::Io {
-                path: path.to_owned(),
-                source: e,
-            }
-        }
-    })?;
+fn read_json(dir: &Path, what: &str) -> Result<Value, VerifyError> {
+    let bytes = files::read(dir, what).map_err(|e| file_error(e, what))?;
     serde_json::from_slice(&bytes).map_err(|e| invalid(what, format!("not valid JSON ({e})")))
 }
 
@@ -108,23 +116,19 @@ fn descriptor(v: &Value, what: &str) -> Result<Desc, VerifyError> {
 }
 
 struct Verifier<'a> {
-    blobs: &'a Path,
+    layout: &'a Path,
     report: VerifyReport,
     /// Layers to check against diff_ids: (layer, media type, diff_id, manifest).
     layer_checks: Vec<(Desc, String, Digest)>,
     seen_manifests: BTreeSet<Digest>,
+    /// Indexes checked, with the least depth they were reached at.
+    seen_indexes: BTreeMap<Digest, usize>,
 }
 
 impl Verifier<'_> {
     fn blob_json(&self, d: &Desc, what: &str) -> Result<Value, VerifyError> {
-        let path = self.blobs.join(d.digest.hex());
-        let bytes = fs::read(&path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                VerifyError::Missing(format!("{what} {}", d.digest))
-            } else {
-                VerifyError::Io { path, source: e }
-            }
-        })?;
+        let bytes = files::read(self.layout, files::blob_path(&d.digest))
+            .map_err(|e| file_error(e, format!("{what} {}", d.digest)))?;
         if bytes.len() as u64 != d.size {
             return Err(VerifyError::Size {
                 what: format!("{what} {}", d.digest),
@@ -140,8 +144,19 @@ impl Verifier<'_> {
         })
     }
 
-    fn index(&mut self, d: &Desc) -> Result<(), VerifyError> {
+    /// Checks the image index `d`, reached through `depth` indexes.
+    fn index(&mut self, d: &Desc, depth: usize) -> Result<(), VerifyError> {
         let what = format!("image index {}", d.digest);
+        check_nesting(depth).map_err(|e| invalid(&what, e.to_string()))?;
+        // Checked already, with at least as many levels left below it.
+        if self
+            .seen_indexes
+            .get(&d.digest)
+            .is_some_and(|&at| at <= depth)
+        {
+            return Ok(());
+        }
+        self.seen_indexes.insert(d.digest.clone(), depth);
         let v = self.blob_json(d, "image index")?;
         if v["schemaVersion"] != 2 {
             return Err(invalid(&what, "schemaVersion is not 2"));
@@ -171,7 +186,7 @@ impl Verifier<'_> {
                     }
                     self.manifest(&md, Some(&platform))?;
                 }
-                MEDIA_TYPE_INDEX => self.index(&md)?,
+                MEDIA_TYPE_INDEX => self.index(&md, depth + 1)?,
                 other => {
                     return Err(invalid(&what, format!("unsupported media type {other}")));
                 }
@@ -262,12 +277,15 @@ const LAYER_MEDIA_TYPES: [&str; 3] = [MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD, 
 
 /// Re-hashes a file as stored (`media_type` `None`) or decompressed as its
 /// layer media type says, returning the digest and size.
-fn hash_file(path: &Path, media_type: Option<&str>) -> Result<(Digest, u64), VerifyError> {
+fn hash_file(
+    file: File,
+    path: &Path,
+    media_type: Option<&str>,
+) -> Result<(Digest, u64), VerifyError> {
     let io_err = |source| VerifyError::Io {
         path: path.to_owned(),
         source,
     };
-    let file = File::open(path).map_err(io_err)?;
     let mut w = DigestWriter::new(io::sink());
     let mut reader: Box<dyn Read> = match media_type {
         Some(MEDIA_TYPE_TAR_GZIP) => {
@@ -286,15 +304,15 @@ fn hash_file(path: &Path, media_type: Option<&str>) -> Result<(Digest, u64), Ver
 
 /// Verifies the layout in `dir`.
 pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
-    let layout = read_json(&dir.join("oci-layout"), "oci-layout")?;
+    let layout = read_json(dir, "oci-layout")?;
     if layout["imageLayoutVersion"] != "1.0.0" {
         return Err(invalid("oci-layout", "imageLayoutVersion is not 1.0.0"));
     }
-    let index = read_json(&dir.join("index.json"), "index.json")?;
+    let index = read_json(dir, "index.json")?;
     if index["schemaVersion"] != 2 {
         return Err(invalid("index.json", "schemaVersion is not 2"));
     }
-    let blobs = dir.join("blobs/sha256");
+    let blobs = files::check_dir(dir, "blobs/sha256").map_err(|e| file_error(e, "blobs/sha256"))?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs.max(1))
         .build()
@@ -318,7 +336,9 @@ pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
         names
             .par_iter()
             .map(|name| {
-                let (found, _) = hash_file(&blobs.join(name), None)?;
+                let path = blobs.join(name);
+                let (file, _) = files::open_no_follow(&path).map_err(VerifyError::File)?;
+                let (found, _) = hash_file(file, &path, None)?;
                 if found.hex() != name {
                     return Err(VerifyError::Digest {
                         name: name.clone(),
@@ -332,7 +352,7 @@ pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
     results.into_iter().collect::<Result<(), _>>()?;
 
     let mut v = Verifier {
-        blobs: &blobs,
+        layout: dir,
         report: VerifyReport {
             version: 1,
             blobs: names.len(),
@@ -340,6 +360,7 @@ pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
         },
         layer_checks: Vec::new(),
         seen_manifests: BTreeSet::new(),
+        seen_indexes: BTreeMap::new(),
     };
     let entries = index["manifests"]
         .as_array()
@@ -350,7 +371,7 @@ pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
             v.report.tags.push(tag.to_owned());
         }
         match d.media_type.as_str() {
-            MEDIA_TYPE_INDEX => v.index(&d)?,
+            MEDIA_TYPE_INDEX => v.index(&d, 0)?,
             MEDIA_TYPE_MANIFEST => v.manifest(&d, d.platform.as_ref())?,
             other => {
                 return Err(invalid(
@@ -371,16 +392,8 @@ pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
             .par_iter()
             .map(|(l, diff, manifest)| {
                 let path = blobs.join(l.digest.hex());
-                let meta = fs::metadata(&path).map_err(|e| {
-                    if e.kind() == io::ErrorKind::NotFound {
-                        VerifyError::Missing(format!("layer {}", l.digest))
-                    } else {
-                        VerifyError::Io {
-                            path: path.clone(),
-                            source: e,
-                        }
-                    }
-                })?;
+                let (file, meta) = files::open(dir, files::blob_path(&l.digest))
+                    .map_err(|e| file_error(e, format!("layer {}", l.digest)))?;
                 if meta.len() != l.size {
                     return Err(VerifyError::Size {
                         what: format!("layer {}", l.digest),
@@ -388,7 +401,7 @@ pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
                         found: meta.len(),
                     });
                 }
-                let (found, _) = hash_file(&path, Some(&l.media_type))?;
+                let (found, _) = hash_file(file, &path, Some(&l.media_type))?;
                 if found.as_str() != diff {
                     return Err(VerifyError::DiffId {
                         layer: l.digest.clone(),

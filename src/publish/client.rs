@@ -7,7 +7,6 @@
 //! Authorization headers go only to the registry's own origin, never to a
 //! redirect target or another host named in a `Location`.
 
-use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -549,7 +548,11 @@ impl Client {
                     path: path.to_path_buf(),
                     source,
                 };
-                let mut f = File::open(path).map_err(io_err)?;
+                // The file of a layout: never through a symbolic link.
+                let (mut f, _) = crate::oci::files::open_no_follow(path).map_err(|e| match e {
+                    crate::oci::files::FileError::Io { source, .. } => io_err(source),
+                    other => io_err(io::Error::other(other.to_string())),
+                })?;
                 f.seek(SeekFrom::Start(*offset)).map_err(io_err)?;
                 let mut reader = Counting {
                     inner: f.take(*len),

@@ -4,18 +4,21 @@
 //!
 //! Manifests and indexes are read, re-hashed and size-checked (they are
 //! small); configs and layers are only size-checked here, since the
-//! registry or client re-hashes them anyway.
+//! registry or client re-hashes them anyway. Every file is opened through
+//! [`crate::oci::files`], so a symbolic link anywhere in the layout is an
+//! error, never followed; image indexes nest at most
+//! [`crate::oci::MAX_NESTING`] deep.
 
 use std::collections::BTreeSet;
-use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::oci::files::{self, FileError};
 use crate::oci::image::{MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
 use crate::oci::layout::{tagged_entry, TagError};
-use crate::oci::Digest;
+use crate::oci::{check_nesting, Digest};
 
 use crate::oci::image::{MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST};
 
@@ -24,6 +27,8 @@ use crate::oci::image::{MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST};
 pub enum SourceError {
     #[error(transparent)]
     Tag(#[from] TagError),
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{layout}: {what} {digest} is missing from blobs/sha256")]
     Missing {
         layout: PathBuf,
@@ -172,14 +177,16 @@ impl Reader<'_> {
         })
     }
 
-    fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.layout.join("blobs/sha256").join(digest.hex())
-    }
-
-    /// Checks that a blob is there with the descriptor's size.
-    fn check_blob(&self, d: &Desc, what: &'static str) -> Result<PathBuf, SourceError> {
-        let path = self.blob_path(&d.digest);
-        let meta = fs::metadata(&path).map_err(|e| self.missing(e, &path, what, &d.digest))?;
+    /// Opens a blob, checking that it is there, a regular file (never
+    /// through a symbolic link) with the descriptor's size.
+    fn open_blob(
+        &self,
+        d: &Desc,
+        what: &'static str,
+    ) -> Result<(PathBuf, std::fs::File), SourceError> {
+        let rel = files::blob_path(&d.digest);
+        let (file, meta) =
+            files::open(self.layout, &rel).map_err(|e| self.missing(e, what, &d.digest))?;
         if meta.len() != d.size {
             return Err(SourceError::Size {
                 layout: self.layout.to_owned(),
@@ -189,21 +196,18 @@ impl Reader<'_> {
                 found: meta.len(),
             });
         }
-        Ok(path)
+        Ok((self.layout.join(rel), file))
     }
 
-    fn missing(&self, e: io::Error, path: &Path, what: &'static str, d: &Digest) -> SourceError {
-        if e.kind() == io::ErrorKind::NotFound {
+    fn missing(&self, e: FileError, what: &'static str, d: &Digest) -> SourceError {
+        if e.is_not_found() {
             SourceError::Missing {
                 layout: self.layout.to_owned(),
                 what,
                 digest: d.clone(),
             }
         } else {
-            SourceError::Io {
-                path: path.to_owned(),
-                source: e,
-            }
+            SourceError::File(e)
         }
     }
 
@@ -211,13 +215,9 @@ impl Reader<'_> {
         if self.seen.contains(&d.digest) {
             return Ok(());
         }
-        if depth > 8 {
-            return Err(self.invalid(
-                format!("index {}", d.digest),
-                "image indexes nest more than 8 deep",
-            ));
-        }
         let what = if is_index_type(&d.media_type) {
+            check_nesting(depth)
+                .map_err(|e| self.invalid(format!("image index {}", d.digest), e.to_string()))?;
             "image index"
         } else if is_manifest_type(&d.media_type) {
             "manifest"
@@ -227,8 +227,11 @@ impl Reader<'_> {
                 format!("unsupported media type {}", d.media_type),
             ));
         };
-        let path = self.check_blob(d, what)?;
-        let bytes = fs::read(&path).map_err(|e| self.missing(e, &path, what, &d.digest))?;
+        let (path, file) = self.open_blob(d, what)?;
+        let mut bytes = Vec::new();
+        file.take(d.size)
+            .read_to_end(&mut bytes)
+            .map_err(|source| SourceError::Io { path, source })?;
         let found = Digest::of(&bytes);
         if found != d.digest {
             return Err(SourceError::Digest {
@@ -274,7 +277,7 @@ impl Reader<'_> {
         if !self.seen.insert(d.digest.clone()) {
             return Ok(());
         }
-        let path = self.check_blob(d, what)?;
+        let (path, _) = self.open_blob(d, what)?;
         self.blobs.push(BlobRef {
             digest: d.digest.clone(),
             size: d.size,
@@ -288,6 +291,7 @@ impl Reader<'_> {
 /// Reads the image that `tag` names in the layout `dir`; without a tag,
 /// the layout's only image.
 pub fn read_image(dir: &Path, tag: Option<&str>) -> Result<Image, SourceError> {
+    files::check_layout(dir)?;
     let entry = tagged_entry(dir, tag)?;
     let mut reader = Reader {
         layout: dir,
@@ -309,6 +313,8 @@ pub fn read_image(dir: &Path, tag: Option<&str>) -> Result<Image, SourceError> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn write_blob(dir: &Path, bytes: &[u8]) -> Digest {

@@ -24,18 +24,30 @@
 //! whole tree, last. Names and tags are checked against the distribution
 //! grammar and every directory on the way is checked not to be a symlink,
 //! so nothing is written outside the tree.
+//!
+//! Every blob is checked against its digest on its way into the blob store
+//! (hashed once: from the layout's file while it is copied, or from the
+//! open file whose inode was just hard-linked), and the layout's files are
+//! opened through [`crate::oci::files`], never through a symbolic link: the
+//! tree holds only files and directories export-static made. An export
+//! that fails, whatever the reason (a bad blob, a full disk), removes a
+//! tree it created and leaves an existing one as it was: new files are
+//! added first, and what clients read by name (tags, tag lists,
+//! `objects.json`, `nginx.conf`, `Caddyfile`) is prepared under temporary
+//! names and renamed into place last.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::reference::{valid_repository, valid_tag};
 use super::source::Image;
-use crate::oci::Digest;
+use crate::oci::files::{self, FileError};
+use crate::oci::{Digest, DigestWriter};
 
 /// The folder of the blob store and the lock.
 pub const STATE_DIR: &str = ".nixoci";
@@ -64,6 +76,14 @@ pub enum ExportError {
     Unexpected(PathBuf),
     #[error("the image has no manifest")]
     Empty,
+    #[error(transparent)]
+    Layout(#[from] FileError),
+    #[error("{path}: content hashes to {found}, expected {expected}")]
+    Digest {
+        path: PathBuf,
+        expected: Digest,
+        found: Digest,
+    },
     #[error("{0} is not a valid objects list")]
     Objects(PathBuf, #[source] serde_json::Error),
     #[error("{action} {path}")]
@@ -174,8 +194,13 @@ pub fn check_tree(tree: &Path) -> Result<(), ExportError> {
     }
 }
 
-/// Creates (or checks) `tree/a/b/…`, each step a real directory.
-fn ensure_dir(tree: &Path, parts: &[&str]) -> Result<PathBuf, ExportError> {
+/// Creates (or checks) `tree/a/b/…`, each step a real directory, adding
+/// the directories it creates to `created`.
+fn ensure_dir(
+    tree: &Path,
+    parts: &[&str],
+    created: &mut Vec<PathBuf>,
+) -> Result<PathBuf, ExportError> {
     let mut dir = tree.to_owned();
     for part in parts {
         for piece in part.split('/') {
@@ -186,7 +211,7 @@ fn ensure_dir(tree: &Path, parts: &[&str]) -> Result<PathBuf, ExportError> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     let made = fs::DirBuilder::new().mode(0o755).create(&dir);
                     match made {
-                        Ok(()) => {}
+                        Ok(()) => created.push(dir.clone()),
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
                         Err(e) => return Err(io_err("creating", &dir)(e)),
                     }
@@ -208,26 +233,59 @@ fn temp_name(dir: &Path, purpose: &str) -> PathBuf {
     dir.join(format!(".tmp-{purpose}-{}-{n}", std::process::id()))
 }
 
-/// Writes `bytes` to `path` (mode 0644) through a rename.
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+/// Writes `bytes` (mode 0644, synced) to a temporary file next to `path`,
+/// for a rename to `path`.
+fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf, ExportError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = temp_name(dir, "write");
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        let mut f = new_file(&tmp)?;
         f.write_all(bytes)?;
         f.set_permissions(fs::Permissions::from_mode(0o644))?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
+        f.sync_all()
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(io_err("writing", path)(e))
+        }
     }
-    result.map_err(io_err("writing", path))
+}
+
+/// A new file at `path`, never an existing one or through a symlink.
+fn new_file(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+}
+
+/// Renames `tmp` to `path`, removing `tmp` when that fails.
+fn rename_into_place(tmp: &Path, path: &Path) -> Result<(), ExportError> {
+    fs::rename(tmp, path).map_err(|e| {
+        let _ = fs::remove_file(tmp);
+        io_err("writing", path)(e)
+    })
+}
+
+/// Writes `bytes` to `path` (mode 0644) through a rename.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    let tmp = write_temp(path, bytes)?;
+    rename_into_place(&tmp, path)
 }
 
 /// Makes `dest` the same file as `src`: a hard link, or a copy where the
 /// file system cannot link. Returns the bytes copied.
 fn link_or_copy(src: &Path, dest: &Path) -> Result<u64, ExportError> {
+    let (tmp, copied) = link_or_copy_to_temp(src, dest)?;
+    rename_into_place(&tmp, dest)?;
+    Ok(copied)
+}
+
+/// [`link_or_copy`] to a temporary name next to `dest`, for a rename.
+fn link_or_copy_to_temp(src: &Path, dest: &Path) -> Result<(PathBuf, u64), ExportError> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     let tmp = temp_name(dir, "link");
     let copied = match fs::hard_link(src, &tmp) {
@@ -247,11 +305,76 @@ fn link_or_copy(src: &Path, dest: &Path) -> Result<u64, ExportError> {
             }
         }
     };
-    if let Err(e) = fs::rename(&tmp, dest) {
+    Ok((tmp, copied))
+}
+
+/// Puts the blob `digest` of the layout `layout` into the blob store at
+/// `dest`, checking its digest on the way: hashed once, from the open file
+/// whose inode was just hard-linked, or while it is copied. The layout's
+/// file is opened without following a symlink, and a hard link is kept only
+/// if it is that very file and a web server can read it; else the file is
+/// copied. Returns the bytes copied.
+fn store_blob(layout: &Path, digest: &Digest, dest: &Path) -> Result<u64, ExportError> {
+    let rel = files::blob_path(digest);
+    let src = layout.join(&rel);
+    let (mut file, meta) = files::open(layout, &rel)?;
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let tmp = temp_name(dir, "blob");
+    let linked = meta.permissions().mode() & 0o004 != 0
+        && fs::hard_link(&src, &tmp).is_ok()
+        && match fs::symlink_metadata(&tmp) {
+            Ok(m) => m.file_type().is_file() && m.ino() == meta.ino() && m.dev() == meta.dev(),
+            Err(_) => false,
+        };
+    let hashed = if linked {
+        let mut w = DigestWriter::new(io::sink());
+        io::copy(&mut file, &mut w)
+            .map(|_| (w.finish().1, 0))
+            .map_err(io_err("reading", &src))
+    } else {
         let _ = fs::remove_file(&tmp);
-        return Err(io_err("writing", dest)(e));
+        copy_hashing(&mut file, &src, &tmp)
+    };
+    let (found, copied) = match hashed {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    if &found != digest {
+        let _ = fs::remove_file(&tmp);
+        return Err(ExportError::Digest {
+            path: src,
+            expected: digest.clone(),
+            found,
+        });
     }
+    rename_into_place(&tmp, dest)?;
     Ok(copied)
+}
+
+/// Copies `file` (the layout's `src`) to the new file `tmp`, mode 0644 and
+/// synced, hashing what passes. Returns the digest and the bytes copied.
+fn copy_hashing(file: &mut File, src: &Path, tmp: &Path) -> Result<(Digest, u64), ExportError> {
+    let out = new_file(tmp).map_err(io_err("creating", tmp))?;
+    let mut w = DigestWriter::new(out);
+    // Read errors are the layout's, write errors the tree's.
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match io::Read::read(file, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err("reading", src)(e)),
+        };
+        w.write_all(&buf[..n]).map_err(io_err("writing", tmp))?;
+    }
+    let (out, digest, len) = w.finish();
+    out.set_permissions(fs::Permissions::from_mode(0o644))
+        .and_then(|()| out.sync_all())
+        .map_err(io_err("writing", tmp))?;
+    Ok((digest, len))
 }
 
 /// True when `path` is a regular file with `size` bytes (and, if given,
@@ -301,8 +424,97 @@ struct Planned<'a> {
 }
 
 enum Source<'a> {
-    File(&'a Path),
+    /// A config or layer, from the layout.
+    Blob,
+    /// A manifest or index, read and checked already.
     Bytes(&'a [u8]),
+}
+
+/// How the tree was before this export, and what to undo if it fails.
+enum Before {
+    /// No tree: remove it whole.
+    Missing,
+    /// An empty directory: empty it again.
+    Empty,
+    /// A tree: remove what this export added.
+    Tree,
+}
+
+/// What an export changed, undone when it fails.
+struct Undo {
+    tree: PathBuf,
+    before: Before,
+    /// Files and directories created, in order.
+    created: Vec<PathBuf>,
+    /// Files prepared under a temporary name, and the name each takes
+    /// last: tags, tag lists and the tree's metadata.
+    pending: Vec<(PathBuf, PathBuf)>,
+    rolled_back: bool,
+}
+
+impl Undo {
+    fn dir(&mut self, parts: &[&str]) -> Result<PathBuf, ExportError> {
+        ensure_dir(&self.tree, parts, &mut self.created)
+    }
+
+    /// Notes `path` as created by this export unless it is there now.
+    fn will_create(&mut self, path: &Path) {
+        if fs::symlink_metadata(path).is_err() {
+            self.created.push(path.to_owned());
+        }
+    }
+
+    /// Renames every prepared file into place, in order.
+    fn finish(&mut self) -> Result<(), ExportError> {
+        for (tmp, path) in std::mem::take(&mut self.pending) {
+            rename_into_place(&tmp, path.as_path())?;
+        }
+        Ok(())
+    }
+
+    /// Puts the tree back as it was. Best effort: what cannot be removed
+    /// stays.
+    fn rollback(&mut self) {
+        if std::mem::replace(&mut self.rolled_back, true) {
+            return;
+        }
+        for (tmp, _) in std::mem::take(&mut self.pending) {
+            let _ = fs::remove_file(tmp);
+        }
+        match self.before {
+            Before::Missing => {
+                let _ = fs::remove_dir_all(&self.tree);
+            }
+            Before::Empty => {
+                if let Ok(entries) = fs::read_dir(&self.tree) {
+                    for e in entries.flatten() {
+                        let p = e.path();
+                        match e.file_type() {
+                            Ok(t) if t.is_dir() => {
+                                let _ = fs::remove_dir_all(&p);
+                            }
+                            _ => {
+                                let _ = fs::remove_file(&p);
+                            }
+                        }
+                    }
+                }
+            }
+            Before::Tree => {
+                for p in std::mem::take(&mut self.created).iter().rev() {
+                    match fs::symlink_metadata(p) {
+                        Ok(m) if m.is_dir() => {
+                            let _ = fs::remove_dir(p);
+                        }
+                        Ok(_) => {
+                            let _ = fs::remove_file(p);
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Exports `image` into `tree` as `repository` under each of `tags`.
@@ -315,14 +527,57 @@ pub fn export(
     check_names(repository, tags)?;
     check_tree(tree)?;
     let root = image.root().ok_or(ExportError::Empty)?;
-    match fs::DirBuilder::new().mode(0o755).create(tree) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tree.is_dir() => {}
+    let before = match fs::DirBuilder::new().mode(0o755).create(tree) {
+        Ok(()) => Before::Missing,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tree.is_dir() => {
+            let empty = fs::read_dir(tree)
+                .map_err(io_err("reading", tree))?
+                .next()
+                .is_none();
+            if empty {
+                Before::Empty
+            } else {
+                Before::Tree
+            }
+        }
         Err(e) => return Err(io_err("creating", tree)(e)),
+    };
+    let mut undo = Undo {
+        tree: tree.to_owned(),
+        before,
+        created: Vec::new(),
+        pending: Vec::new(),
+        rolled_back: false,
+    };
+    let lock = undo
+        .dir(&[STATE_DIR])
+        .and_then(|state| TreeLock::take(&state.join("lock")));
+    let result = lock.and_then(|lock| {
+        let result = export_locked(image, root, repository, tags, &mut undo);
+        if result.is_err() {
+            // Under the lock: no other export sees the tree half done.
+            undo.rollback();
+        }
+        drop(lock);
+        result
+    });
+    if result.is_err() {
+        undo.rollback();
     }
-    let state = ensure_dir(tree, &[STATE_DIR])?;
-    let _lock = TreeLock::take(&state.join("lock"))?;
-    let store = ensure_dir(tree, &[STATE_DIR, "blobs/sha256"])?;
+    result
+}
+
+/// [`export`] once the tree is there and locked.
+fn export_locked(
+    image: &Image,
+    root: &super::source::Document,
+    repository: &str,
+    tags: &[String],
+    undo: &mut Undo,
+) -> Result<ExportReport, ExportError> {
+    let tree = undo.tree.clone();
+    let tree = tree.as_path();
+    let store = undo.dir(&[STATE_DIR, "blobs/sha256"])?;
 
     let mut report = ExportReport {
         version: 1,
@@ -344,7 +599,7 @@ pub fn export(
         .map(|b| Planned {
             digest: b.digest.clone(),
             size: b.size,
-            source: Source::File(&b.path),
+            source: Source::Blob,
         })
         .collect();
     planned.extend(image.documents.iter().map(|d| Planned {
@@ -357,34 +612,26 @@ pub fn export(
         if is_in_place(&dest, p.size, None) {
             continue;
         }
+        undo.will_create(&dest);
         match &p.source {
             Source::Bytes(b) => write_file(&dest, b)?,
-            Source::File(src) => {
-                let meta = fs::metadata(src).map_err(io_err("reading", src))?;
-                // Link the layout's blob only if a web server can read it.
-                if meta.permissions().mode() & 0o004 != 0 {
-                    report.bytes_copied += link_or_copy(src, &dest)?;
-                } else {
-                    let bytes = fs::read(src).map_err(io_err("reading", src))?;
-                    write_file(&dest, &bytes)?;
-                    report.bytes_copied += bytes.len() as u64;
-                }
-            }
+            Source::Blob => report.bytes_copied += store_blob(&image.layout, &p.digest, &dest)?,
         }
         report.stored += 1;
     }
 
     // 2. The repository's files, linked to the store; tags last.
     let mut objects = read_objects(tree)?;
-    let blobs_dir = ensure_dir(tree, &["v2", repository, "blobs"])?;
-    let manifests_dir = ensure_dir(tree, &["v2", repository, "manifests"])?;
+    let blobs_dir = undo.dir(&["v2", repository, "blobs"])?;
+    let manifests_dir = undo.dir(&["v2", repository, "manifests"])?;
     let mut place = |dir: &Path,
                      name: String,
                      digest: &Digest,
                      size: u64,
                      content_type: &str,
                      kind: Kind,
-                     report: &mut ExportReport|
+                     report: &mut ExportReport,
+                     undo: &mut Undo|
      -> Result<(), ExportError> {
         let stored = store.join(digest.hex());
         let stored_meta = fs::metadata(&stored).map_err(io_err("reading", &stored))?;
@@ -401,7 +648,15 @@ pub fn export(
             || (kind == Kind::Blob || name.starts_with("sha256:")) && is_in_place(&dest, size, None)
         {
             report.unchanged += 1;
+        } else if kind == Kind::Manifest && !name.starts_with("sha256:") {
+            // A tag: re-pointed last, with the tree's metadata.
+            let (tmp, copied) = link_or_copy_to_temp(&stored, &dest)?;
+            undo.pending.push((tmp, dest));
+            report.bytes_copied += copied;
+            report.written.push(key.clone());
         } else {
+            // Named by its digest: new, or the same content again.
+            undo.will_create(&dest);
             report.bytes_copied += link_or_copy(&stored, &dest)?;
             report.written.push(key.clone());
         }
@@ -426,6 +681,7 @@ pub fn export(
             BLOB_TYPE,
             Kind::Blob,
             &mut report,
+            undo,
         )?;
     }
     for d in &image.documents {
@@ -437,6 +693,7 @@ pub fn export(
             &d.media_type,
             Kind::Manifest,
             &mut report,
+            undo,
         )?;
     }
     for t in tags {
@@ -448,13 +705,15 @@ pub fn export(
             &root.media_type,
             Kind::Manifest,
             &mut report,
+            undo,
         )?;
     }
 
     // 3. The ping, the tag lists, then the metadata of the whole tree.
-    let v2 = ensure_dir(tree, &["v2"])?;
+    let v2 = undo.dir(&["v2"])?;
     let ping = v2.join("index.html");
     if !is_in_place(&ping, 2, None) {
+        undo.will_create(&ping);
         write_file(&ping, b"{}")?;
     }
     objects.insert(
@@ -470,10 +729,11 @@ pub fn export(
     for (repo, repo_tags) in tags_by_repository(&objects) {
         let body = serde_json::to_vec(&serde_json::json!({"name": repo, "tags": repo_tags}))
             .map_err(|e| io_err("serialising", tree)(io::Error::other(e)))?;
-        let dir = ensure_dir(tree, &["v2", &repo, "tags"])?;
+        let dir = undo.dir(&["v2", &repo, "tags"])?;
         let path = dir.join("list");
         if fs::read(&path).ok().as_deref() != Some(&body[..]) {
-            write_file(&path, &body)?;
+            let tmp = write_temp(&path, &body)?;
+            undo.pending.push((tmp, path));
         }
         let key = format!("v2/{repo}/tags/list");
         objects.insert(
@@ -487,7 +747,9 @@ pub fn export(
             },
         );
     }
-    write_metadata(tree, &objects)?;
+    write_metadata(tree, &objects, undo)?;
+    // The tags, the tag lists and the metadata, all ready: into place.
+    undo.finish()?;
     report.written.sort();
     Ok(report)
 }
@@ -524,21 +786,27 @@ fn read_objects(tree: &Path) -> Result<BTreeMap<String, Object>, ExportError> {
     Ok(list.into_iter().map(|o| (o.key.clone(), o)).collect())
 }
 
-fn write_metadata(tree: &Path, objects: &BTreeMap<String, Object>) -> Result<(), ExportError> {
+/// Prepares `objects.json`, `nginx.conf` and the `Caddyfile` for
+/// [`Undo::finish`].
+fn write_metadata(
+    tree: &Path,
+    objects: &BTreeMap<String, Object>,
+    undo: &mut Undo,
+) -> Result<(), ExportError> {
     let abs = fs::canonicalize(tree).map_err(io_err("resolving", tree))?;
     let list: Vec<&Object> = objects.values().collect();
     let mut json = serde_json::to_vec_pretty(&list)
         .map_err(|e| io_err("serialising", tree)(io::Error::other(e)))?;
     json.push(b'\n');
-    write_file(&tree.join(OBJECTS_FILE), &json)?;
-    write_file(
-        &tree.join(NGINX_FILE),
-        nginx_config(&abs, objects).as_bytes(),
-    )?;
-    write_file(
-        &tree.join(CADDY_FILE),
-        caddy_config(&abs, objects).as_bytes(),
-    )?;
+    for (name, bytes) in [
+        (OBJECTS_FILE, json),
+        (NGINX_FILE, nginx_config(&abs, objects).into_bytes()),
+        (CADDY_FILE, caddy_config(&abs, objects).into_bytes()),
+    ] {
+        let path = tree.join(name);
+        let tmp = write_temp(&path, &bytes)?;
+        undo.pending.push((tmp, path));
+    }
     Ok(())
 }
 
@@ -679,7 +947,7 @@ mod tests {
         fs::create_dir(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, t.join("v2")).unwrap();
         assert!(matches!(
-            ensure_dir(&t, &["v2", "a"]),
+            ensure_dir(&t, &["v2", "a"], &mut Vec::new()),
             Err(ExportError::Unexpected(_))
         ));
         assert!(fs::read_dir(&outside).unwrap().next().is_none());
