@@ -44,6 +44,10 @@ pub const DEFAULT_MIN_RATE: u64 = 100 << 10;
 ///
 /// - connecting (DNS, TCP, TLS) takes at most `timeout`;
 /// - no read or write may wait more than `timeout` for a byte (a stall);
+/// - the answer's status and headers come within `timeout` of the request
+///   being sent, or within [`TimeBounds::deadline`] of the bytes the
+///   registry must take in first (an uploaded body, a blob it assembles
+///   from chunks: [`Extra::work`]);
 /// - the whole request, redirects and the answer's body included, ends
 ///   within [`TimeBounds::deadline`] of the bytes it sends and reads:
 ///   `timeout + bytes / min_rate`. For an upload the bytes are the body's
@@ -91,6 +95,16 @@ impl TimeBounds {
     pub fn behind(&self, elapsed: Duration, bytes: u64) -> bool {
         elapsed > self.deadline(bytes)
     }
+}
+
+/// What a request may take longer for, beyond its timeout and its body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extra {
+    /// Bytes of the answer's body the caller reads ([`Client::read_body`]).
+    pub read: u64,
+    /// Bytes the registry handles before it answers: a blob it assembles
+    /// from the chunks sent before.
+    pub work: u64,
 }
 
 /// Which time limit a request ran into.
@@ -492,6 +506,8 @@ fn agent(options: &ClientOptions) -> Result<ureq::Agent, ClientError> {
         .max_redirects(5)
         .user_agent(format!("nixoci/{}", env!("CARGO_PKG_VERSION")))
         .timeout_connect(Some(t))
+        .timeout_send_request(Some(t))
+        .timeout_recv_response(Some(t))
         .timeout_per_read(Some(t))
         .timeout_per_write(Some(t))
         .timeout_global(Some(options.bounds.deadline(0)))
@@ -500,15 +516,17 @@ fn agent(options: &ClientOptions) -> Result<ureq::Agent, ClientError> {
     Ok(config.new_agent())
 }
 
-/// Runs `req` on `agent` with a deadline of its own for the whole request.
+/// Runs `req` on `agent` with deadlines of its own for the answer's
+/// headers and for the whole request.
 fn run_within<S: ureq::AsSendBody>(
     agent: &ureq::Agent,
     req: ureq::http::Request<S>,
-    deadline: Duration,
+    (headers, all): (Duration, Duration),
 ) -> Result<Response<ureq::Body>, ureq::Error> {
     req.with_agent(agent)
         .configure()
-        .timeout_global(Some(deadline))
+        .timeout_recv_response(Some(headers))
+        .timeout_global(Some(all))
         .build()
         .run()
 }
@@ -574,7 +592,13 @@ impl Client {
                 client.with_retries("GET /v2/", |_| client.ping())
             };
             match result {
-                Err(e @ ClientError::Transport { .. }) if https_probe => last = Some(e),
+                // A plain-HTTP server may also sit on the TLS handshake
+                // until the connect timeout.
+                Err(e @ (ClientError::Transport { .. } | ClientError::Timeout(_)))
+                    if https_probe =>
+                {
+                    last = Some(e)
+                }
                 other => return other.map(|()| client),
             }
         }
@@ -678,12 +702,15 @@ impl Client {
                         .saturating_mul(1 << attempt.min(16))
                         .min(Duration::from_secs(30));
                     let delay = e.retry_after().unwrap_or(backoff);
+                    let count = if e.is_timeout() {
+                        "once".to_owned()
+                    } else {
+                        format!("{} of {}", attempt + 1, self.options.retries)
+                    };
                     (self.notify)(&format!(
-                        "{what}: {}; retrying in {:.1}s ({} of {})",
+                        "{what}: {}; retrying in {:.1}s ({count})",
                         error_chain(&e),
                         delay.as_secs_f64(),
-                        attempt + 1,
-                        self.options.retries
                     ));
                     std::thread::sleep(delay);
                     attempt += 1;
@@ -710,19 +737,19 @@ impl Client {
         headers: &[(&str, &str)],
         body: &Body,
     ) -> Result<Response<ureq::Body>, ClientError> {
-        self.send_for(method, url, headers, body, 0)
+        self.send_with(method, url, headers, body, Extra::default())
     }
 
-    /// [`Client::send`] for an answer whose body will be read with
-    /// [`Client::read_body`], up to `answer` bytes: the deadline grows by
-    /// that many bytes at the minimum rate.
-    pub fn send_for(
+    /// [`Client::send`] with more time, for `extra` bytes at the minimum
+    /// rate: an answer whose body is read with [`Client::read_body`], a
+    /// registry that assembles a blob before it answers.
+    pub fn send_with(
         &self,
         method: &'static str,
         url: &Url,
         headers: &[(&str, &str)],
         body: &Body,
-        answer: u64,
+        extra: Extra,
     ) -> Result<Response<ureq::Body>, ClientError> {
         let mut refreshed = false;
         loop {
@@ -730,7 +757,7 @@ impl Client {
                 let a = self.auth.read().unwrap_or_else(|e| e.into_inner());
                 (a.state.clone(), a.generation)
             };
-            let resp = self.send_once(method, url, headers, body, answer, &state)?;
+            let resp = self.send_once(method, url, headers, body, extra, &state)?;
             if resp.status().as_u16() != 401 || refreshed || !self.same_origin(url) {
                 return Ok(resp);
             }
@@ -752,14 +779,21 @@ impl Client {
 
     /// The error for a failed request: a [`ClientError::Timeout`] naming
     /// the limit when ureq ran out of time, else a transport error.
+    /// `before` and `total` are the bytes of the deadlines for the answer's
+    /// headers and for the whole request.
     fn failed(
         &self,
         method: &'static str,
         url: &Url,
-        deadline_bytes: u64,
+        (before, total): (u64, u64),
         source: ureq::Error,
     ) -> ClientError {
         let bounds = self.options.bounds;
+        let deadline = |bytes| Limit::Deadline {
+            timeout: bounds.timeout,
+            bytes,
+            rate: bounds.min_rate,
+        };
         let limit = match &source {
             ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
                 Limit::Connect(bounds.timeout)
@@ -767,11 +801,9 @@ impl Client {
             ureq::Error::Timeout(ureq::Timeout::PerRead | ureq::Timeout::PerWrite) => {
                 Limit::Stall(bounds.timeout)
             }
-            ureq::Error::Timeout(_) => Limit::Deadline {
-                timeout: bounds.timeout,
-                bytes: deadline_bytes,
-                rate: bounds.min_rate,
-            },
+            ureq::Error::Timeout(ureq::Timeout::SendRequest) => deadline(0),
+            ureq::Error::Timeout(ureq::Timeout::RecvResponse) => deadline(before),
+            ureq::Error::Timeout(_) => deadline(total),
             _ => {
                 return ClientError::Transport {
                     method,
@@ -788,7 +820,7 @@ impl Client {
         }))
     }
 
-    /// Reads the body of an answer to [`Client::send_for`], at most
+    /// Reads the body of an answer to [`Client::send_with`], at most
     /// `limit` bytes (`None` when there are more), as long as it keeps up
     /// the minimum rate after the timeout's grace ([`TimeBounds::behind`]).
     pub fn read_body(
@@ -811,7 +843,7 @@ impl Client {
                 Err(e) => {
                     return match ureq::Error::from(e) {
                         ureq::Error::BodyExceedsLimit(_) => Ok(None),
-                        source => Err(self.failed(method, url, limit, source)),
+                        source => Err(self.failed(method, url, (0, limit), source)),
                     }
                 }
             }
@@ -837,7 +869,7 @@ impl Client {
         url: &Url,
         headers: &[(&str, &str)],
         body: &Body,
-        answer: u64,
+        extra: Extra,
         state: &AuthState,
     ) -> Result<Response<ureq::Body>, ClientError> {
         let transport = |source| ClientError::Transport {
@@ -845,9 +877,14 @@ impl Client {
             url: short(url),
             source,
         };
-        // The bytes this request moves, and so its deadline.
-        let moved = body.len().saturating_add(answer);
-        let deadline = self.options.bounds.deadline(moved);
+        // The bytes before the answer's headers and in all, and so the
+        // deadlines of the headers and of the request.
+        let before = body.len().saturating_add(extra.work);
+        let total = before.saturating_add(extra.read);
+        let deadlines = (
+            self.options.bounds.deadline(before),
+            self.options.bounds.deadline(total),
+        );
         let mut req = ureq::http::Request::builder()
             .method(method)
             .uri(url.as_str());
@@ -872,17 +909,17 @@ impl Client {
         let result = match body {
             Body::Empty | Body::Bytes(_) if !has_body => {
                 let r = req.body(()).map_err(|e| transport(ureq::Error::Http(e)))?;
-                run_within(&self.agent, r, deadline)
+                run_within(&self.agent, r, deadlines)
             }
             Body::Empty => {
                 let r = req
                     .body(&[][..])
                     .map_err(|e| transport(ureq::Error::Http(e)))?;
-                run_within(&self.agent, r, deadline)
+                run_within(&self.agent, r, deadlines)
             }
             Body::Bytes(b) => {
                 let r = req.body(*b).map_err(|e| transport(ureq::Error::Http(e)))?;
-                run_within(&self.agent, r, deadline)
+                run_within(&self.agent, r, deadlines)
             }
             Body::File {
                 path,
@@ -903,10 +940,10 @@ impl Client {
                 let r = req
                     .body(ureq::SendBody::from_reader(&mut reader))
                     .map_err(|e| transport(ureq::Error::Http(e)))?;
-                run_within(&self.agent, r, deadline)
+                run_within(&self.agent, r, deadlines)
             }
         };
-        result.map_err(|e| self.failed(method, url, moved, e))
+        result.map_err(|e| self.failed(method, url, (before, total), e))
     }
 
     /// The error for a 401 that authenticating did not cure.
@@ -1026,7 +1063,7 @@ impl Client {
         }
         let mut resp = req
             .call()
-            .map_err(|source| self.failed("GET", &url, 0, source))?;
+            .map_err(|source| self.failed("GET", &url, (0, 0), source))?;
         match resp.status().as_u16() {
             200 => {}
             401 | 403 => {
