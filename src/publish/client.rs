@@ -43,7 +43,9 @@ pub const DEFAULT_MIN_RATE: u64 = 100 << 10;
 /// alike, so the bound grows with the bytes a request moves:
 ///
 /// - connecting (DNS, TCP, TLS) takes at most `timeout`;
-/// - no read or write may wait more than `timeout` for a byte (a stall);
+/// - no write may wait more than `timeout` for the registry to take a
+///   byte, no read more than `timeout` for one to come (a stall), but for
+///   the wait for the answer to an upload, bounded as follows;
 /// - the answer's status and headers come within `timeout` of the request
 ///   being sent, or within [`TimeBounds::deadline`] of the bytes the
 ///   registry must take in first (an uploaded body, a blob it assembles
@@ -517,7 +519,9 @@ fn agent(options: &ClientOptions) -> Result<ureq::Agent, ClientError> {
 }
 
 /// Runs `req` on `agent` with deadlines of its own for the answer's
-/// headers and for the whole request.
+/// headers and for the whole request. A registry that takes in an upload
+/// may send nothing until it answers, so no read waits longer than the
+/// headers' deadline (the timeout, for a request that uploads nothing).
 fn run_within<S: ureq::AsSendBody>(
     agent: &ureq::Agent,
     req: ureq::http::Request<S>,
@@ -525,6 +529,7 @@ fn run_within<S: ureq::AsSendBody>(
 ) -> Result<Response<ureq::Body>, ureq::Error> {
     req.with_agent(agent)
         .configure()
+        .timeout_per_read(Some(headers))
         .timeout_recv_response(Some(headers))
         .timeout_global(Some(all))
         .build()
@@ -798,6 +803,7 @@ impl Client {
             ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
                 Limit::Connect(bounds.timeout)
             }
+            ureq::Error::Timeout(ureq::Timeout::PerRead) if before > 0 => deadline(before),
             ureq::Error::Timeout(ureq::Timeout::PerRead | ureq::Timeout::PerWrite) => {
                 Limit::Stall(bounds.timeout)
             }
