@@ -397,7 +397,7 @@ fn what_a_killed_build_leaves_is_found_and_removed() {
     assert!(after_gc.iter().all(|(n, _)| !n.starts_with('.')));
     assert_eq!(after_gc.len(), before.len() + stray.len());
     let gc = nixoci()
-        .args(["gc", "--grace", "0"])
+        .args(["gc", "--grace", "0s"])
         .arg(&out)
         .output()
         .unwrap();

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use publish_support::*;
@@ -86,6 +87,17 @@ impl Store {
 
     /// `nixoci SUB` (build or plan) of both platforms' applications.
     fn nixoci(&self, sub: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
+        self.nixoci_within(sub, args, envs, Duration::from_secs(300))
+    }
+
+    /// [`Store::nixoci`], killed (and failing the test) after `limit`.
+    fn nixoci_within(
+        &self,
+        sub: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        limit: Duration,
+    ) -> Output {
         let amd = format!("linux/amd64={}", self.app("amd64"));
         let arm = format!("linux/arm64={}", self.app("arm64"));
         let cache = self.work.join("cache");
@@ -106,7 +118,7 @@ impl Store {
         envs.push(("XDG_CACHE_HOME", cache.to_str().expect("utf-8")));
         // No credentials of the user's: HOME holds no auth files.
         envs.push(("HOME", "/nonexistent"));
-        nixoci(&all, &envs)
+        nixoci_within(&all, &envs, limit)
     }
 }
 
@@ -563,4 +575,37 @@ fn registry_documents_are_checked_and_history_is_read() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn a_trickling_registry_fails_the_build_in_bounded_time() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let work = tmp.path();
+    let store = Store::new(&work.join("store"), "1");
+    // A body trickled without Content-Length (build), then a whole answer
+    // trickled (plan): both end after about twice --timeout (one retry).
+    for (mode, sub, message) in [
+        (Trickle::Body, "build", "too slowly"),
+        (Trickle::Answer, "plan", "within 2 s"),
+    ] {
+        let trickler = Trickler::start(mode);
+        let previous = format!("{}/app:1", trickler.addr());
+        let out = work.join(format!("{sub}.oci"));
+        let mut args = vec!["--previous", &previous, "--timeout", "2s"];
+        if sub == "build" {
+            args.extend(["-o", out.to_str().expect("utf-8")]);
+        }
+        let start = Instant::now();
+        let o = store.nixoci_within(sub, &args, &[], Duration::from_secs(60));
+        let what = format!("{sub} --previous {previous} ({mode:?})");
+        assert_timed_out(
+            &o,
+            start.elapsed(),
+            &trickler.addr(),
+            "GET /v2/app/manifests/1",
+            &what,
+        );
+        assert!(stderr(&o).contains(message), "{what}:\n{}", stderr(&o));
+        assert!(!out.exists(), "{what} wrote a layout");
+    }
 }

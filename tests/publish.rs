@@ -1,7 +1,7 @@
 //! `nixoci push` and `nixoci export-static` against real servers on
 //! 127.0.0.1: Debian's Distribution registry (`docker-registry`), nginx,
-//! and loopback proxies in this harness for the bearer-token flow and for
-//! a flaky registry. Images are read back with skopeo and compared digest
+//! and loopback servers in this harness for the bearer-token flow, a
+//! flaky registry and a trickling one. Images are read back with skopeo and compared digest
 //! for digest. Every server is stopped by PID when its test ends.
 
 mod publish_support;
@@ -9,6 +9,7 @@ mod publish_support;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use publish_support::*;
 
@@ -486,4 +487,52 @@ fn names_and_tags_cannot_leave_the_tree() {
         &[],
     );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn a_trickling_registry_fails_the_push_in_bounded_time() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let work = tmp.path();
+    let layout = golden_layout(work, "example.org/hello:1.0");
+    let layout_s = layout.to_str().expect("utf-8 path");
+
+    // Every answer after /v2/ trickled from its status line: the blobs'
+    // HEADs time out, each retried once.
+    let trickler = Trickler::start(Trickle::Answer);
+    let dest = format!("{}/app:1", trickler.addr());
+    let start = Instant::now();
+    let o = nixoci_within(
+        &["push", layout_s, &dest, "--timeout", "2s"],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert_timed_out(
+        &o,
+        start.elapsed(),
+        &trickler.addr(),
+        "HEAD /v2/app/blobs/sha256:",
+        "push to a registry trickling its answers",
+    );
+    assert!(stderr(&o).contains("within 2 s"), "{}", stderr(&o));
+    drop(trickler);
+
+    // A body trickled without Content-Length after 200 OK: every HEAD
+    // finds its blob, and the tag's PUT gets a 200 whose error body
+    // trickles. The push fails, in bounded time.
+    let trickler = Trickler::start(Trickle::Body);
+    let dest = format!("{}/app:1", trickler.addr());
+    let start = Instant::now();
+    let o = nixoci_within(
+        &["push", layout_s, &dest, "--timeout", "2s"],
+        &[],
+        Duration::from_secs(60),
+    );
+    let took = start.elapsed();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        took < Duration::from_secs(20),
+        "took {took:?}\n{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains(&trickler.addr()), "{}", stderr(&o));
 }

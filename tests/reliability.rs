@@ -225,7 +225,10 @@ fn a_rebuild_replaces_a_symlinked_layer_blob() {
     let report = run(&mut with_cache(&out)).success().json();
     let outside = tmp.path().join("outside");
     for layer in report["layers"].as_array().unwrap() {
-        let hex = layer["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        let hex = layer["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:");
         let path = out.join("blobs/sha256").join(hex);
         fs::copy(&path, &outside).unwrap();
         fs::remove_file(&path).unwrap();

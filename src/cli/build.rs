@@ -20,7 +20,7 @@ use crate::pipeline::{self, BuildRequest, ImageRequest};
 use crate::plan::{Layering, Previous, DEFAULT_MAX_LAYERS};
 use crate::platform::Platform;
 use crate::publish::auth::{self, AuthEnv};
-use crate::publish::client::{error_chain, Client, ClientOptions};
+use crate::publish::client::{error_chain, Client, ClientOptions, TimeBounds};
 use crate::publish::fetch;
 use crate::publish::reference::{names_registry, valid_registry, Reference};
 use crate::spec::{self, ImageSpec};
@@ -165,8 +165,8 @@ pub struct Args {
     /// its part before a colon), else a registry image when its first
     /// component is a host (it has a dot or a colon, or is localhost:
     /// registry.example.org/app:1.0, localhost:5000/app), else a layout.
-    /// A registry is read with --creds, --insecure, --ca-file and the
-    /// credentials `nixoci push` finds.
+    /// A registry is read with --creds, --insecure, --ca-file, --timeout
+    /// and the credentials `nixoci push` finds.
     #[arg(long, value_name = "IMAGE")]
     pub previous: Option<String>,
 
@@ -193,6 +193,12 @@ pub struct Args {
     /// for the registry of a --previous image.
     #[arg(long, value_name = "FILE", requires = "previous")]
     pub ca_file: Option<PathBuf>,
+
+    /// Time limit of each request to the registry of a --previous image:
+    /// connecting, a stall, and an answer each get DURATION (30s, 2m,
+    /// 500ms, or seconds), a document also its size at 100 KiB/s.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = super::parse_timeout, requires = "previous")]
+    pub timeout: std::time::Duration,
 
     /// Layers built at once [default: all cores].
     #[arg(long, short = 'j', value_name = "N")]
@@ -1007,6 +1013,10 @@ fn read_previous(args: &Args) -> anyhow::Result<Option<Previous>> {
     let options = ClientOptions {
         insecure: args.insecure,
         ca_file: args.ca_file.clone(),
+        bounds: TimeBounds {
+            timeout: args.timeout,
+            ..TimeBounds::default()
+        },
         ..ClientOptions::default()
     };
     let client = Client::connect(

@@ -144,7 +144,7 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
 }
 
 /// `90s`, `90m`, `12h`, `30d`.
-fn parse_age(s: &str) -> Option<Duration> {
+pub(super) fn parse_age(s: &str) -> Option<Duration> {
     let s = s.trim();
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = s.split_at(digits);

@@ -9,7 +9,7 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use super::usage;
 use crate::oci::layout::LayoutArg;
 use crate::publish::auth::{self, AuthEnv};
-use crate::publish::client::{error_chain, Client, ClientOptions};
+use crate::publish::client::{error_chain, Client, ClientOptions, TimeBounds};
 use crate::publish::push::{self, Event, PushOptions};
 use crate::publish::reference::{tag_from_ref_name, valid_repository, Reference};
 use crate::publish::source::read_image;
@@ -72,9 +72,16 @@ pub struct Args {
     pub chunk_size: String,
 
     /// Retries of each blob or manifest after a connection error, a 5xx or
-    /// a 429 answer, with backoff (or as Retry-After asks).
+    /// a 429 answer, with backoff (or as Retry-After asks); a timeout is
+    /// retried once.
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub retries: u32,
+
+    /// Time limit of each request: connecting, a stall, and an answer
+    /// without a body each get DURATION (30s, 2m, 500ms, or seconds); a
+    /// blob gets DURATION plus its size at 100 KiB/s.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = super::parse_timeout)]
+    pub timeout: Duration,
 
     /// Print the push report as JSON on stdout.
     #[arg(long)]
@@ -176,6 +183,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         retries: args.retries,
         backoff: Duration::from_millis(500),
         ca_file: args.ca_file.clone(),
+        bounds: TimeBounds {
+            timeout: args.timeout,
+            ..TimeBounds::default()
+        },
     };
     let client = Client::connect(
         &dest,

@@ -17,10 +17,10 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::files::{self, FileError};
 use super::image::{
     MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
 };
-use super::files::{self, FileError};
 use super::layout::{self, LayoutError};
 use super::temp;
 use super::{check_nesting, Digest};

@@ -6,14 +6,19 @@
 //! Built on `ureq` (blocking, rustls): see `docs/publish.md` for why.
 //! Authorization headers go only to the registry's own origin, never to a
 //! redirect target or another host named in a `Location`.
+//!
+//! Every request is bounded in time by [`TimeBounds`]: a registry that
+//! stops answering, or trickles its answer, fails with a
+//! [`ClientError::Timeout`] that names the host, the request and the limit.
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use ureq::http::Response;
+use ureq::RequestExt;
 use url::Url;
 
 use super::auth::{Challenge, Credentials};
@@ -24,6 +29,205 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, appl
 
 /// Longest wait a `Retry-After` may ask for.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The default `--timeout`: connecting, and a request without a body.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The default slowest pace of a body once its timeout is spent: 100 KiB/s.
+pub const DEFAULT_MIN_RATE: u64 = 100 << 10;
+
+/// How long a request may take.
+///
+/// A fixed deadline cannot serve a 100-byte manifest and a 2 GiB layer
+/// alike, so the bound grows with the bytes a request moves:
+///
+/// - connecting (DNS, TCP, TLS) takes at most `timeout`;
+/// - no write may wait more than `timeout` for the registry to take a
+///   byte, no read more than `timeout` for one to come (a stall), but for
+///   the wait for the answer to an upload, bounded as follows;
+/// - the answer's status and headers come within `timeout` of the request
+///   being sent, or within [`TimeBounds::deadline`] of the bytes the
+///   registry must take in first (an uploaded body, a blob it assembles
+///   from chunks: [`Extra::work`]);
+/// - the whole request, redirects and the answer's body included, ends
+///   within [`TimeBounds::deadline`] of the bytes it sends and reads:
+///   `timeout + bytes / min_rate`. For an upload the bytes are the body's
+///   length, known before it starts, so the deadline is fixed up front and
+///   a blob is only required to average `min_rate` over its transfer;
+/// - a body read whose length is not known in advance (a manifest or a
+///   config, up to its size limit, with or without `Content-Length`) is
+///   also checked as it arrives ([`TimeBounds::behind`]): after `timeout`
+///   of grace it must keep up an average of `min_rate`, so a trickling
+///   registry fails soon after `timeout`, not at the end of the deadline
+///   its size limit would allow.
+///
+/// Nothing waits longer than the deadline, and a timed-out operation is
+/// tried once more at most (see [`Client::with_retries_progress`]), so an
+/// operation takes at most two deadlines plus a backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeBounds {
+    /// Connecting, a stall, and the fixed part of every deadline.
+    pub timeout: Duration,
+    /// Bytes per second a body must average once `timeout` is spent.
+    pub min_rate: u64,
+}
+
+impl Default for TimeBounds {
+    fn default() -> Self {
+        TimeBounds {
+            timeout: DEFAULT_TIMEOUT,
+            min_rate: DEFAULT_MIN_RATE,
+        }
+    }
+}
+
+impl TimeBounds {
+    /// The deadline of a request that moves `bytes` of bodies: the timeout
+    /// plus the bytes at the minimum rate.
+    pub fn deadline(&self, bytes: u64) -> Duration {
+        let rate = self.min_rate.max(1) as f64;
+        self.timeout.saturating_add(
+            Duration::try_from_secs_f64(bytes as f64 / rate).unwrap_or(Duration::MAX),
+        )
+    }
+
+    /// True when a body that has moved `bytes` in `elapsed` is behind: it
+    /// took longer than [`TimeBounds::deadline`] of those bytes.
+    pub fn behind(&self, elapsed: Duration, bytes: u64) -> bool {
+        elapsed > self.deadline(bytes)
+    }
+}
+
+/// What a request may take longer for, beyond its timeout and its body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extra {
+    /// Bytes of the answer's body the caller reads ([`Client::read_body`]).
+    pub read: u64,
+    /// Bytes the registry handles before it answers: a blob it assembles
+    /// from the chunks sent before.
+    pub work: u64,
+}
+
+/// Which time limit a request ran into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limit {
+    /// No connection within this.
+    Connect(Duration),
+    /// Nothing sent or received for this long.
+    Stall(Duration),
+    /// The whole request: `timeout`, plus `bytes` at `rate`.
+    Deadline {
+        timeout: Duration,
+        bytes: u64,
+        rate: u64,
+    },
+    /// A body fell behind the minimum rate: `bytes` in `elapsed`.
+    Rate {
+        rate: u64,
+        bytes: u64,
+        elapsed: Duration,
+    },
+}
+
+/// A request that ran out of time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedOut {
+    /// `registry HOST[:PORT]` or `token server HOST[:PORT]`.
+    pub who: String,
+    pub method: &'static str,
+    /// The URL path (no query: upload URLs carry long state).
+    pub path: String,
+    pub limit: Limit,
+}
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let TimedOut {
+            who, method, path, ..
+        } = self;
+        match &self.limit {
+            Limit::Connect(t) => write!(
+                f,
+                "{who} did not accept a connection within {} ({method} {path})",
+                seconds(*t)
+            ),
+            Limit::Stall(t) => write!(
+                f,
+                "{who} stalled during {method} {path}: nothing moved for {}",
+                seconds(*t)
+            ),
+            Limit::Deadline {
+                timeout, bytes: 0, ..
+            } => write!(
+                f,
+                "{who} did not answer {method} {path} within {}",
+                seconds(*timeout)
+            ),
+            Limit::Deadline {
+                timeout,
+                bytes,
+                rate,
+            } => {
+                let bounds = TimeBounds {
+                    timeout: *timeout,
+                    min_rate: *rate,
+                };
+                write!(
+                    f,
+                    "{who} did not answer {method} {path} within {} ({} plus {} at {}/s)",
+                    seconds(bounds.deadline(*bytes)),
+                    seconds(*timeout),
+                    amount(*bytes),
+                    amount(*rate)
+                )
+            }
+            Limit::Rate {
+                rate,
+                bytes,
+                elapsed,
+            } => write!(
+                f,
+                "{who} answered {method} {path} too slowly: {} in {}, under {}/s",
+                amount(*bytes),
+                seconds(*elapsed),
+                amount(*rate)
+            ),
+        }
+    }
+}
+
+/// `500 ms`, `2 s`, `2.5 s`.
+fn seconds(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// `12 bytes`, `100 KiB`, `16.0 MiB`.
+fn amount(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} byte{}", if n == 1 { "" } else { "s" });
+    }
+    let mut v = n as f64;
+    let mut unit = "";
+    for u in UNITS {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    if v.fract() == 0.0 {
+        format!("{v:.0} {unit}")
+    } else {
+        format!("{v:.1} {unit}")
+    }
+}
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +290,8 @@ pub enum ClientError {
     },
     #[error("loading TLS certificates from {path}")]
     Certificates { path: PathBuf },
+    #[error("{0}")]
+    Timeout(Box<TimedOut>),
 }
 
 impl ClientError {
@@ -104,9 +310,14 @@ impl ClientError {
             ClientError::Status { status, .. } => {
                 *status >= 500 || *status == 408 || *status == 429
             }
-            ClientError::Token { .. } => true,
+            ClientError::Token { .. } | ClientError::Timeout(_) => true,
             _ => false,
         }
+    }
+
+    /// True when a request ran out of time: retried once at most.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ClientError::Timeout(_))
     }
 
     /// The delay a 429 or 503 asked for.
@@ -141,6 +352,8 @@ pub struct ClientOptions {
     pub backoff: Duration,
     /// Read certificates from this PEM file instead of the system's.
     pub ca_file: Option<PathBuf>,
+    /// How long each request may take.
+    pub bounds: TimeBounds,
 }
 
 impl Default for ClientOptions {
@@ -150,6 +363,7 @@ impl Default for ClientOptions {
             retries: 5,
             backoff: Duration::from_millis(500),
             ca_file: None,
+            bounds: TimeBounds::default(),
         }
     }
 }
@@ -285,16 +499,49 @@ fn agent(options: &ClientOptions) -> Result<ureq::Agent, ClientError> {
         .root_certs(tls_roots(options.ca_file.as_deref())?)
         .disable_verification(options.insecure)
         .build();
+    // The agent's deadline is that of a request without bodies; one that
+    // sends or reads a body sets its own (`Client::send_once`).
+    let t = options.bounds.timeout;
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(5)
         .user_agent(format!("nixoci/{}", env!("CARGO_PKG_VERSION")))
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_recv_response(Some(Duration::from_secs(600)))
-        .timeout_recv_body(Some(Duration::from_secs(600)))
+        .timeout_connect(Some(t))
+        .timeout_send_request(Some(t))
+        .timeout_recv_response(Some(t))
+        .timeout_per_read(Some(t))
+        .timeout_per_write(Some(t))
+        .timeout_global(Some(options.bounds.deadline(0)))
         .tls_config(tls)
         .build();
     Ok(config.new_agent())
+}
+
+/// Runs `req` on `agent` with deadlines of its own for the answer's
+/// headers and for the whole request. A registry that takes in an upload
+/// may send nothing until it answers, so no read waits longer than the
+/// headers' deadline (the timeout, for a request that uploads nothing).
+fn run_within<S: ureq::AsSendBody>(
+    agent: &ureq::Agent,
+    req: ureq::http::Request<S>,
+    (headers, all): (Duration, Duration),
+) -> Result<Response<ureq::Body>, ureq::Error> {
+    req.with_agent(agent)
+        .configure()
+        .timeout_per_read(Some(headers))
+        .timeout_recv_response(Some(headers))
+        .timeout_global(Some(all))
+        .build()
+        .run()
+}
+
+/// `registry HOST[:PORT]` style names for messages.
+fn authority(url: &Url) -> String {
+    let host = url.host_str().unwrap_or("?");
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    }
 }
 
 impl Client {
@@ -349,7 +596,13 @@ impl Client {
                 client.with_retries("GET /v2/", |_| client.ping())
             };
             match result {
-                Err(e @ ClientError::Transport { .. }) if https_probe => last = Some(e),
+                // A plain-HTTP server may also sit on the TLS handshake
+                // until the connect timeout.
+                Err(e @ (ClientError::Transport { .. } | ClientError::Timeout(_)))
+                    if https_probe =>
+                {
+                    last = Some(e)
+                }
                 other => return other.map(|()| client),
             }
         }
@@ -421,6 +674,10 @@ impl Client {
     /// says a failed attempt still got further than the one before (a
     /// chunk went up), the retry count starts again, so `retries` bounds
     /// failures in a row, not failures in all.
+    ///
+    /// A timeout is retried once (a fresh connection can cure a stuck
+    /// one), not `retries` times: a registry too slow twice is too slow,
+    /// and an operation stays within two deadlines plus a backoff.
     pub fn with_retries_progress<T>(
         &self,
         what: &str,
@@ -429,26 +686,35 @@ impl Client {
     ) -> Result<T, ClientError> {
         let mut attempt = 0;
         let mut total = 0;
+        let mut timeouts = 0;
         loop {
             let result = op(total);
             total += 1;
             if result.is_err() && progressed() {
                 attempt = 0;
+                timeouts = 0;
             }
             match result {
+                Err(e) if e.is_timeout() && timeouts > 0 => return Err(e),
                 Err(e) if e.is_transient() && attempt < self.options.retries => {
+                    if e.is_timeout() {
+                        timeouts += 1;
+                    }
                     let backoff = self
                         .options
                         .backoff
                         .saturating_mul(1 << attempt.min(16))
                         .min(Duration::from_secs(30));
                     let delay = e.retry_after().unwrap_or(backoff);
+                    let count = if e.is_timeout() {
+                        "once".to_owned()
+                    } else {
+                        format!("{} of {}", attempt + 1, self.options.retries)
+                    };
                     (self.notify)(&format!(
-                        "{what}: {}; retrying in {:.1}s ({} of {})",
+                        "{what}: {}; retrying in {:.1}s ({count})",
                         error_chain(&e),
                         delay.as_secs_f64(),
-                        attempt + 1,
-                        self.options.retries
                     ));
                     std::thread::sleep(delay);
                     attempt += 1;
@@ -466,6 +732,8 @@ impl Client {
 
     /// Sends one request, authenticating and sending again once when the
     /// registry answers 401. Any other status is the caller's to judge.
+    /// The answer's body, if read, must be small (an error, at most
+    /// 64 KiB): the request's deadline has no time for more.
     pub fn send(
         &self,
         method: &'static str,
@@ -473,13 +741,27 @@ impl Client {
         headers: &[(&str, &str)],
         body: &Body,
     ) -> Result<Response<ureq::Body>, ClientError> {
+        self.send_with(method, url, headers, body, Extra::default())
+    }
+
+    /// [`Client::send`] with more time, for `extra` bytes at the minimum
+    /// rate: an answer whose body is read with [`Client::read_body`], a
+    /// registry that assembles a blob before it answers.
+    pub fn send_with(
+        &self,
+        method: &'static str,
+        url: &Url,
+        headers: &[(&str, &str)],
+        body: &Body,
+        extra: Extra,
+    ) -> Result<Response<ureq::Body>, ClientError> {
         let mut refreshed = false;
         loop {
             let (state, generation) = {
                 let a = self.auth.read().unwrap_or_else(|e| e.into_inner());
                 (a.state.clone(), a.generation)
             };
-            let resp = self.send_once(method, url, headers, body, &state)?;
+            let resp = self.send_once(method, url, headers, body, extra, &state)?;
             if resp.status().as_u16() != 401 || refreshed || !self.same_origin(url) {
                 return Ok(resp);
             }
@@ -489,12 +771,110 @@ impl Client {
         }
     }
 
+    /// Who `url` is, for messages: the registry, or another server (a
+    /// token realm, a redirect target for blobs).
+    fn who(&self, url: &Url) -> String {
+        if self.same_origin(url) {
+            format!("registry {}", authority(url))
+        } else {
+            authority(url)
+        }
+    }
+
+    /// The error for a failed request: a [`ClientError::Timeout`] naming
+    /// the limit when ureq ran out of time, else a transport error.
+    /// `before` and `total` are the bytes of the deadlines for the answer's
+    /// headers and for the whole request.
+    fn failed(
+        &self,
+        method: &'static str,
+        url: &Url,
+        (before, total): (u64, u64),
+        source: ureq::Error,
+    ) -> ClientError {
+        let bounds = self.options.bounds;
+        let deadline = |bytes| Limit::Deadline {
+            timeout: bounds.timeout,
+            bytes,
+            rate: bounds.min_rate,
+        };
+        let limit = match &source {
+            ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
+                Limit::Connect(bounds.timeout)
+            }
+            ureq::Error::Timeout(ureq::Timeout::PerRead) if before > 0 => deadline(before),
+            ureq::Error::Timeout(ureq::Timeout::PerRead | ureq::Timeout::PerWrite) => {
+                Limit::Stall(bounds.timeout)
+            }
+            ureq::Error::Timeout(ureq::Timeout::SendRequest) => deadline(0),
+            ureq::Error::Timeout(ureq::Timeout::RecvResponse) => deadline(before),
+            ureq::Error::Timeout(_) => deadline(total),
+            _ => {
+                return ClientError::Transport {
+                    method,
+                    url: short(url),
+                    source,
+                }
+            }
+        };
+        ClientError::Timeout(Box::new(TimedOut {
+            who: self.who(url),
+            method,
+            path: url.path().to_owned(),
+            limit,
+        }))
+    }
+
+    /// Reads the body of an answer to [`Client::send_with`], at most
+    /// `limit` bytes (`None` when there are more), as long as it keeps up
+    /// the minimum rate after the timeout's grace ([`TimeBounds::behind`]).
+    pub fn read_body(
+        &self,
+        method: &'static str,
+        url: &Url,
+        resp: &mut Response<ureq::Body>,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, ClientError> {
+        let bounds = self.options.bounds;
+        let start = Instant::now();
+        let mut reader = resp.body_mut().with_config().limit(limit).reader();
+        let mut bytes = Vec::new();
+        let mut buf = vec![0; 64 << 10];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return Ok(Some(bytes)),
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return match ureq::Error::from(e) {
+                        ureq::Error::BodyExceedsLimit(_) => Ok(None),
+                        source => Err(self.failed(method, url, (0, limit), source)),
+                    }
+                }
+            }
+            let elapsed = start.elapsed();
+            if bounds.behind(elapsed, bytes.len() as u64) {
+                return Err(ClientError::Timeout(Box::new(TimedOut {
+                    who: self.who(url),
+                    method,
+                    path: url.path().to_owned(),
+                    limit: Limit::Rate {
+                        rate: bounds.min_rate,
+                        bytes: bytes.len() as u64,
+                        elapsed,
+                    },
+                })));
+            }
+        }
+    }
+
     fn send_once(
         &self,
         method: &'static str,
         url: &Url,
         headers: &[(&str, &str)],
         body: &Body,
+        extra: Extra,
         state: &AuthState,
     ) -> Result<Response<ureq::Body>, ClientError> {
         let transport = |source| ClientError::Transport {
@@ -502,6 +882,14 @@ impl Client {
             url: short(url),
             source,
         };
+        // The bytes before the answer's headers and in all, and so the
+        // deadlines of the headers and of the request.
+        let before = body.len().saturating_add(extra.work);
+        let total = before.saturating_add(extra.read);
+        let deadlines = (
+            self.options.bounds.deadline(before),
+            self.options.bounds.deadline(total),
+        );
         let mut req = ureq::http::Request::builder()
             .method(method)
             .uri(url.as_str());
@@ -526,17 +914,17 @@ impl Client {
         let result = match body {
             Body::Empty | Body::Bytes(_) if !has_body => {
                 let r = req.body(()).map_err(|e| transport(ureq::Error::Http(e)))?;
-                self.agent.run(r)
+                run_within(&self.agent, r, deadlines)
             }
             Body::Empty => {
                 let r = req
                     .body(&[][..])
                     .map_err(|e| transport(ureq::Error::Http(e)))?;
-                self.agent.run(r)
+                run_within(&self.agent, r, deadlines)
             }
             Body::Bytes(b) => {
                 let r = req.body(*b).map_err(|e| transport(ureq::Error::Http(e)))?;
-                self.agent.run(r)
+                run_within(&self.agent, r, deadlines)
             }
             Body::File {
                 path,
@@ -561,10 +949,10 @@ impl Client {
                 let r = req
                     .body(ureq::SendBody::from_reader(&mut reader))
                     .map_err(|e| transport(ureq::Error::Http(e)))?;
-                self.agent.run(r)
+                run_within(&self.agent, r, deadlines)
             }
         };
-        result.map_err(transport)
+        result.map_err(|e| self.failed(method, url, (before, total), e))
     }
 
     /// The error for a 401 that authenticating did not cure.
@@ -682,11 +1070,9 @@ impl Client {
         if let Some(c) = &self.creds {
             req = req.header("authorization", c.basic_header());
         }
-        let mut resp = req.call().map_err(|source| ClientError::Transport {
-            method: "GET",
-            url: short(&url),
-            source,
-        })?;
+        let mut resp = req
+            .call()
+            .map_err(|source| self.failed("GET", &url, (0, 0), source))?;
         match resp.status().as_u16() {
             200 => {}
             401 | 403 => {
@@ -814,6 +1200,79 @@ mod tests {
             from: "--creds".into(),
         };
         assert!(!creds.is_transient() && creds.is_auth());
+    }
+
+    #[test]
+    fn deadlines_grow_with_the_bytes_moved() {
+        let b = TimeBounds {
+            timeout: Duration::from_secs(30),
+            min_rate: 100 << 10,
+        };
+        assert_eq!(b.deadline(0), Duration::from_secs(30));
+        // 16 MiB at 100 KiB/s: 163.84 s.
+        assert_eq!(
+            b.deadline(16 << 20),
+            Duration::from_millis(30_000 + 163_840)
+        );
+        assert!(b.deadline(u64::MAX) > Duration::from_secs(1 << 40));
+        // Behind: a trickle of 2 bytes a second, past the grace.
+        assert!(!b.behind(Duration::from_secs(29), 58));
+        assert!(b.behind(Duration::from_secs(31), 62));
+        // Not behind: 1 MiB in 35 s is over the rate, counting the grace.
+        assert!(!b.behind(Duration::from_secs(35), 1 << 20));
+    }
+
+    #[test]
+    fn timeouts_name_the_host_the_request_and_the_limit() {
+        let t = |limit| {
+            ClientError::Timeout(Box::new(TimedOut {
+                who: "registry 127.0.0.1:5000".into(),
+                method: "GET",
+                path: "/v2/app/manifests/1.0".into(),
+                limit,
+            }))
+        };
+        let s = Duration::from_secs;
+        for (limit, want) in [
+            (
+                Limit::Deadline {
+                    timeout: s(30),
+                    bytes: 0,
+                    rate: 100 << 10,
+                },
+                "registry 127.0.0.1:5000 did not answer GET /v2/app/manifests/1.0 within 30 s",
+            ),
+            (
+                Limit::Deadline {
+                    timeout: s(30),
+                    bytes: 16 << 20,
+                    rate: 100 << 10,
+                },
+                "registry 127.0.0.1:5000 did not answer GET /v2/app/manifests/1.0 within 193.8 s (30 s plus 16 MiB at 100 KiB/s)",
+            ),
+            (
+                Limit::Connect(Duration::from_millis(500)),
+                "registry 127.0.0.1:5000 did not accept a connection within 500 ms (GET /v2/app/manifests/1.0)",
+            ),
+            (
+                Limit::Stall(s(2)),
+                "registry 127.0.0.1:5000 stalled during GET /v2/app/manifests/1.0: nothing moved for 2 s",
+            ),
+            (
+                Limit::Rate {
+                    rate: 100 << 10,
+                    bytes: 5,
+                    elapsed: Duration::from_millis(2_510),
+                },
+                "registry 127.0.0.1:5000 answered GET /v2/app/manifests/1.0 too slowly: 5 bytes in 2.5 s, under 100 KiB/s",
+            ),
+        ] {
+            let e = t(limit);
+            assert_eq!(e.to_string(), want);
+            assert!(e.is_timeout() && e.is_transient());
+        }
+        assert_eq!(amount(1), "1 byte");
+        assert_eq!(amount(1536), "1.5 KiB");
     }
 
     #[test]

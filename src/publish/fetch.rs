@@ -10,7 +10,9 @@
 use serde_json::{json, Value};
 use url::Url;
 
-use super::client::{response_header, status_error, Body, Client, ClientError, MANIFEST_ACCEPT};
+use super::client::{
+    response_header, status_error, Body, Client, ClientError, Extra, MANIFEST_ACCEPT,
+};
 use crate::oci::image::{
     MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
 };
@@ -79,7 +81,16 @@ fn get(
     let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
     let label = format!("GET {}", url.path());
     client.with_retries(&label, |_| {
-        let mut resp = client.send("GET", url, &headers, &Body::Empty)?;
+        let mut resp = client.send_with(
+            "GET",
+            url,
+            &headers,
+            &Body::Empty,
+            Extra {
+                read: limit,
+                work: 0,
+            },
+        )?;
         if !resp.status().is_success() {
             return Err(status_error("GET", url, resp));
         }
@@ -93,18 +104,13 @@ fn get(
         }
         let content_type = response_header(&resp, "content-type").map(str::to_owned);
         let stated = response_header(&resp, "docker-content-digest").map(str::to_owned);
-        match resp.body_mut().with_config().limit(limit).read_to_vec() {
-            Ok(bytes) => Ok(Ok(Answer {
+        match client.read_body("GET", url, &mut resp, limit)? {
+            Some(bytes) => Ok(Ok(Answer {
                 bytes,
                 content_type,
                 stated,
             })),
-            Err(ureq::Error::BodyExceedsLimit(_)) => Ok(Err(too_large())),
-            Err(source) => Err(ClientError::Transport {
-                method: "GET",
-                url: url.to_string(),
-                source,
-            }),
+            None => Ok(Err(too_large())),
         }
     })
 }

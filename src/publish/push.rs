@@ -15,7 +15,9 @@ use std::sync::Mutex;
 use serde::Serialize;
 use url::Url;
 
-use super::client::{response_header, status_error, Body, Client, ClientError, MANIFEST_ACCEPT};
+use super::client::{
+    response_header, status_error, Body, Client, ClientError, Extra, MANIFEST_ACCEPT,
+};
 use super::reference::Reference;
 use super::source::{BlobRef, Document, Image};
 use crate::oci::Digest;
@@ -343,7 +345,12 @@ impl Pusher<'_> {
             offset += len;
         }
         let put = with_digest(&location, &blob.digest);
-        let resp = c.send("PUT", &put, &OCTET, &Body::Empty)?;
+        // The registry may move or hash the whole blob before it answers.
+        let work = Extra {
+            read: 0,
+            work: blob.size,
+        };
+        let resp = c.send_with("PUT", &put, &OCTET, &Body::Empty, work)?;
         self.check_created("PUT", &put, resp, &blob.digest, what_blob(&blob.media_type))?;
         if let Ok(mut r) = state.resume.lock() {
             *r = None;

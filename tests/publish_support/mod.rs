@@ -1,7 +1,8 @@
 //! Helpers for the publish tests: tools, free ports, servers stopped by
 //! PID when dropped, layouts built by the real binary, a Distribution
-//! registry, nginx, and a loopback HTTP proxy that can demand bearer
-//! tokens (and issue them) or fail the first attempt of every request.
+//! registry, nginx, a loopback HTTP proxy that can demand bearer tokens
+//! (and issue them) or fail the first attempt of every request, and a
+//! loopback registry that trickles its answers.
 
 #![allow(dead_code)]
 
@@ -89,6 +90,11 @@ impl Drop for Server {
 
 /// Runs the nixoci binary with a bounded time.
 pub fn nixoci(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    nixoci_within(args, envs, Duration::from_secs(300))
+}
+
+/// Runs the nixoci binary, killing it (and failing) after `limit`.
+pub fn nixoci_within(args: &[&str], envs: &[(&str, &str)], limit: Duration) -> Output {
     let mut cmd = Command::new(NIXOCI);
     cmd.args(args).stdin(Stdio::null());
     for var in [
@@ -103,7 +109,7 @@ pub fn nixoci(args: &[&str], envs: &[(&str, &str)]) -> Output {
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    run_bounded(cmd, Duration::from_secs(300), "nixoci")
+    run_bounded(cmd, limit, "nixoci")
 }
 
 /// Runs a command, killing it after `limit`.
@@ -802,4 +808,142 @@ fn url_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What a [`Trickler`] does after answering `GET /v2/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trickle {
+    /// `200 OK` with an image index's media type and no `Content-Length`
+    /// at once, then the body, one byte every half second.
+    Body,
+    /// The whole answer, from its status line on, one byte every half
+    /// second (its header block never ends before the server stops).
+    Answer,
+}
+
+/// A byte every this long.
+pub const TRICKLE_EVERY: Duration = Duration::from_millis(500);
+
+/// A registry on 127.0.0.1 that answers `GET /v2/` at once and every other
+/// request with a trickle. One request per connection. Its threads stop by
+/// themselves: no connection trickles more than 2 minutes, no connection is
+/// accepted after 3 minutes, and all stop within half a second of a drop.
+pub struct Trickler {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Trickler {
+    pub fn start(mode: Trickle) -> Trickler {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the trickler");
+        let port = listener.local_addr().expect("trickler address").port();
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(180);
+            let mut conns = Vec::new();
+            while !st.load(Ordering::SeqCst) && Instant::now() < until {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let st = st.clone();
+                        conns.push(std::thread::spawn(move || trickle(conn, mode, &st)));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            st.store(true, Ordering::SeqCst);
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        Trickler {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Trickler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Answers one connection of a [`Trickler`].
+fn trickle(conn: TcpStream, mode: Trickle, stop: &AtomicBool) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
+    // The client tries TLS first: close on a handshake at once.
+    let mut first = [0u8; 1];
+    if conn.peek(&mut first).is_err() || !first[0].is_ascii_uppercase() {
+        return;
+    }
+    let Some(req) = read_request(&conn) else {
+        return;
+    };
+    let path = req.target.split('?').next().unwrap_or("");
+    if req.method == "GET" && path == "/v2/" {
+        respond(
+            &conn,
+            "200 OK",
+            &[("Docker-Distribution-API-Version", "registry/2.0".into())],
+            b"{}",
+        );
+        return;
+    }
+    let (head, endless): (&str, &[u8]) = match mode {
+        Trickle::Body => (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.index.v1+json\r\n\
+             Docker-Distribution-API-Version: registry/2.0\r\nConnection: close\r\n\r\n",
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":["#,
+        ),
+        Trickle::Answer => ("", b"HTTP/1.1 200 OK\r\nX-Trickle: "),
+    };
+    let mut out = &conn;
+    if out.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let bytes = endless.iter().copied().chain(std::iter::repeat(b' '));
+    // At most 240 bytes: 2 minutes.
+    for b in bytes.take(240) {
+        if stop.load(Ordering::SeqCst) || out.write_all(&[b]).and_then(|()| out.flush()).is_err() {
+            return;
+        }
+        std::thread::sleep(TRICKLE_EVERY);
+    }
+}
+
+/// Asserts that a run against a trickling registry failed with exit 1 in
+/// well under the harness's limit, with one error line that names the
+/// registry and the request.
+pub fn assert_timed_out(o: &Output, took: Duration, addr: &str, request: &str, what: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "{what}: exit code\n{err}");
+    assert!(
+        took < Duration::from_secs(20),
+        "{what} took {took:?} with --timeout 2s\n{err}"
+    );
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("nixoci: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{what}: one error line\n{err}");
+    let line = errors[0];
+    assert!(
+        line.contains(&format!("registry {addr} ")) && line.contains(request),
+        "{what}: the error names the registry and the request\n{err}"
+    );
 }
