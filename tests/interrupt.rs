@@ -43,14 +43,21 @@ fn big_store(dir: &Path) -> std::path::PathBuf {
     closure
 }
 
-fn build(dir: &Path, closure: &Path, out: &Path) -> Command {
+/// `nixoci build --no-cache` of store paths of the fake store under `dir`,
+/// one per platform (`PLATFORM=PATH`), with `flags`.
+fn build_of(
+    dir: &Path,
+    platforms: &[String],
+    closure: &Path,
+    out: &Path,
+    flags: &[&str],
+) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixoci"));
-    cmd.args(["build", "--no-cache", "--jobs", "1", "--level", "9"])
-        .arg("--platform")
-        .arg(format!("linux/amd64={PATH_A}"))
-        .arg("--platform")
-        .arg(format!("linux/arm64={PATH_B}"))
-        .arg("--closure-json")
+    cmd.args(["build", "--no-cache"]).args(flags);
+    for p in platforms {
+        cmd.arg("--platform").arg(p);
+    }
+    cmd.arg("--closure-json")
         .arg(closure)
         .arg("--store-root")
         .arg(dir.join("root"))
@@ -60,6 +67,21 @@ fn build(dir: &Path, closure: &Path, out: &Path) -> Command {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     cmd
+}
+
+/// A slow build of the big store: both paths, one thread, level 9.
+fn build(dir: &Path, closure: &Path, out: &Path) -> Command {
+    let platforms = [
+        format!("linux/amd64={PATH_A}"),
+        format!("linux/arm64={PATH_B}"),
+    ];
+    build_of(
+        dir,
+        &platforms,
+        closure,
+        out,
+        &["--jobs", "1", "--level", "9"],
+    )
 }
 
 #[test]
@@ -184,20 +206,13 @@ fn nixoci() -> Command {
 }
 
 fn small_build(dir: &Path, path: &str, closure: &Path, out: &Path, tag: &str) -> Command {
-    let mut cmd = nixoci();
-    cmd.args(["build", "--no-cache", "--tag", tag])
-        .arg("--platform")
-        .arg(format!("linux/amd64={path}"))
-        .arg("--closure-json")
-        .arg(closure)
-        .arg("--store-root")
-        .arg(dir.join("root"))
-        .arg("-o")
-        .arg(out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    cmd
+    build_of(
+        dir,
+        &[format!("linux/amd64={path}")],
+        closure,
+        out,
+        &["--tag", tag],
+    )
 }
 
 fn tags(out: &Path) -> Vec<String> {
@@ -251,6 +266,37 @@ fn wait_for(dir: &Path, prefix: &str) {
     panic!("nothing named {prefix}… appeared in {}", dir.display());
 }
 
+/// The big store, and a layout holding a small image tagged `kept`.
+struct Scene {
+    tmp: tempfile::TempDir,
+    /// The big store's closure.
+    closure: std::path::PathBuf,
+    /// The small image's closure (PATH_A holding `fill` bytes).
+    small: std::path::PathBuf,
+    layout: std::path::PathBuf,
+    /// The layout's blobs.
+    before: Vec<(String, u64)>,
+}
+
+fn scene(fill: u8) -> Scene {
+    let tmp = tempfile::tempdir().unwrap();
+    let closure = big_store(tmp.path());
+    let small = small_store(tmp.path(), PATH_A, 4096, fill);
+    let layout = tmp.path().join("layout.oci");
+    let r = small_build(tmp.path(), PATH_A, &small, &layout, "kept")
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let before = listing(&layout.join("blobs/sha256"));
+    Scene {
+        tmp,
+        closure,
+        small,
+        layout,
+        before,
+    }
+}
+
 /// Two builds into the same new output at once: the second waits for the
 /// first and merges its tag into what the first committed.
 #[test]
@@ -281,15 +327,13 @@ fn concurrent_builds_into_one_new_output_keep_both_tags() {
 /// blobs (and a new output's directory) and exits 128 + the signal.
 #[test]
 fn a_signal_removes_what_the_build_wrote() {
-    let tmp = tempfile::tempdir().unwrap();
-    let closure = big_store(tmp.path());
-    let small = small_store(tmp.path(), PATH_A, 4096, 3);
-    let existing = tmp.path().join("existing.oci");
-    let r = small_build(tmp.path(), PATH_A, &small, &existing, "kept")
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let before = listing(&existing.join("blobs/sha256"));
+    let Scene {
+        tmp,
+        closure,
+        layout: existing,
+        before,
+        ..
+    } = scene(3);
     let index_before = fs::read(existing.join("index.json")).unwrap();
 
     for (signal, code) in [
@@ -334,15 +378,13 @@ fn a_signal_removes_what_the_build_wrote() {
 /// them once they are older than the grace period.
 #[test]
 fn what_a_killed_build_leaves_is_found_and_removed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let closure = big_store(tmp.path());
-    let small = small_store(tmp.path(), PATH_A, 4096, 4);
-    let out = tmp.path().join("out.oci");
-    let r = small_build(tmp.path(), PATH_A, &small, &out, "kept")
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let before = listing(&out.join("blobs/sha256"));
+    let Scene {
+        tmp,
+        closure,
+        small,
+        layout: out,
+        before,
+    } = scene(4);
 
     // Killed once the first of its two layers is complete and the second
     // is being written.

@@ -496,43 +496,41 @@ fn a_trickling_registry_fails_the_push_in_bounded_time() {
     let layout = golden_layout(work, "example.org/hello:1.0");
     let layout_s = layout.to_str().expect("utf-8 path");
 
+    // A push with --timeout 2s to a trickler: its output, how long it
+    // took, and the trickler's address.
+    let push_to = |trickle| {
+        let trickler = Trickler::start(trickle);
+        let dest = format!("{}/app:1", trickler.addr());
+        let start = Instant::now();
+        let o = nixoci_within(
+            &["push", layout_s, &dest, "--timeout", "2s"],
+            &[],
+            Duration::from_secs(60),
+        );
+        (o, start.elapsed(), trickler.addr())
+    };
+
     // Every answer after /v2/ trickled from its status line: the blobs'
     // HEADs time out, each retried once.
-    let trickler = Trickler::start(Trickle::Answer);
-    let dest = format!("{}/app:1", trickler.addr());
-    let start = Instant::now();
-    let o = nixoci_within(
-        &["push", layout_s, &dest, "--timeout", "2s"],
-        &[],
-        Duration::from_secs(60),
-    );
+    let (o, took, addr) = push_to(Trickle::Answer);
     assert_timed_out(
         &o,
-        start.elapsed(),
-        &trickler.addr(),
+        took,
+        &addr,
         "HEAD /v2/app/blobs/sha256:",
         "push to a registry trickling its answers",
     );
     assert!(stderr(&o).contains("within 2 s"), "{}", stderr(&o));
-    drop(trickler);
 
     // A body trickled without Content-Length after 200 OK: every HEAD
     // finds its blob, and the tag's PUT gets a 200 whose error body
     // trickles. The push fails, in bounded time.
-    let trickler = Trickler::start(Trickle::Body);
-    let dest = format!("{}/app:1", trickler.addr());
-    let start = Instant::now();
-    let o = nixoci_within(
-        &["push", layout_s, &dest, "--timeout", "2s"],
-        &[],
-        Duration::from_secs(60),
-    );
-    let took = start.elapsed();
+    let (o, took, addr) = push_to(Trickle::Body);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
         took < Duration::from_secs(20),
         "took {took:?}\n{}",
         stderr(&o)
     );
-    assert!(stderr(&o).contains(&trickler.addr()), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&addr), "{}", stderr(&o));
 }
