@@ -20,8 +20,9 @@ pub mod write_spec;
 /// Turn Nix closures into multi-platform OCI image layouts, fast and
 /// bit-for-bit reproducibly.
 ///
-/// Exit codes: 0 success, 1 the operation failed (build, verify), 2 usage or
-/// setup error.
+/// Exit codes: 0 success, 1 the operation failed (build, push, verify), 2
+/// usage or setup error, 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP
+/// (after removing what the run was writing).
 #[derive(Debug, Parser)]
 #[command(name = "nixoci", version, propagate_version = true)]
 pub struct Cli {

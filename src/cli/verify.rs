@@ -9,11 +9,15 @@ use super::build::human_bytes;
 use crate::oci::gc::unreachable;
 use crate::oci::verify::{verify, VerifyReport};
 
-/// Verify an OCI image layout: re-hash every blob, check sizes, media
-/// types, platforms, and every layer's uncompressed digest against its
-/// image config. Exits 1 naming the first problem found. A symbolic link
-/// inside the layout (a blob, index.json, blobs/) is such a problem, never
-/// followed; so are image indexes nested more than 8 deep.
+/// Verify an OCI image layout, every blob and every layer.
+///
+/// Re-hashes every blob, checks sizes, media types, platforms, and every
+/// layer's uncompressed digest against its image config. Exits 1 naming
+/// the first problem found. A symbolic link inside the layout (a blob,
+/// index.json, blobs/) is such a problem, never followed; so are image
+/// indexes nested more than 8 deep. Blobs that no tag reaches (left by a
+/// killed build or a replaced tag) are reported with their total size;
+/// `nixoci gc` removes them.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The layout directory.
