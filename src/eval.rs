@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use crate::closure::{Closure, ClosureError, CLOSURE_VERSION};
+use crate::installable::{Installable, InstallableError};
+use crate::platform::{Platform, PlatformError};
 use crate::store_path::{StoreDir, StorePath};
 
 /// How to call Nix.
@@ -91,6 +93,240 @@ impl EvalError {
             EvalError::NixMissing { .. } | EvalError::NotInStore(_) | EvalError::MissingAttr { .. }
         )
     }
+}
+
+/// What one platform's image is made of, and the Nix system that short
+/// flake attributes resolve for (`None`: the current system).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub installable: Installable,
+    pub system: Option<String>,
+}
+
+/// What the command line names to image: `INSTALLABLE` with `--system`s,
+/// and `--platform PLATFORM=INSTALLABLE`s.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetArgs<'a> {
+    pub installable: Option<&'a str>,
+    pub systems: &'a [String],
+    pub platforms: &'a [String],
+    /// The closure comes from a file: installables must be store paths
+    /// and INSTALLABLE needs explicit systems.
+    pub closure_file: bool,
+}
+
+/// Why the installables and platforms name no set of targets, or no flake
+/// output to build.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("{given}: {platform} is already given by {first}")]
+    Twice {
+        given: String,
+        platform: Platform,
+        first: String,
+    },
+    #[error("'{0}': say which platforms it is for with --system")]
+    NoSystem(String),
+    #[error("--system {0}: unknown Nix system (known: x86_64-linux, aarch64-linux, armv7l-linux, armv6l-linux, i686-linux, riscv64-linux, powerpc64le-linux, s390x-linux)")]
+    UnknownSystem(String),
+    #[error("--system needs an INSTALLABLE to build")]
+    SystemWithoutInstallable,
+    #[error("--platform '{0}': expected PLATFORM=INSTALLABLE, such as linux/arm64=.#hello or linux/arm64=/nix/store/…-hello")]
+    PlatformSyntax(String),
+    #[error("--platform '{spec}'")]
+    Platform {
+        spec: String,
+        #[source]
+        source: PlatformError,
+    },
+    #[error("{given}")]
+    Installable {
+        given: String,
+        #[source]
+        source: InstallableError,
+    },
+    #[error(
+        "nothing to build: give an INSTALLABLE (with --system) or --platform PLATFORM=INSTALLABLE"
+    )]
+    Nothing,
+    #[error("asking nix for the current system")]
+    CurrentSystem(#[source] Box<EvalError>),
+    #[error("evaluating {flake_ref}")]
+    Evaluating {
+        flake_ref: String,
+        #[source]
+        source: Box<EvalError>,
+    },
+    #[error(transparent)]
+    Eval(Box<EvalError>),
+}
+
+impl From<EvalError> for TargetError {
+    fn from(e: EvalError) -> Self {
+        TargetError::Eval(Box::new(e))
+    }
+}
+
+impl TargetError {
+    /// True when the user's input, not Nix, is at fault.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            TargetError::CurrentSystem(e)
+            | TargetError::Evaluating { source: e, .. }
+            | TargetError::Eval(e) => e.is_usage(),
+            _ => true,
+        }
+    }
+}
+
+/// What to image for each platform, from INSTALLABLE + `--system` and
+/// `--platform`. Platforms must differ after normalisation. Asks Nix for
+/// the current system only when INSTALLABLE comes without `--system`.
+pub fn targets(
+    args: TargetArgs,
+    store_dir: &StoreDir,
+    nix: &Nix,
+) -> Result<BTreeMap<Platform, Target>, TargetError> {
+    let mut out: BTreeMap<Platform, Target> = BTreeMap::new();
+    let mut given: BTreeMap<Platform, String> = BTreeMap::new();
+    let mut add = |platform: Platform, target: Target, spec: String| {
+        if let Some(first) = given.get(&platform) {
+            return Err(TargetError::Twice {
+                given: spec,
+                platform,
+                first: first.clone(),
+            });
+        }
+        given.insert(platform.clone(), spec);
+        out.insert(platform, target);
+        Ok(())
+    };
+    if let Some(text) = args.installable {
+        let installable =
+            Installable::parse(text, store_dir).map_err(|source| TargetError::Installable {
+                given: format!("'{text}'"),
+                source,
+            })?;
+        let systems = if args.systems.is_empty() {
+            if args.closure_file || !args.platforms.is_empty() {
+                return Err(TargetError::NoSystem(text.to_owned()));
+            }
+            vec![current_system(nix).map_err(|e| TargetError::CurrentSystem(Box::new(e)))?]
+        } else {
+            args.systems.to_vec()
+        };
+        for system in systems {
+            let platform = Platform::from_nix_system(&system)
+                .ok_or_else(|| TargetError::UnknownSystem(system.clone()))?;
+            let target = Target {
+                installable: installable.clone(),
+                system: Some(system.clone()),
+            };
+            add(platform, target, format!("--system {system}"))?;
+        }
+    } else if !args.systems.is_empty() {
+        return Err(TargetError::SystemWithoutInstallable);
+    }
+    for spec in args.platforms {
+        let (p, text) = spec
+            .split_once('=')
+            .ok_or_else(|| TargetError::PlatformSyntax(spec.clone()))?;
+        let platform: Platform = p.parse().map_err(|source| TargetError::Platform {
+            spec: spec.clone(),
+            source,
+        })?;
+        let installable =
+            Installable::parse(text, store_dir).map_err(|source| TargetError::Installable {
+                given: format!("--platform '{spec}'"),
+                source,
+            })?;
+        // Short attributes resolve for the current system, as `nix build`
+        // resolves them: that is where outputs cross-compiled on this host
+        // live (packages.x86_64-linux.app-aarch64-cross). Another system's
+        // output is named in full (.#packages.aarch64-linux.app).
+        let target = Target {
+            installable,
+            system: None,
+        };
+        add(platform, target, format!("--platform '{spec}'"))?;
+    }
+    if out.is_empty() {
+        return Err(TargetError::Nothing);
+    }
+    Ok(out)
+}
+
+/// Flake outputs to `nix build` arguments: short attributes resolve per
+/// system as `nix build` would; a missing one lists what the flake has.
+pub fn resolve_attrs(
+    nix: &Nix,
+    targets: &BTreeMap<Platform, Target>,
+) -> Result<Vec<(Platform, String)>, TargetError> {
+    let mut packages: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut host: Option<String> = None;
+    let mut out = Vec::new();
+    for (platform, target) in targets {
+        let Installable::Flake { flake_ref, attr } = &target.installable else {
+            continue;
+        };
+        if attr.contains('.') {
+            out.push((platform.clone(), format!("{flake_ref}#{attr}")));
+            continue;
+        }
+        let system = match (&target.system, &host) {
+            (Some(s), _) | (None, Some(s)) => s.clone(),
+            (None, None) => {
+                let s = current_system(nix).map_err(|e| TargetError::CurrentSystem(Box::new(e)))?;
+                host = Some(s.clone());
+                s
+            }
+        };
+        let evaluating = |source| TargetError::Evaluating {
+            flake_ref: flake_ref.clone(),
+            source: Box::new(source),
+        };
+        if !packages.contains_key(flake_ref) {
+            let p = flake_packages(nix, flake_ref).map_err(evaluating)?;
+            packages.insert(flake_ref.clone(), p);
+        }
+        let have = &packages[flake_ref];
+        let candidates = Installable::attr_paths(attr, &system);
+        let chosen = if have
+            .get(system.as_str())
+            .is_some_and(|a| a.iter().any(|x| x == attr))
+        {
+            candidates[0].clone()
+        } else if flake_has_attr(nix, flake_ref, &candidates[1]).map_err(evaluating)? {
+            candidates[1].clone()
+        } else {
+            let list: Vec<String> = have
+                .iter()
+                .map(|(s, attrs)| {
+                    let attrs = if attrs.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        attrs.join(" ")
+                    };
+                    format!("{s}: {attrs}")
+                })
+                .collect();
+            let available = if list.is_empty() {
+                "the flake has no packages".to_owned()
+            } else {
+                format!("the flake's packages are {}", list.join("; "))
+            };
+            return Err(EvalError::MissingAttr {
+                installable: format!("{flake_ref}#{attr}"),
+                detail: format!(
+                    "for {platform} (looked for {}); {available}",
+                    candidates.join(", ")
+                ),
+            }
+            .into());
+        };
+        out.push((platform.clone(), format!("{flake_ref}#{chosen}")));
+    }
+    Ok(out)
 }
 
 /// How many trailing lines of Nix's stderr a [`EvalError::NixFailed`] keeps.
@@ -448,6 +684,90 @@ fn last_lines(text: &str, n: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_name_each_platform_once() {
+        let store = StoreDir::default();
+        // A nix that cannot run: none of these may ask it anything.
+        let nix = Nix {
+            program: PathBuf::from("/nonexistent/nix"),
+            ..Nix::default()
+        };
+        let hello = format!("{}/{}-hello", store.as_str(), "a".repeat(32));
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let args = |installable, systems: &'static [&'static str], platforms: Vec<String>| {
+            (installable, strings(systems), platforms)
+        };
+        let run = |(installable, systems, platforms): (Option<&str>, Vec<String>, Vec<String>),
+                   closure_file| {
+            targets(
+                TargetArgs {
+                    installable,
+                    systems: &systems,
+                    platforms: &platforms,
+                    closure_file,
+                },
+                &store,
+                &nix,
+            )
+        };
+        let both = run(
+            args(
+                Some(hello.as_str()),
+                &["x86_64-linux"],
+                vec![format!("linux/arm64={hello}")],
+            ),
+            false,
+        )
+        .unwrap();
+        let platforms: Vec<String> = both.keys().map(|p| p.to_string()).collect();
+        assert_eq!(platforms, ["linux/amd64", "linux/arm64/v8"]);
+        assert_eq!(
+            both.values().next().unwrap().system.as_deref(),
+            Some("x86_64-linux")
+        );
+        assert_eq!(both.values().nth(1).unwrap().system, None);
+
+        let twice = vec![
+            format!("linux/arm64={hello}"),
+            format!("aarch64-linux={hello}"),
+        ];
+        assert!(matches!(
+            run(args(None, &[], twice), false),
+            Err(TargetError::Twice { .. })
+        ));
+        assert!(matches!(
+            run(args(None, &["x86_64-linux"], vec![]), false),
+            Err(TargetError::SystemWithoutInstallable)
+        ));
+        assert!(matches!(
+            run(args(None, &[], vec![]), false),
+            Err(TargetError::Nothing)
+        ));
+        assert!(matches!(
+            run(args(None, &[], vec!["linux/amd64".into()]), false),
+            Err(TargetError::PlatformSyntax(_))
+        ));
+        assert!(matches!(
+            run(args(None, &[], vec![format!("linux/sparc={hello}")]), false),
+            Err(TargetError::Platform { .. })
+        ));
+        assert!(matches!(
+            run(args(Some(hello.as_str()), &["vax-vms"], vec![]), false),
+            Err(TargetError::UnknownSystem(_))
+        ));
+        assert!(matches!(
+            run(args(Some(hello.as_str()), &[], vec![]), true),
+            Err(TargetError::NoSystem(_))
+        ));
+        assert!(matches!(
+            run(args(Some(""), &["x86_64-linux"], vec![]), false),
+            Err(TargetError::Installable { .. })
+        ));
+        // Every one of them is the user's to fix.
+        let e = run(args(None, &[], vec![]), false).unwrap_err();
+        assert!(e.is_usage());
+    }
 
     /// `nix` from `PATH`, or `None` with a printed reason; under `CI=true` a
     /// missing Nix fails the test instead.

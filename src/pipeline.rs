@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::closure::Closure;
-use crate::layer::{self, BuiltLayer, LayerOptions, LayerOutcome};
+use crate::layer::{self, BuiltLayer, Cache, LayerOptions, LayerOutcome};
 use crate::oci::image::{self, Blob, RunConfig};
 use crate::oci::layout::Layout;
 use crate::oci::Digest;
@@ -27,18 +27,25 @@ pub struct ImageRequest {
     pub run: RunConfig,
 }
 
+/// Everything a plan needs, resolved and validated: what `nixoci plan`
+/// prints and what a build plans.
+#[derive(Debug, Clone)]
+pub struct PlanRequest {
+    pub images: BTreeMap<Platform, ImageRequest>,
+    pub max_layers: usize,
+    /// Reserved layers, minimum layer size, pins and the previous image.
+    pub layering: plan::Layering,
+}
+
 /// Everything a build needs, resolved and validated.
 #[derive(Debug, Clone)]
 pub struct BuildRequest {
-    pub images: BTreeMap<Platform, ImageRequest>,
+    pub plan: PlanRequest,
     pub tag: String,
     pub output: PathBuf,
     /// RFC 3339 creation time for configs and history.
     pub created: String,
     pub annotations: BTreeMap<String, String>,
-    pub max_layers: usize,
-    /// Reserved layers, minimum layer size, pins and the previous image.
-    pub layering: plan::Layering,
     pub jobs: usize,
     pub layer_options: LayerOptions,
 }
@@ -110,11 +117,11 @@ pub enum BuildError {
 }
 
 /// The plan of a request, without building anything.
-pub fn plan_request(req: &BuildRequest) -> Result<LayerPlan, BuildError> {
+pub fn plan_request(req: &PlanRequest) -> Result<LayerPlan, BuildError> {
     Ok(plan::plan(&closures(req), req.max_layers, &req.layering)?)
 }
 
-fn closures(req: &BuildRequest) -> BTreeMap<Platform, Closure> {
+fn closures(req: &PlanRequest) -> BTreeMap<Platform, Closure> {
     req.images
         .iter()
         .map(|(p, i)| (p.clone(), i.closure.clone()))
@@ -136,7 +143,7 @@ const PLANNER_SOURCES: [(&str, &str); 6] = [
 /// The plan cache's key of a request: SHA-256 over a versioned text of
 /// everything the planner reads (closures with sizes and references,
 /// budget, layering options, previous image) and the planner's source.
-pub fn plan_key(req: &BuildRequest) -> Result<Digest, serde_json::Error> {
+pub fn plan_key(req: &PlanRequest) -> Result<Digest, serde_json::Error> {
     let mut text = String::from("nixoci plan cache key v1\n");
     for (name, source) in PLANNER_SOURCES {
         text.push_str(&format!(
@@ -160,7 +167,7 @@ pub fn plan_key(req: &BuildRequest) -> Result<Digest, serde_json::Error> {
 /// Whether `plan` is a plan of `req`: each image's layers hold every path
 /// of its closure exactly once and fit the budget. A stored plan must pass
 /// this before it is used.
-fn plan_fits(plan: &LayerPlan, req: &BuildRequest) -> bool {
+fn plan_fits(plan: &LayerPlan, req: &PlanRequest) -> bool {
     let budget = req.max_layers.saturating_sub(req.layering.reserve_layers);
     plan.version == plan::PLAN_VERSION
         && plan.images.len() == req.images.len()
@@ -186,8 +193,8 @@ fn plan_fits(plan: &LayerPlan, req: &BuildRequest) -> bool {
 /// [`plan_request`], through the plan cache of `--cache-dir`: the same
 /// request planned before is not planned again. Without a usable cache,
 /// plans.
-fn plan_cached(req: &BuildRequest) -> Result<LayerPlan, BuildError> {
-    let (Some(cache), Ok(key)) = (&req.layer_options.cache, plan_key(req)) else {
+fn plan_cached(req: &PlanRequest, cache: Option<&Cache>) -> Result<LayerPlan, BuildError> {
+    let (Some(cache), Ok(key)) = (cache, plan_key(req)) else {
         return plan_request(req);
     };
     if let Some(plan) = cache.plan(&key).filter(|p| plan_fits(p, req)) {
@@ -224,7 +231,7 @@ pub struct Events<'a> {
 
 /// Builds the layout `req` describes.
 pub fn build(req: &BuildRequest, events: &Events) -> Result<BuildReport, BuildError> {
-    let plan = plan_cached(req)?;
+    let plan = plan_cached(&req.plan, req.layer_options.cache.as_ref())?;
     (events.plan)(&plan);
     let layout = Layout::open_waiting(&req.output, &mut || (events.waiting)())?;
     match layout.stale_removed() {
@@ -237,6 +244,7 @@ pub fn build(req: &BuildRequest, events: &Events) -> Result<BuildReport, BuildEr
     let groups: Vec<Vec<StorePath>> = plan.layers.iter().map(|l| l.store_paths.clone()).collect();
     // NAR hashes key the layer cache; NAR sizes order the work.
     let infos: BTreeMap<StorePath, crate::closure::PathInfo> = req
+        .plan
         .images
         .values()
         .flat_map(|i| i.closure.paths.iter())
@@ -264,7 +272,7 @@ pub fn build(req: &BuildRequest, events: &Events) -> Result<BuildReport, BuildEr
     let mut platforms = Vec::new();
     let mut manifests: Vec<(Platform, Blob)> = Vec::new();
     for image_plan in &plan.images {
-        let request = &req.images[&image_plan.platform];
+        let request = &req.plan.images[&image_plan.platform];
         let layers: Vec<&BuiltLayer> = image_plan.layers.iter().map(|&i| &built[i]).collect();
         let config = image::config_blob(&image_plan.platform, &request.run, &layers, &req.created)?;
         let manifest = image::manifest_blob(&config, &layers, &req.annotations)?;
@@ -307,7 +315,7 @@ mod tests {
         StorePath::from_absolute(&format!("/nix/store/{}-{name}", "a".repeat(32))).unwrap()
     }
 
-    fn request(names: &[&str], max_layers: usize) -> BuildRequest {
+    fn request(names: &[&str], max_layers: usize) -> PlanRequest {
         let paths = names
             .iter()
             .map(|n| {
@@ -330,20 +338,10 @@ mod tests {
             closure,
             run: RunConfig::default(),
         };
-        BuildRequest {
+        PlanRequest {
             images: [("linux/amd64".parse().unwrap(), image)].into(),
-            tag: "latest".to_owned(),
-            output: PathBuf::from("out"),
-            created: "1970-01-01T00:00:00Z".to_owned(),
-            annotations: BTreeMap::new(),
             max_layers,
             layering: plan::Layering::default(),
-            jobs: 1,
-            layer_options: LayerOptions {
-                store_root: PathBuf::from("/"),
-                compression: layer::Compression::default(),
-                cache: None,
-            },
         }
     }
 

@@ -5,7 +5,7 @@
 //! images the spec's roots with the spec's config. Pure: parsing and
 //! validation only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -136,6 +136,85 @@ impl ImageSpec {
     }
 }
 
+/// What the command line sets for the whole image, overriding the specs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides<'a> {
+    pub tag: Option<&'a str>,
+    pub created: Option<&'a str>,
+    pub max_layers: Option<usize>,
+}
+
+/// What the image specs of an image's platforms say for the whole image,
+/// where the command line does not say it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Merged {
+    /// The specs' one tag.
+    pub tag: Option<String>,
+    /// The specs' one creation time, as written there.
+    pub created: Option<String>,
+    /// The smallest of the specs' budgets.
+    pub max_layers: Option<usize>,
+    /// Every spec's annotations; for a key several set, the first spec's
+    /// value (specs in platform order).
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Why several image specs cannot make one image.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    #[error("the image specs name different tags ({0}); choose one with --tag")]
+    Tags(String),
+    #[error("the image specs name different creation times ({0}); choose one with --created")]
+    Created(String),
+}
+
+/// Merges the specs of one image's platforms (in platform order). A value
+/// the command line overrides is not taken from the specs, so specs that
+/// disagree on it are fine.
+pub fn merge<'a>(
+    specs: impl IntoIterator<Item = &'a ImageSpec>,
+    overrides: Overrides,
+) -> Result<Merged, MergeError> {
+    let specs: Vec<&ImageSpec> = specs.into_iter().collect();
+    let one = |values: BTreeSet<&String>, error: fn(String) -> MergeError| {
+        let list = values.iter().map(|v| v.as_str()).collect::<Vec<_>>();
+        match values.len() {
+            0 | 1 => Ok(values.into_iter().next().cloned()),
+            _ => Err(error(list.join(", "))),
+        }
+    };
+    let tag = match overrides.tag {
+        Some(_) => None,
+        None => one(
+            specs.iter().filter_map(|s| s.tag.as_ref()).collect(),
+            MergeError::Tags,
+        )?,
+    };
+    let created = match overrides.created {
+        Some(_) => None,
+        None => one(
+            specs.iter().filter_map(|s| s.created.as_ref()).collect(),
+            MergeError::Created,
+        )?,
+    };
+    let max_layers = match overrides.max_layers {
+        Some(_) => None,
+        None => specs.iter().filter_map(|s| s.max_layers).min(),
+    };
+    let mut annotations = BTreeMap::new();
+    for spec in &specs {
+        for (k, v) in &spec.annotations {
+            annotations.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    Ok(Merged {
+        tag,
+        created,
+        max_layers,
+        annotations,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +266,77 @@ mod tests {
             ImageSpec::parse(port.as_bytes()),
             Err(SpecError::Port { .. })
         ));
+    }
+
+    fn spec(
+        tag: Option<&str>,
+        created: Option<&str>,
+        max: Option<usize>,
+        ann: &[(&str, &str)],
+    ) -> ImageSpec {
+        let mut spec = ImageSpec::parse(
+            format!(r#"{{"nixociImageSpec":1,"name":"x","roots":["{ROOT}"]}}"#).as_bytes(),
+        )
+        .unwrap();
+        spec.tag = tag.map(Into::into);
+        spec.created = created.map(Into::into);
+        spec.max_layers = max;
+        spec.annotations = ann
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        spec
+    }
+
+    #[test]
+    fn specs_merge_into_one_image() {
+        let a = spec(
+            Some("1.0"),
+            Some("2024-01-01T00:00:00Z"),
+            Some(20),
+            &[("k", "a"), ("x", "1")],
+        );
+        let b = spec(Some("1.0"), None, Some(10), &[("k", "b"), ("y", "2")]);
+        let merged = merge([&a, &b], Overrides::default()).unwrap();
+        assert_eq!(merged.tag.as_deref(), Some("1.0"));
+        assert_eq!(merged.created.as_deref(), Some("2024-01-01T00:00:00Z"));
+        assert_eq!(merged.max_layers, Some(10));
+        let ann: Vec<(&str, &str)> = merged
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(ann, [("k", "a"), ("x", "1"), ("y", "2")]);
+        assert_eq!(merge([], Overrides::default()).unwrap(), Merged::default());
+    }
+
+    #[test]
+    fn specs_that_disagree_need_the_command_line() {
+        let a = spec(Some("1.0"), Some("2024-01-01T00:00:00Z"), None, &[]);
+        let b = spec(Some("2.0"), Some("2025-01-01T00:00:00Z"), None, &[]);
+        assert_eq!(
+            merge([&a, &b], Overrides::default()),
+            Err(MergeError::Tags("1.0, 2.0".into()))
+        );
+        let tag = Overrides {
+            tag: Some("3.0"),
+            ..Overrides::default()
+        };
+        let e = merge([&a, &b], tag).unwrap_err();
+        assert_eq!(
+            e,
+            MergeError::Created("2024-01-01T00:00:00Z, 2025-01-01T00:00:00Z".into())
+        );
+        assert!(e.to_string().contains("choose one with --created"));
+        let both = Overrides {
+            tag: Some("3.0"),
+            created: Some("1"),
+            max_layers: Some(5),
+        };
+        let merged = merge([&a, &b], both).unwrap();
+        assert_eq!(
+            (merged.tag, merged.created, merged.max_layers),
+            (None, None, None)
+        );
     }
 }

@@ -1,10 +1,11 @@
 //! `nixoci cache`: look after the layer cache.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context;
 
+use super::flags::{human_bytes, Age, ByteSize};
 use super::usage;
 use crate::layer::cache::{Cache, Prune};
 
@@ -45,12 +46,12 @@ pub struct PruneArgs {
     /// Remove what was not used for this long: a number with s, m, h or d
     /// (`90m`, `12h`, `30d`).
     #[arg(long, value_name = "AGE")]
-    pub unused_for: Option<String>,
+    pub unused_for: Option<Age>,
 
     /// Then remove the least recently used until the rest takes at most
     /// SIZE (bytes, or a number with K, M or G: powers of 1024).
     #[arg(long, value_name = "SIZE")]
-    pub max_size: Option<String>,
+    pub max_size: Option<ByteSize>,
 
     /// Say what would be removed, remove nothing.
     #[arg(long)]
@@ -68,28 +69,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn prune(args: PruneArgs) -> anyhow::Result<()> {
-    let unused_for = args
-        .unused_for
-        .as_deref()
-        .map(|s| {
-            parse_age(s).ok_or_else(|| {
-                usage(format!(
-                    "--unused-for '{s}': expected a number with s, m, h or d, as in 30d"
-                ))
-            })
-        })
-        .transpose()?;
-    let max_size = args
-        .max_size
-        .as_deref()
-        .map(|s| {
-            super::build::parse_size(s).ok_or_else(|| {
-                usage(format!(
-                    "--max-size '{s}': expected bytes, or a number with K, M or G"
-                ))
-            })
-        })
-        .transpose()?;
+    let unused_for = args.unused_for.map(|a| a.0);
+    let max_size = args.max_size.map(|s| s.0);
     if unused_for.is_none() && max_size.is_none() {
         return Err(usage(
             "say what to remove: --unused-for AGE, --max-size SIZE, or both",
@@ -98,7 +79,7 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
     let dir = args
         .cache_dir
         .clone()
-        .or_else(super::build::default_cache_dir)
+        .or_else(super::resolve::default_cache_dir)
         .ok_or_else(|| {
             usage("no cache directory: pass --cache-dir (XDG_CACHE_HOME is not set and HOME is not a directory)")
         })?;
@@ -131,47 +112,14 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
         dir.display(),
         report.removed_layers,
         report.removed_plans,
-        super::build::human_bytes(report.removed_bytes),
+        human_bytes(report.removed_bytes),
         match report.removed_other {
             0 => String::new(),
             n => format!(" and {n} damaged or leftover files"),
         },
         report.kept_layers,
         report.kept_plans,
-        super::build::human_bytes(report.kept_bytes),
+        human_bytes(report.kept_bytes),
     );
     Ok(())
-}
-
-/// `90s`, `90m`, `12h`, `30d`.
-pub(super) fn parse_age(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = s.split_at(digits);
-    let seconds: u64 = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return None,
-    };
-    Some(Duration::from_secs(
-        number.parse::<u64>().ok()?.checked_mul(seconds)?,
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ages() {
-        assert_eq!(parse_age("90s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_age("90m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_age("12h"), Some(Duration::from_secs(43200)));
-        assert_eq!(parse_age("30d"), Some(Duration::from_secs(2_592_000)));
-        for bad in ["", "30", "d", "1w", "-1d", "1.5d", "99999999999999999999d"] {
-            assert_eq!(parse_age(bad), None, "{bad}");
-        }
-    }
 }

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use indicatif::HumanBytes;
 
+use super::flags::human_bytes;
 use super::usage;
 use crate::oci::layout::LayoutArg;
 use crate::publish::client::error_chain;
@@ -104,7 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if report.written.len() == 1 { "" } else { "s" },
         report.unchanged,
         report.stored,
-        HumanBytes(report.bytes_copied),
+        human_bytes(report.bytes_copied),
         report.digest
     );
     eprintln!(

@@ -1,11 +1,11 @@
 //! `nixoci gc`: remove the blobs of a layout that no tag reaches.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context;
 
-use super::build::human_bytes;
+use super::flags::{human_bytes, Age};
 use crate::oci::gc::collect;
 
 /// Remove the blobs of an OCI image layout that no tag reaches: what a
@@ -27,8 +27,8 @@ pub struct Args {
 
     /// Keep unreachable blobs modified within this time: a number with s,
     /// m, h or d (`0s`, `30m`, `1h`, `2d`).
-    #[arg(long, value_name = "AGE", default_value = "1h", value_parser = grace)]
-    pub grace: Duration,
+    #[arg(long, value_name = "AGE", default_value = "1h")]
+    pub grace: Age,
 
     /// Say what would be removed, remove nothing.
     #[arg(long)]
@@ -39,28 +39,13 @@ pub struct Args {
     pub json: bool,
 }
 
-fn grace(s: &str) -> Result<Duration, String> {
-    super::cache::parse_age(s)
-        .ok_or_else(|| format!("'{s}': expected a number with s, m, h or d (0s, 30m, 1h, 2d)"))
-}
-
-/// `3600 s` as `1h`: the biggest unit that says it exactly.
-fn format_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    [("d", 86_400), ("h", 3600), ("m", 60)]
-        .iter()
-        .find(|(_, n)| secs > 0 && secs % n == 0)
-        .map(|(unit, n)| format!("{}{unit}", secs / n))
-        .unwrap_or_else(|| format!("{secs}s"))
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     super::refuse_in_store("LAYOUT", &args.layout, &super::default_store_dirs())?;
     let dir = args.layout.display();
     // The grace period is measured against the file system's clock: this
     // reaches no output.
     let now = SystemTime::now();
-    let report = collect(&args.layout, args.grace, now, args.dry_run, &mut || {
+    let report = collect(&args.layout, args.grace.0, now, args.dry_run, &mut || {
         eprintln!("nixoci: waiting for another nixoci that is writing {dir}")
     })
     .with_context(|| format!("collecting {dir}"))?;
@@ -84,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         line.push_str(&format!(
             "; kept {} younger than {} ({})",
             report.kept.len(),
-            format_duration(args.grace),
+            args.grace,
             human_bytes(report.kept_bytes)
         ));
     }
@@ -98,25 +83,4 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     eprintln!("{line}");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grace_periods_print_as_they_parse() {
-        for (s, secs) in [
-            ("0s", 0),
-            ("90s", 90),
-            ("30m", 1800),
-            ("1h", 3600),
-            ("2d", 172_800),
-        ] {
-            assert_eq!(grace(s), Ok(Duration::from_secs(secs)), "{s}");
-            let back = format_duration(Duration::from_secs(secs));
-            assert_eq!(grace(&back), Ok(Duration::from_secs(secs)), "{back}");
-        }
-        assert!(grace("soon").is_err());
-    }
 }

@@ -4,16 +4,17 @@
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 pub mod build;
 pub mod cache;
 pub mod export_static;
+pub mod flags;
 pub mod gc;
 pub mod plan;
 pub mod push;
+pub mod resolve;
 pub mod verify;
 pub mod write_spec;
 
@@ -40,35 +41,6 @@ pub enum Command {
     ExportStatic(export_static::Args),
     Cache(cache::Args),
     Gc(gc::Args),
-}
-
-/// `--timeout`: `30s`, `2m`, `500ms`, `1.5s`, `1h`, or a number of
-/// seconds; from 1 ms to a day.
-pub fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let digits = t
-        .bytes()
-        .take_while(|b| b.is_ascii_digit() || *b == b'.')
-        .count();
-    let (number, unit) = t.split_at(digits);
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" | "sec" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        _ => f64::NAN,
-    };
-    let secs = number
-        .parse::<f64>()
-        .ok()
-        .filter(|n| n.is_finite() && !number.starts_with('.'))
-        .map(|n| n * scale);
-    match secs {
-        Some(x) if (0.001..=86_400.0).contains(&x) => Ok(Duration::from_secs_f64(x)),
-        Some(x) if x > 86_400.0 => Err("at most a day (24h)".into()),
-        Some(x) if x >= 0.0 => Err("too short to answer in: give 1ms or more".into()),
-        _ => Err("expected a duration such as 30s, 2m, 500ms or a number of seconds".into()),
-    }
 }
 
 /// An error caused by what the user asked for, not by the operation: exit 2.
@@ -99,6 +71,12 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 .is_some_and(|e| e.is_usage())
             || cause
                 .downcast_ref::<crate::oci::gc::GcError>()
+                .is_some_and(|e| e.is_usage())
+            || cause
+                .downcast_ref::<crate::eval::TargetError>()
+                .is_some_and(|e| e.is_usage())
+            || cause
+                .downcast_ref::<crate::publish::previous::PreviousError>()
                 .is_some_and(|e| e.is_usage())
             || cause.is::<crate::plan::PlanError>()
     });
@@ -200,6 +178,21 @@ pub fn refuse_in_store(what: &str, path: &Path, store_dirs: &[PathBuf]) -> anyho
     Ok(())
 }
 
+/// A command-line error as one line with nixoci's prefix, like every other
+/// error: clap's message and tips, without its usage block.
+fn clap_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let joined = parts.join(" ");
+    let message = joined.strip_prefix("error: ").unwrap_or(&joined);
+    format!("nixoci: error: {message} (see --help)")
+}
+
 /// True when progress and colour belong on stderr.
 pub fn stderr_is_terminal() -> bool {
     io::stderr().is_terminal()
@@ -257,9 +250,14 @@ pub fn main() -> ExitCode {
     catch_signals();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
+        // --help and --version.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{}", clap_error_line(&e));
+            return ExitCode::from(2);
         }
     };
     let result = match cli.command {
@@ -277,35 +275,6 @@ pub fn main() -> ExitCode {
         Err(err) => {
             eprintln!("{}", error_line(&err));
             ExitCode::from(exit_code(&err))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timeouts() {
-        let ms = Duration::from_millis;
-        for (s, want) in [
-            ("30s", ms(30_000)),
-            ("30", ms(30_000)),
-            (" 2m ", ms(120_000)),
-            ("2min", ms(120_000)),
-            ("500ms", ms(500)),
-            ("1.5s", ms(1_500)),
-            ("0.25", ms(250)),
-            ("1h", ms(3_600_000)),
-            ("24h", ms(86_400_000)),
-        ] {
-            assert_eq!(parse_timeout(s), Ok(want), "{s}");
-        }
-        for bad in [
-            "", "0", "0s", "0ms", "0.0", "s", "-1", "-5s", "1x", "1 s s", "abc", "1..2s", ".5s",
-            "25h", "inf", "NaN", "1e3", "0.0001",
-        ] {
-            assert!(parse_timeout(bad).is_err(), "{bad:?} was accepted");
         }
     }
 }

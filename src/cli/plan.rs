@@ -8,6 +8,8 @@ use clap::builder::Resettable;
 use clap::{ArgMatches, Command, FromArgMatches, Id};
 
 use super::build;
+use super::flags::human_bytes;
+use super::resolve::{apply_structured_attrs, plan_request};
 use crate::pipeline;
 use crate::plan::{LayerPlan, Origin};
 
@@ -92,6 +94,9 @@ fn adjust(cmd: Command) -> Command {
         "created",
         "jobs",
         "level",
+        "compression",
+        "cache_dir",
+        "no_cache",
     ] {
         cmd = cmd.mut_arg(hidden, |a| a.hide(true));
     }
@@ -101,9 +106,9 @@ fn adjust(cmd: Command) -> Command {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut args = args.build;
     if args.structured_attrs {
-        build::apply_structured_attrs(&mut args)?;
+        apply_structured_attrs(&mut args)?;
     }
-    let req = build::plan_request(&args)?;
+    let req = plan_request(&args)?;
     let plan = pipeline::plan_request(&req).context("planning layers")?;
     let mut bytes = if args.json {
         let mut b = serde_json::to_vec_pretty(&plan)?;
@@ -132,7 +137,7 @@ pub fn table(plan: &LayerPlan) -> String {
             image.platform,
             image.layers.len(),
             if image.layers.len() == 1 { "" } else { "s" },
-            build::human_bytes(total)
+            human_bytes(total)
         ));
         out.push_str(&format!(
             "{:>5}  {:>10}  {:<8}  {:<6}  store paths\n",
@@ -160,7 +165,7 @@ pub fn table(plan: &LayerPlan) -> String {
             out.push_str(&format!(
                 "{:>5}  {:>10}  {:<8}  {:<6}  {first}\n",
                 i + 1,
-                build::human_bytes(layer.nar_size),
+                human_bytes(layer.nar_size),
                 origin,
                 shared
             ));

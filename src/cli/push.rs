@@ -4,12 +4,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle};
 
+use super::flags::{human_bytes, ByteSize, RegistryArgs};
 use super::usage;
 use crate::oci::layout::LayoutArg;
-use crate::publish::auth::{self, AuthEnv};
-use crate::publish::client::{error_chain, Client, ClientOptions, TimeBounds};
+use crate::publish::client::{error_chain, Client, ClientOptions};
 use crate::publish::push::{self, Event, PushOptions};
 use crate::publish::reference::{tag_from_ref_name, valid_repository, Reference};
 use crate::publish::source::read_image;
@@ -43,24 +43,10 @@ pub struct Args {
     #[arg(value_name = "REGISTRY/NAME[:TAG]")]
     pub destination: String,
 
-    /// USER:PASSWORD for the registry (visible to other local users in
-    /// the process list; prefer the environment or an auth file).
-    #[arg(long, value_name = "USER:PASSWORD")]
-    pub creds: Option<String>,
-
     /// A repository of the same registry to mount missing blobs from
     /// instead of uploading them. Repeatable.
     #[arg(long = "mount-from", value_name = "REPOSITORY")]
     pub mount_from: Vec<String>,
-
-    /// Allow plain HTTP and unverified TLS to a registry that is not on
-    /// this machine.
-    #[arg(long)]
-    pub insecure: bool,
-
-    /// Trust the certificates in this PEM file instead of the system's.
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<std::path::PathBuf>,
 
     /// Blobs pushed at once.
     #[arg(long, short = 'j', default_value_t = 4, value_name = "N")]
@@ -69,7 +55,7 @@ pub struct Args {
     /// Blobs up to SIZE go up in one request, larger ones in chunks of
     /// SIZE: bytes, or with a K, M or G suffix (powers of 1024).
     #[arg(long, default_value = "16M", value_name = "SIZE")]
-    pub chunk_size: String,
+    pub chunk_size: ByteSize,
 
     /// Retries of each blob or manifest after a connection error, a 5xx or
     /// a 429 answer, with backoff (or as Retry-After asks); a timeout is
@@ -77,34 +63,12 @@ pub struct Args {
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub retries: u32,
 
-    /// Time limit of each request: connecting, a stall, and an answer
-    /// without a body each get DURATION (30s, 2m, 500ms, or seconds); a
-    /// blob gets DURATION plus its size at 100 KiB/s.
-    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = super::parse_timeout)]
-    pub timeout: Duration,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 
     /// Print the push report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-}
-
-/// `16M`, `512K`, `1G`, `1048576`: bytes, at least 1.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let t = s.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
-    let (num, mult) = match t.chars().last()? {
-        'k' | 'K' => (&t[..t.len() - 1], 1u64 << 10),
-        'm' | 'M' => (&t[..t.len() - 1], 1 << 20),
-        'g' | 'G' => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|n| *n > 0)
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -114,12 +78,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.jobs == 0 {
         return Err(usage("--jobs 0: expected at least 1"));
     }
-    let chunk_size = parse_size(&args.chunk_size).ok_or_else(|| {
-        usage(format!(
-            "--chunk-size '{}': expected a size such as 16M, 512K or 1048576",
-            args.chunk_size
-        ))
-    })?;
+    let chunk_size = args.chunk_size.0;
+    if chunk_size == 0 {
+        return Err(usage("--chunk-size 0: expected at least 1 byte"));
+    }
     for m in &args.mount_from {
         if !valid_repository(m) {
             return Err(usage(format!(
@@ -151,13 +113,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     dest.tag = Some(tag.clone());
 
-    let found = auth::lookup(
-        &AuthEnv::from_process(),
-        args.creds.as_deref(),
-        &dest.registry,
-        &dest.repository,
-    )
-    .map_err(|e| usage(error_chain(&e)))?;
+    let found = args
+        .registry
+        .credentials(&dest)
+        .map_err(|e| usage(error_chain(&e)))?;
     let mut scopes = vec![format!("repository:{}:pull,push", dest.repository)];
     for m in &args.mount_from {
         scopes.push(format!("repository:{m}:pull"));
@@ -179,14 +138,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let notify: Box<dyn Fn(&str) + Send + Sync> =
         Box::new(move |msg| notify_bar.suspend(|| eprintln!("nixoci: {msg}")));
     let options = ClientOptions {
-        insecure: args.insecure,
         retries: args.retries,
         backoff: Duration::from_millis(500),
-        ca_file: args.ca_file.clone(),
-        bounds: TimeBounds {
-            timeout: args.timeout,
-            ..TimeBounds::default()
-        },
+        ..args.registry.client_options()
     };
     let client = Client::connect(
         &dest,
@@ -249,34 +203,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if platforms == 1 { "" } else { "s" },
         report.uploaded,
         if report.uploaded == 1 { "" } else { "s" },
-        HumanBytes(report.bytes_uploaded),
+        human_bytes(report.bytes_uploaded),
         report.mounted,
         report.skipped,
         report.digest
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        for (s, want) in [
-            ("16M", Some(16 << 20)),
-            ("16MiB", Some(16 << 20)),
-            ("512k", Some(512 << 10)),
-            ("1G", Some(1 << 30)),
-            ("100", Some(100)),
-            ("100B", Some(100)),
-            ("0", None),
-            ("", None),
-            ("M", None),
-            ("-1M", None),
-            ("99999999999G", None),
-        ] {
-            assert_eq!(parse_size(s), want, "{s}");
-        }
-    }
 }

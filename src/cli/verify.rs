@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde::Serialize;
 
-use super::build::human_bytes;
+use super::flags::{default_jobs, human_bytes};
 use crate::oci::gc::unreachable;
 use crate::oci::verify::{verify, VerifyReport};
 
@@ -44,7 +44,7 @@ struct Report {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let jobs = args.jobs.unwrap_or_else(super::build::default_jobs);
+    let jobs = args.jobs.unwrap_or_else(default_jobs);
     let dir = args.layout.display();
     let context = || format!("verifying {dir}");
     let report = verify(&args.layout, jobs).with_context(context)?;

@@ -6,7 +6,9 @@
 //!   the HTTP client in [`client`] with the credentials and challenges of
 //!   [`auth`].
 //! - [`fetch`] reads an image's manifests (and configs) back from a
-//!   registry over the same client, for `build --previous`.
+//!   registry over the same client, for `build --previous`;
+//!   [`previous`] says where a `--previous IMAGE` is (a layout or a
+//!   registry) and reads its layers from there.
 //! - [`static_export`] writes a static registry tree that a plain web
 //!   server or an S3 bucket serves read-only, with the nginx, Caddy and S3
 //!   metadata a static server cannot guess.
@@ -18,6 +20,7 @@
 pub mod auth;
 pub mod client;
 pub mod fetch;
+pub mod previous;
 pub mod push;
 pub mod reference;
 pub mod source;

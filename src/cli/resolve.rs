@@ -1,0 +1,487 @@
+//! `build`'s and `plan`'s flags resolved against the world: installables
+//! built by Nix, closures read, image specs merged, the previous image
+//! read, the output and cache checked. Everything that can be wrong with
+//! the input fails here, before anything is written; what comes out is a
+//! [`PlanRequest`] or a [`BuildRequest`], where the flags take effect.
+//!
+//! (The flags themselves are parsed into types by clap: `cli::flags`.)
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use super::build::Args;
+use super::flags::{default_jobs, Created, KeyValue};
+use super::{usage, UsageError};
+use crate::closure::Closure;
+use crate::eval::{self, Nix, TargetArgs};
+use crate::installable::Installable;
+use crate::layer::{cache, Cache, Compression, LayerOptions};
+use crate::oci::image::{check_key_values, valid_ref_name, RunConfig};
+use crate::oci::layout::check_output;
+use crate::pipeline::{BuildRequest, ImageRequest, PlanRequest};
+use crate::plan::{Layering, DEFAULT_MAX_LAYERS};
+use crate::platform::Platform;
+use crate::publish::previous::{read_previous, PreviousRequest};
+use crate::spec::{self, ImageSpec, Overrides};
+use crate::store_path::{StoreDir, StorePath};
+
+/// The request of `nixoci build`.
+pub fn build_request(args: &Args) -> anyhow::Result<BuildRequest> {
+    let store_dir = store_dir(args)?;
+    let output = args
+        .output
+        .clone()
+        .ok_or_else(|| usage("--output is required"))?;
+    let stores = super::store_dirs(&args.store_dir, &args.store_root);
+    // The ociLayout builder writes its own $out, a store path.
+    if !args.structured_attrs {
+        super::refuse_in_store("--output", &output, &stores)?;
+    }
+    if let Some(dir) = cache_dir(args) {
+        super::refuse_in_store("--cache-dir", &dir, &stores)?;
+    }
+    check_output(&output)?;
+    let compression =
+        Compression::new(&args.compression, args.level).map_err(|e| match args.level {
+            Some(level) => usage(format!("--level {level}: {e}")),
+            None => usage(format!("--compression {}: {e}", args.compression)),
+        })?;
+    if args.jobs == Some(0) {
+        bail!(UsageError("--jobs 0: expected at least 1".into()));
+    }
+    let resolved = resolve(args, &store_dir, true)?;
+    Ok(BuildRequest {
+        plan: resolved.plan,
+        tag: resolved.tag,
+        output,
+        created: resolved.created.as_str().to_owned(),
+        annotations: resolved.annotations,
+        jobs: args.jobs.unwrap_or_else(default_jobs),
+        layer_options: LayerOptions {
+            store_root: args.store_root.clone(),
+            compression,
+            cache: cache(args),
+        },
+    })
+}
+
+/// The request of `nixoci plan`: no output, no layer cache.
+pub fn plan_request(args: &Args) -> anyhow::Result<PlanRequest> {
+    let store_dir = store_dir(args)?;
+    Ok(resolve(args, &store_dir, false)?.plan)
+}
+
+fn store_dir(args: &Args) -> anyhow::Result<StoreDir> {
+    StoreDir::new(&args.store_dir).map_err(|e| usage(format!("--store-dir: {e}")))
+}
+
+/// What the flags and the image specs say for the whole image.
+struct Resolved {
+    plan: PlanRequest,
+    tag: String,
+    created: Created,
+    annotations: BTreeMap<String, String>,
+}
+
+/// Everything but the output: `read_all` also checks that every path of
+/// the closures is on disk (a build reads them all; a plan none).
+fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<Resolved> {
+    let nix = Nix {
+        options: args
+            .options
+            .chunks(2)
+            .map(|c| (c[0].clone(), c.get(1).cloned().unwrap_or_default()))
+            .collect(),
+        ..Nix::default()
+    };
+    if let Some(tag) = &args.tag {
+        check_tag("--tag", tag)?;
+    }
+    if args.max_layers == Some(0) {
+        bail!(UsageError("--max-layers 0: expected at least 1".into()));
+    }
+    if args.previous.is_none() && args.registry.given() {
+        bail!(UsageError(
+            "--creds, --insecure, --ca-file and --timeout are for the registry of a --previous image: give --previous".into()
+        ));
+    }
+    let created_flag = match &args.created {
+        Some(c) => c.clone(),
+        None => match std::env::var("SOURCE_DATE_EPOCH").ok().as_deref() {
+            None | Some("") => Created::epoch(),
+            Some(s) => Created::from_epoch(s)
+                .map_err(|e| usage(format!("SOURCE_DATE_EPOCH '{s}': {e}")))?,
+        },
+    };
+    let mut annotations = key_values("--annotation", &args.annotation)?;
+    key_values("--label", &args.label)?;
+    // The config flags, before Nix builds anything ({root} as a stand-in).
+    if let Ok(stand_in) =
+        StorePath::from_absolute(&format!("{}/{}-root", store_dir.as_str(), "0".repeat(32)))
+    {
+        run_config(args, RunConfig::default(), &stand_in)?
+            .check()
+            .map_err(|e| usage(e.to_string()))?;
+    }
+    let layering = layering(args, store_dir)?;
+    if !args.store_root.is_dir() {
+        bail!(UsageError(format!(
+            "--store-root {}: not a directory",
+            args.store_root.display()
+        )));
+    }
+    let targets = eval::targets(
+        TargetArgs {
+            installable: args.installable.as_deref(),
+            systems: &args.systems,
+            platforms: &args.platforms,
+            closure_file: args.closure_json.is_some(),
+        },
+        store_dir,
+        &nix,
+    )?;
+
+    // Build the flake outputs with one nix call.
+    let mut roots: BTreeMap<Platform, StorePath> = BTreeMap::new();
+    for (platform, target) in &targets {
+        if let Installable::StorePath(p) = &target.installable {
+            roots.insert(platform.clone(), p.clone());
+        }
+    }
+    if roots.len() < targets.len() {
+        if args.closure_json.is_some() {
+            bail!(UsageError(
+                "--closure-json needs store paths, not flake outputs".into()
+            ));
+        }
+        let flake_targets = eval::resolve_attrs(&nix, &targets)?;
+        let labelled: Vec<(String, String)> = flake_targets
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.clone()))
+            .collect();
+        let built = eval::build(&nix, store_dir, &labelled)?;
+        for ((platform, _), path) in flake_targets.into_iter().zip(built) {
+            roots.insert(platform, path);
+        }
+    }
+
+    // Image specs give roots, config and defaults for the whole image.
+    let mut specs: BTreeMap<Platform, ImageSpec> = BTreeMap::new();
+    for (platform, root) in &roots {
+        if let Some(spec) = read_spec(&args.store_root, root)? {
+            specs.insert(platform.clone(), spec);
+        }
+    }
+    let merged = spec::merge(
+        specs.values(),
+        Overrides {
+            tag: args.tag.as_deref(),
+            created: args.created.as_ref().map(Created::as_str),
+            max_layers: args.max_layers,
+        },
+    )
+    .map_err(|e| usage(e.to_string()))?;
+    let tag = match (&args.tag, merged.tag) {
+        (Some(t), _) => t.clone(),
+        (None, Some(t)) => {
+            check_tag("the image spec's tag", &t)?;
+            t
+        }
+        (None, None) => "latest".to_owned(),
+    };
+    let max_layers = args
+        .max_layers
+        .or(merged.max_layers)
+        .unwrap_or(DEFAULT_MAX_LAYERS);
+    if max_layers == 0 {
+        bail!(UsageError("the image spec's maxLayers is 0".into()));
+    }
+    // --created, then the specs' own time, then SOURCE_DATE_EPOCH, then the
+    // epoch: what the image says beats what the environment says, so the
+    // CLI and the ociLayout derivation agree.
+    let created = match merged.created {
+        Some(c) => c
+            .parse::<Created>()
+            .map_err(|e| usage(format!("the image spec's created '{c}': {e}")))?,
+        None => created_flag,
+    };
+    for (k, v) in merged.annotations {
+        annotations.entry(k).or_insert(v);
+    }
+    check_key_values("--annotation", &annotations).map_err(|e| usage(e.to_string()))?;
+    let image_roots: BTreeMap<Platform, Vec<StorePath>> = roots
+        .iter()
+        .map(|(p, r)| {
+            let rs = specs
+                .get(p)
+                .map(|s| s.roots.clone())
+                .unwrap_or_else(|| vec![r.clone()]);
+            (p.clone(), rs)
+        })
+        .collect();
+
+    let all_roots: Vec<StorePath> = image_roots
+        .values()
+        .flatten()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let graph = match &args.closure_json {
+        Some(file) => {
+            let bytes = std::fs::read(file)
+                .map_err(|e| usage(format!("--closure-json {}: {e}", file.display())))?;
+            Closure::from_references_graph_json(store_dir, &bytes)
+                .or_else(|_| Closure::from_path_info_json(store_dir, &bytes))
+                .map_err(|e| usage(format!("--closure-json {}: {e}", file.display())))?
+        }
+        None => eval::path_info_closure(&nix, store_dir, &all_roots)
+            .context("reading closures from the Nix store")?,
+    };
+    let mut images = BTreeMap::new();
+    let mut checked = BTreeSet::new();
+    for (platform, rs) in image_roots {
+        let closure = graph
+            .subclosure(&rs)
+            .map_err(|e| usage(format!("closure of {} for {platform}: {e}", rs[0])))?;
+        // Every path a layer will read, before anything is written (a plan
+        // reads none: it needs only the roots).
+        let read = if read_all { closure.paths.len() } else { 0 };
+        for path in rs.iter().chain(closure.paths.keys().take(read)) {
+            if !checked.insert(path.clone()) {
+                continue;
+            }
+            let on_disk = args.store_root.join(path.as_str().trim_start_matches('/'));
+            if std::fs::symlink_metadata(&on_disk).is_err() {
+                bail!(UsageError(format!(
+                    "{path} is not in the store (looked for {})",
+                    on_disk.display()
+                )));
+            }
+        }
+        let base = specs
+            .get(&platform)
+            .map(ImageSpec::run_config)
+            .unwrap_or_default();
+        let run = run_config(args, base, &rs[0])?;
+        run.check()
+            .map_err(|e| usage(format!("the image config of {platform}: {e}")))?;
+        images.insert(
+            platform,
+            ImageRequest {
+                roots: rs,
+                closure,
+                run,
+            },
+        );
+    }
+    Ok(Resolved {
+        plan: PlanRequest {
+            images,
+            max_layers,
+            layering,
+        },
+        tag,
+        created,
+        annotations,
+    })
+}
+
+/// `KEY=VALUE` flags as a map; a key given twice is an error.
+fn key_values(flag: &str, items: &[KeyValue]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for kv in items {
+        if map.insert(kv.key.clone(), kv.value.clone()).is_some() {
+            bail!(UsageError(format!("{flag} {} given twice", kv.key)));
+        }
+    }
+    Ok(map)
+}
+
+/// The run config of one platform: the spec's, with what the flags set
+/// replacing it field by field, and `{root}` replaced.
+fn run_config(args: &Args, base: RunConfig, root: &StorePath) -> anyhow::Result<RunConfig> {
+    let subst = |s: &str| s.replace("{root}", root.as_str());
+    let mut run = base;
+    if !args.env.is_empty() {
+        let mut env: BTreeMap<String, String> = run
+            .env
+            .iter()
+            .filter_map(|e| e.split_once('=').map(|(k, _)| (k.to_owned(), e.clone())))
+            .collect();
+        let mut given = BTreeSet::new();
+        for kv in &args.env {
+            if !given.insert(kv.key.clone()) {
+                bail!(UsageError(format!("--env {} given twice", kv.key)));
+            }
+            env.insert(kv.key.clone(), subst(&kv.to_string()));
+        }
+        run.env = env.into_values().collect();
+    }
+    if !args.entrypoint.is_empty() {
+        run.entrypoint = Some(args.entrypoint.iter().map(|a| subst(a)).collect());
+    }
+    if !args.cmd.is_empty() {
+        run.cmd = Some(args.cmd.iter().map(|a| subst(a)).collect());
+    }
+    if let Some(w) = &args.workdir {
+        run.working_dir = Some(subst(w));
+    }
+    if let Some(u) = &args.user {
+        run.user = Some(u.clone());
+    }
+    for p in &args.expose {
+        run.exposed_ports.insert(p.as_str().to_owned());
+    }
+    run.labels.extend(key_values("--label", &args.label)?);
+    Ok(run)
+}
+
+/// A root that is an image spec, read from the store.
+fn read_spec(store_root: &Path, root: &StorePath) -> anyhow::Result<Option<ImageSpec>> {
+    let file = store_root.join(root.as_str().trim_start_matches('/'));
+    match std::fs::symlink_metadata(&file) {
+        Ok(meta) if meta.is_file() && meta.len() < 16 << 20 => {}
+        _ => return Ok(None),
+    }
+    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    if !spec::is_spec(&bytes) {
+        return Ok(None);
+    }
+    let spec = ImageSpec::parse(&bytes).map_err(|e| usage(format!("{root}: {e}")))?;
+    Ok(Some(spec))
+}
+
+/// The default cache directory, from XDG_CACHE_HOME or HOME. A HOME that
+/// does not exist (Nix builders get /homeless-shelter, and Nix checks that
+/// it stays missing) is never used, hence never created.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").filter(|h| Path::new(h).is_dir());
+    cache::default_dir(std::env::var_os("XDG_CACHE_HOME"), home)
+}
+
+/// The layer cache directory a build uses, if any.
+fn cache_dir(args: &Args) -> Option<PathBuf> {
+    if args.no_cache {
+        return None;
+    }
+    args.cache_dir.clone().or_else(default_cache_dir)
+}
+
+/// The layer cache to use, opened: `--cache-dir` or the default, if it can
+/// be written; otherwise none, said once on stderr.
+fn cache(args: &Args) -> Option<Cache> {
+    if args.no_cache {
+        return None;
+    }
+    let Some(dir) = cache_dir(args) else {
+        eprintln!(
+            "nixoci: no layer cache directory (XDG_CACHE_HOME is not set and HOME is not a directory); building without a layer cache"
+        );
+        return None;
+    };
+    match Cache::open(&dir) {
+        Ok(cache) => Some(cache),
+        Err(e) => {
+            let cause = std::error::Error::source(&e)
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default();
+            eprintln!("nixoci: {e}{cause}; building without a layer cache");
+            None
+        }
+    }
+}
+
+/// `--reserve-layers`, `--min-layer-size`, `--layer` and `--previous`.
+fn layering(args: &Args, store_dir: &StoreDir) -> anyhow::Result<Layering> {
+    let mut pins = Vec::new();
+    for group in &args.layer {
+        let paths = group
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                store_dir
+                    .parse(p)
+                    .map_err(|e| usage(format!("--layer '{group}': {e}")))
+            })
+            .collect::<anyhow::Result<Vec<StorePath>>>()?;
+        if paths.is_empty() {
+            bail!(UsageError(format!("--layer '{group}': no store path")));
+        }
+        pins.push(paths);
+    }
+    let previous = match &args.previous {
+        None => None,
+        Some(arg) => read_previous(PreviousRequest {
+            arg,
+            optional: args.previous_optional,
+            creds: args.registry.creds.as_deref(),
+            options: args.registry.client_options(),
+            note: Arc::new(|msg| eprintln!("nixoci: {msg}")),
+        })?,
+    };
+    Ok(Layering {
+        reserve_layers: args.reserve_layers,
+        min_layer_size: args.min_layer_size.0,
+        pins,
+        previous,
+    })
+}
+
+fn check_tag(what: &str, tag: &str) -> anyhow::Result<()> {
+    if !valid_ref_name(tag) {
+        bail!(UsageError(format!(
+            "{what} '{tag}': not a valid reference name (letters and digits joined by . _ - : @ +, components separated by /)"
+        )));
+    }
+    Ok(())
+}
+
+/// Fills `args` from the structured attributes of an ociLayout derivation.
+pub fn apply_structured_attrs(args: &mut Args) -> anyhow::Result<()> {
+    let (file, attrs) = super::write_spec::read_structured_attrs()?;
+    let bad = |what: &str| usage(format!("{}: {what}", file.display()));
+    let images = attrs["images"]
+        .as_object()
+        .ok_or_else(|| bad("no `images` attribute set"))?;
+    for (platform, path) in images {
+        let path = path
+            .as_str()
+            .ok_or_else(|| bad(&format!("images.{platform} is not a store path")))?;
+        args.platforms.push(format!("{platform}={path}"));
+    }
+    if let Some(tag) = attrs["tag"].as_str() {
+        args.tag.get_or_insert_with(|| tag.to_owned());
+    }
+    if let Some(n) = attrs["maxLayers"].as_u64() {
+        args.max_layers
+            .get_or_insert(usize::try_from(n).map_err(|_| bad("maxLayers is too large"))?);
+    }
+    if let (Some(c), None) = (attrs["created"].as_str(), &args.created) {
+        let created = c
+            .parse::<Created>()
+            .map_err(|e| bad(&format!("created '{c}': {e}")))?;
+        args.created = Some(created);
+    }
+    if let Some(map) = attrs["annotations"].as_object() {
+        for (k, v) in map {
+            let v = v
+                .as_str()
+                .ok_or_else(|| bad(&format!("annotations.{k} is not a string")))?;
+            args.annotation.push(
+                format!("{k}={v}")
+                    .parse::<KeyValue>()
+                    .map_err(|e| bad(&format!("annotations.{k}: {e}")))?,
+            );
+        }
+    }
+    let out = attrs["outputs"]["out"]
+        .as_str()
+        .ok_or_else(|| bad("no outputs.out"))?;
+    args.output = Some(PathBuf::from(out));
+    args.closure_json = Some(file);
+    Ok(())
+}
