@@ -116,6 +116,18 @@ pub enum BuildError {
     Image(#[from] image::ImageError),
 }
 
+impl BuildError {
+    /// True when the request, not the build, is at fault: a plan that
+    /// cannot be made, an output that is no layout.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            BuildError::Plan(_) => true,
+            BuildError::Layout(e) => e.is_usage(),
+            _ => false,
+        }
+    }
+}
+
 /// The plan of a request, without building anything.
 pub fn plan_request(req: &PlanRequest) -> Result<LayerPlan, BuildError> {
     Ok(plan::plan(&closures(req), req.max_layers, &req.layering)?)

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::flags::{human_bytes, ByteSize, Created, ExposedPort, KeyValue, RegistryArgs};
 use super::resolve::{apply_structured_attrs, build_request};
+use super::Classify;
 use crate::layer::{CacheStatus, Compression};
 use crate::pipeline;
 
@@ -290,6 +291,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         },
     };
     let report = pipeline::build(&req, &events)
+        .classify()
         .with_context(|| format!("building {}", req.output.display()))?;
     bar.finish_and_clear();
     if args.structured_attrs {

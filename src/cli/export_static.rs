@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::flags::human_bytes;
-use super::usage;
+use super::{usage, Classify};
 use crate::oci::layout::LayoutArg;
 use crate::publish::client::error_chain;
 use crate::publish::reference::tag_from_ref_name;
@@ -53,6 +53,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let layout = LayoutArg::parse(&args.source)
+        .classify()
         .with_context(|| format!("LAYOUT[:TAG] '{}'", args.source))?;
     // Names first: nothing is read or written for a bad one.
     static_export::check_names(&args.repository, &args.tags)

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use anyhow::Context;
 
 use super::flags::{human_bytes, Age};
+use super::Classify;
 use crate::oci::gc::collect;
 
 /// Remove the blobs of an OCI image layout that no tag reaches: what a
@@ -48,6 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let report = collect(&args.layout, args.grace.0, now, args.dry_run, &mut || {
         eprintln!("nixoci: waiting for another nixoci that is writing {dir}")
     })
+    .classify()
     .with_context(|| format!("collecting {dir}"))?;
     if args.json {
         let mut bytes = serde_json::to_vec_pretty(&report)?;

@@ -44,6 +44,8 @@ pub enum Command {
 }
 
 /// An error caused by what the user asked for, not by the operation: exit 2.
+/// The CLI's own messages are [`UsageError`]s; a library error that is the
+/// user's to fix keeps its type inside a [`UsageOf`] ([`Classify`]).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
@@ -53,57 +55,88 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
     UsageError(msg.into()).into()
 }
 
+/// A library error that is the user's to fix (exit 2), kept as it is: it
+/// prints as the error itself, its causes follow.
+#[derive(Debug)]
+pub struct UsageOf(Box<dyn std::error::Error + Send + Sync + 'static>);
+
+impl std::fmt::Display for UsageOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for UsageOf {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Library errors that may be the user's fault rather than the
+/// operation's; each type says which of its values are.
+pub trait UserFault: std::error::Error + Send + Sync + Sized + 'static {
+    fn is_usage(&self) -> bool;
+}
+
+macro_rules! user_fault {
+    ($($t:ty),* $(,)?) => {
+        $(impl UserFault for $t {
+            fn is_usage(&self) -> bool {
+                <$t>::is_usage(self)
+            }
+        })*
+    };
+}
+
+user_fault!(
+    crate::eval::EvalError,
+    crate::eval::TargetError,
+    crate::oci::gc::GcError,
+    crate::oci::layout::LayoutError,
+    crate::oci::layout::TagError,
+    crate::pipeline::BuildError,
+    crate::publish::previous::PreviousError,
+);
+
+/// Marks the error of a library call as the user's to fix where it is.
+pub trait Classify<T> {
+    fn classify(self) -> anyhow::Result<T>;
+}
+
+impl<T, E: UserFault> Classify<T> for Result<T, E> {
+    fn classify(self) -> anyhow::Result<T> {
+        self.map_err(|e| {
+            if e.is_usage() {
+                UsageOf(Box::new(e)).into()
+            } else {
+                e.into()
+            }
+        })
+    }
+}
+
 /// The exit code for an error: 2 when any cause is a usage error.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    let usage = err.chain().any(|cause| {
-        cause.is::<UsageError>()
-            || cause.is::<crate::platform::PlatformError>()
-            || cause.is::<crate::store_path::StorePathError>()
-            || cause.is::<crate::installable::InstallableError>()
-            || cause
-                .downcast_ref::<crate::oci::layout::TagError>()
-                .is_some_and(|e| e.is_usage())
-            || cause
-                .downcast_ref::<crate::eval::EvalError>()
-                .is_some_and(|e| e.is_usage())
-            || cause
-                .downcast_ref::<crate::oci::layout::LayoutError>()
-                .is_some_and(|e| e.is_usage())
-            || cause
-                .downcast_ref::<crate::oci::gc::GcError>()
-                .is_some_and(|e| e.is_usage())
-            || cause
-                .downcast_ref::<crate::eval::TargetError>()
-                .is_some_and(|e| e.is_usage())
-            || cause
-                .downcast_ref::<crate::publish::previous::PreviousError>()
-                .is_some_and(|e| e.is_usage())
-            || cause.is::<crate::plan::PlanError>()
-    });
-    if usage {
+    if err
+        .chain()
+        .any(|cause| cause.is::<UsageError>() || cause.is::<UsageOf>())
+    {
         2
     } else {
         1
     }
 }
 
-/// One line: the error and its causes, joined by ": ".
+/// One line: the error and its causes, joined by ": ". Each cause says
+/// only its own part (a context, or an error whose source is separate), so
+/// nothing repeats.
 pub fn error_line(err: &anyhow::Error) -> String {
-    let parts: Vec<String> = err.chain().map(|c| c.to_string()).collect();
-    let mut line = String::from("nixoci: error: ");
-    // Some causes repeat their source's text; keep each piece once.
-    let mut last = String::new();
-    for (i, p) in parts.iter().enumerate() {
-        if p == &last || p.is_empty() {
-            continue;
-        }
-        if i > 0 {
-            line.push_str(": ");
-        }
-        line.push_str(p);
-        last = p.clone();
-    }
-    line.replace('\n', " ")
+    let parts: Vec<String> = err
+        .chain()
+        .map(|c| c.to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    format!("nixoci: error: {}", parts.join(": ")).replace('\n', " ")
 }
 
 /// The store directories nixoci must never write into: `store_dir`, and

@@ -10,6 +10,7 @@ use clap::{ArgMatches, Command, FromArgMatches, Id};
 use super::build;
 use super::flags::human_bytes;
 use super::resolve::{apply_structured_attrs, plan_request};
+use super::Classify;
 use crate::pipeline;
 use crate::plan::{LayerPlan, Origin};
 
@@ -109,7 +110,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         apply_structured_attrs(&mut args)?;
     }
     let req = plan_request(&args)?;
-    let plan = pipeline::plan_request(&req).context("planning layers")?;
+    let plan = pipeline::plan_request(&req)
+        .classify()
+        .context("planning layers")?;
     let mut bytes = if args.json {
         let mut b = serde_json::to_vec_pretty(&plan)?;
         b.push(b'\n');

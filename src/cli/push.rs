@@ -7,7 +7,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::flags::{human_bytes, ByteSize, RegistryArgs};
-use super::usage;
+use super::{usage, Classify};
 use crate::oci::layout::LayoutArg;
 use crate::publish::client::{error_chain, Client, ClientOptions};
 use crate::publish::push::{self, Event, PushOptions};
@@ -73,6 +73,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let layout = LayoutArg::parse(&args.source)
+        .classify()
         .with_context(|| format!("LAYOUT[:TAG] '{}'", args.source))?;
     let mut dest = Reference::parse(&args.destination).map_err(|e| usage(e.to_string()))?;
     if args.jobs == 0 {

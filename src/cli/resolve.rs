@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 
 use super::build::Args;
 use super::flags::{default_jobs, Created, KeyValue};
-use super::{usage, UsageError};
+use super::{usage, Classify, UsageError};
 use crate::closure::Closure;
 use crate::eval::{self, Nix, TargetArgs};
 use crate::installable::Installable;
@@ -43,7 +43,7 @@ pub fn build_request(args: &Args) -> anyhow::Result<BuildRequest> {
     if let Some(dir) = cache_dir(args) {
         super::refuse_in_store("--cache-dir", &dir, &stores)?;
     }
-    check_output(&output)?;
+    check_output(&output).classify()?;
     let compression =
         Compression::new(&args.compression, args.level).map_err(|e| match args.level {
             Some(level) => usage(format!("--level {level}: {e}")),
@@ -142,7 +142,8 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
         },
         store_dir,
         &nix,
-    )?;
+    )
+    .classify()?;
 
     // Build the flake outputs with one nix call.
     let mut roots: BTreeMap<Platform, StorePath> = BTreeMap::new();
@@ -157,12 +158,12 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
                 "--closure-json needs store paths, not flake outputs".into()
             ));
         }
-        let flake_targets = eval::resolve_attrs(&nix, &targets)?;
+        let flake_targets = eval::resolve_attrs(&nix, &targets).classify()?;
         let labelled: Vec<(String, String)> = flake_targets
             .iter()
             .map(|(p, t)| (p.to_string(), t.clone()))
             .collect();
-        let built = eval::build(&nix, store_dir, &labelled)?;
+        let built = eval::build(&nix, store_dir, &labelled).classify()?;
         for ((platform, _), path) in flake_targets.into_iter().zip(built) {
             roots.insert(platform, path);
         }
@@ -239,6 +240,7 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
                 .map_err(|e| usage(format!("--closure-json {}: {e}", file.display())))?
         }
         None => eval::path_info_closure(&nix, store_dir, &all_roots)
+            .classify()
             .context("reading closures from the Nix store")?,
     };
     let mut images = BTreeMap::new();
@@ -421,7 +423,8 @@ fn layering(args: &Args, store_dir: &StoreDir) -> anyhow::Result<Layering> {
             creds: args.registry.creds.as_deref(),
             options: args.registry.client_options(),
             note: Arc::new(|msg| eprintln!("nixoci: {msg}")),
-        })?,
+        })
+        .classify()?,
     };
     Ok(Layering {
         reserve_layers: args.reserve_layers,
