@@ -7,7 +7,8 @@
     { self, nixpkgs }:
     let
       # Where nixoci is built and runs. The images it writes are for any
-      # platform (DESIGN.md: x86_64-linux, aarch64-linux, armv7l-linux, …).
+      # platform (docs/design.md: x86_64-linux, aarch64-linux,
+      # armv7l-linux, …).
       systems = [
         "x86_64-linux"
         "aarch64-linux"

@@ -5,7 +5,7 @@
 //! one check. The images come from a fake two-platform store tree (no Nix
 //! needed) whose application changes between versions.
 
-mod publish_support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,7 +14,8 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use publish_support::*;
+use common::publish::*;
+use common::*;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
@@ -118,7 +119,11 @@ impl Store {
         envs.push(("XDG_CACHE_HOME", cache.to_str().expect("utf-8")));
         // No credentials of the user's: HOME holds no auth files.
         envs.push(("HOME", "/nonexistent"));
-        nixoci_within(&all, &envs, limit)
+        run_bounded(
+            nixoci().args(&all).envs(envs.iter().copied()),
+            limit,
+            "nixoci",
+        )
     }
 }
 
@@ -169,7 +174,7 @@ fn origins(plan: &Value) -> Vec<String> {
 
 #[test]
 fn previous_from_a_registry_keeps_the_unchanged_layers() {
-    if !require("docker-registry") {
+    if !require(&["docker-registry"]) {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -192,15 +197,12 @@ fn previous_from_a_registry_keeps_the_unchanged_layers() {
         &[],
     );
     let before = platform_layers(&ok_json(&o, "build of v1"));
-    let o = nixoci(
-        &[
-            "push",
-            first.to_str().expect("utf-8"),
-            &format!("{}/app:1", reg.addr()),
-            "--json",
-        ],
-        &[],
-    );
+    let o = output_of(nixoci().args([
+        "push",
+        first.to_str().expect("utf-8"),
+        &format!("{}/app:1", reg.addr()),
+        "--json",
+    ]));
     let pushed = ok_json(&o, "push of v1");
 
     // Version 2 changes only the application. With a budget of 5, a plan
@@ -322,7 +324,7 @@ fn previous_from_a_registry_keeps_the_unchanged_layers() {
 
 #[test]
 fn missing_refused_and_malformed_previous_images() {
-    if !require("docker-registry") || !require("htpasswd") {
+    if !require(&["docker-registry", "htpasswd"]) {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -337,16 +339,13 @@ fn missing_refused_and_malformed_previous_images() {
         &[],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = nixoci(
-        &[
-            "push",
-            first.to_str().expect("utf-8"),
-            &format!("{}/app:1", reg.addr()),
-            "--creds",
-            &creds,
-        ],
-        &[],
-    );
+    let o = output_of(nixoci().args([
+        "push",
+        first.to_str().expect("utf-8"),
+        &format!("{}/app:1", reg.addr()),
+        "--creds",
+        &creds,
+    ]));
     assert!(o.status.success(), "{}", stderr(&o));
     let plan = |previous: &str, extra: &[&str]| {
         let mut args = vec!["--json", "--previous", previous];

@@ -4,18 +4,15 @@
 //! flaky registry and a trickling one. Images are read back with skopeo and compared digest
 //! for digest. Every server is stopped by PID when its test ends.
 
-mod publish_support;
+mod common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use publish_support::*;
-
-fn tools(list: &[&str]) -> bool {
-    list.iter().all(|t| require(t))
-}
+use common::publish::*;
+use common::*;
 
 /// Pulls `reference` with skopeo and checks it is `layout`'s image, byte
 /// for byte: the same index digest and the same set of blobs.
@@ -49,7 +46,7 @@ fn count(lines: &[String], needle: &str) -> usize {
 
 #[test]
 fn push_with_basic_auth_then_pull_back() {
-    if !tools(&["docker-registry", "htpasswd", "skopeo"]) {
+    if !require(&["docker-registry", "htpasswd", "skopeo"]) {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -61,7 +58,7 @@ fn push_with_basic_auth_then_pull_back() {
     let layout_s = layout.to_str().expect("utf-8 path");
 
     // First push: everything uploaded, the tag taken from the layout's.
-    let o = nixoci(&["push", layout_s, &dest, "--creds", &creds, "--json"], &[]);
+    let o = output_of(nixoci().args(["push", layout_s, &dest, "--creds", &creds, "--json"]));
     let report = ok_json(&o, "first push");
     assert!(!stderr(&o).contains(PASSWORD));
     assert_eq!(report["version"], 1);
@@ -95,9 +92,10 @@ fn push_with_basic_auth_then_pull_back() {
     )
     .expect("writing config.json");
     let before = reg.access_lines().len();
-    let o = nixoci(
-        &["push", layout_s, &format!("{dest}:1.0"), "--json"],
-        &[("HOME", home.to_str().expect("utf-8"))],
+    let o = output_of(
+        nixoci()
+            .args(["push", layout_s, &format!("{dest}:1.0"), "--json"])
+            .env("HOME", home.to_str().expect("utf-8")),
     );
     let report = ok_json(&o, "second push");
     assert_eq!(report["uploaded"], 0, "{report}");
@@ -120,16 +118,17 @@ fn push_with_basic_auth_then_pull_back() {
     )
     .expect("writing auth.json");
     let before = reg.access_lines().len();
-    let o = nixoci(
-        &[
-            "push",
-            &format!("{layout_s}:example.org/hello:1.0"),
-            &format!("{}/copy/hello:v1", reg.addr()),
-            "--mount-from",
-            "hello",
-            "--json",
-        ],
-        &[("REGISTRY_AUTH_FILE", auth_json.to_str().expect("utf-8"))],
+    let o = output_of(
+        nixoci()
+            .args([
+                "push",
+                &format!("{layout_s}:example.org/hello:1.0"),
+                &format!("{}/copy/hello:v1", reg.addr()),
+                "--mount-from",
+                "hello",
+                "--json",
+            ])
+            .env("REGISTRY_AUTH_FILE", auth_json.to_str().expect("utf-8")),
     );
     let report = ok_json(&o, "push with --mount-from");
     assert_eq!(report["mounted"], 5, "{report}");
@@ -149,10 +148,8 @@ fn push_with_basic_auth_then_pull_back() {
     );
 
     // Wrong password: exit 1, a clear message, no secret in it.
-    let o = nixoci(
-        &["push", layout_s, &dest, "--creds", "alice:not-the-password"],
-        &[],
-    );
+    let o =
+        output_of(nixoci().args(["push", layout_s, &dest, "--creds", "alice:not-the-password"]));
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(
@@ -161,7 +158,11 @@ fn push_with_basic_auth_then_pull_back() {
     );
     assert!(!err.contains("not-the-password"), "{err}");
     // No credentials at all: exit 1, saying how to give them.
-    let o = nixoci(&["push", layout_s, &dest], &[("HOME", "/nonexistent")]);
+    let o = output_of(
+        nixoci()
+            .args(["push", layout_s, &dest])
+            .env("HOME", "/nonexistent"),
+    );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("requires authentication"),
@@ -177,24 +178,21 @@ fn base64_encode(s: &str) -> String {
 
 #[test]
 fn chunked_upload_of_a_large_layer() {
-    if !tools(&["docker-registry", "skopeo"]) {
+    if !require(&["docker-registry", "skopeo"]) {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
     let work = tmp.path();
     let layout = big_layout(work, 30 << 20, "big:1");
     let reg = Registry::start(&work.join("registry"), false);
-    let o = nixoci(
-        &[
-            "push",
-            layout.to_str().expect("utf-8"),
-            &format!("{}/big", reg.addr()),
-            "--chunk-size",
-            "8M",
-            "--json",
-        ],
-        &[],
-    );
+    let o = output_of(nixoci().args([
+        "push",
+        layout.to_str().expect("utf-8"),
+        &format!("{}/big", reg.addr()),
+        "--chunk-size",
+        "8M",
+        "--json",
+    ]));
     let report = ok_json(&o, "push of a large layer");
     let big = report["blobs"]
         .as_array()
@@ -215,7 +213,7 @@ fn chunked_upload_of_a_large_layer() {
 
 #[test]
 fn bearer_token_flow() {
-    if !tools(&["docker-registry", "skopeo"]) {
+    if !require(&["docker-registry", "skopeo"]) {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -226,12 +224,13 @@ fn bearer_token_flow() {
     let layout_s = layout.to_str().expect("utf-8");
     let dest = format!("{}/team/hello:1.0", proxy.addr());
 
-    let o = nixoci(
-        &["push", layout_s, &dest, "--json", "--chunk-size", "100"],
-        &[
-            ("NIXOCI_REGISTRY_USER", USER),
-            ("NIXOCI_REGISTRY_PASSWORD", PASSWORD),
-        ],
+    let o = output_of(
+        nixoci()
+            .args(["push", layout_s, &dest, "--json", "--chunk-size", "100"])
+            .envs([
+                ("NIXOCI_REGISTRY_USER", USER),
+                ("NIXOCI_REGISTRY_PASSWORD", PASSWORD),
+            ]),
     );
     let report = ok_json(&o, "push through the bearer proxy");
     assert_eq!(report["uploaded"], 5, "{report}");
@@ -255,10 +254,7 @@ fn bearer_token_flow() {
     );
 
     // A wrong password at the token server: exit 1, clear, no secret.
-    let o = nixoci(
-        &["push", layout_s, &dest, "--creds", "alice:wrong-secret"],
-        &[],
-    );
+    let o = output_of(nixoci().args(["push", layout_s, &dest, "--creds", "alice:wrong-secret"]));
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("token server"), "{err}");
@@ -271,7 +267,7 @@ fn bearer_token_flow() {
 
 #[test]
 fn flaky_registry_still_gets_a_complete_push() {
-    if !tools(&["docker-registry", "skopeo"]) {
+    if !require(&["docker-registry", "skopeo"]) {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -279,17 +275,14 @@ fn flaky_registry_still_gets_a_complete_push() {
     let layout = big_layout(work, 5 << 20, "flaky:1");
     let reg = Registry::start(&work.join("registry"), false);
     let proxy = Proxy::start(reg.port, Mode::Flaky);
-    let o = nixoci(
-        &[
-            "push",
-            layout.to_str().expect("utf-8"),
-            &format!("{}/flaky", proxy.addr()),
-            "--chunk-size",
-            "2M",
-            "--json",
-        ],
-        &[],
-    );
+    let o = output_of(nixoci().args([
+        "push",
+        layout.to_str().expect("utf-8"),
+        &format!("{}/flaky", proxy.addr()),
+        "--chunk-size",
+        "2M",
+        "--json",
+    ]));
     let report = ok_json(&o, "push through the flaky proxy");
     let err = stderr(&o);
     assert!(err.contains("retrying"), "{err}");
@@ -309,7 +302,7 @@ fn flaky_registry_still_gets_a_complete_push() {
 
 #[test]
 fn static_tree_served_by_nginx() {
-    if !tools(&["skopeo"]) || !(Path::new(&nginx_binary()).is_file() || require("nginx")) {
+    if !require(&["skopeo"]) || !(Path::new(&nginx_binary()).is_file() || require(&["nginx"])) {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -319,53 +312,44 @@ fn static_tree_served_by_nginx() {
     let tree = work.join("site");
     let tree_s = tree.to_str().expect("utf-8");
 
-    let o = nixoci(
-        &[
-            "export-static",
-            layout_s,
-            "--repository",
-            "hello",
-            "-o",
-            tree_s,
-            "--json",
-        ],
-        &[],
-    );
+    let o = output_of(nixoci().args([
+        "export-static",
+        layout_s,
+        "--repository",
+        "hello",
+        "-o",
+        tree_s,
+        "--json",
+    ]));
     let first = ok_json(&o, "export-static");
     assert_eq!(first["tags"][0], "1.0");
     assert_eq!(first["stored"], 8);
     // A second repository with two tags shares the blobs.
-    let o = nixoci(
-        &[
-            "export-static",
-            &format!("{layout_s}:example.org/hello:1.0"),
-            "--repository",
-            "team/hello",
-            "--tag",
-            "1.0",
-            "--tag",
-            "latest",
-            "-o",
-            tree_s,
-            "--json",
-        ],
-        &[],
-    );
+    let o = output_of(nixoci().args([
+        "export-static",
+        &format!("{layout_s}:example.org/hello:1.0"),
+        "--repository",
+        "team/hello",
+        "--tag",
+        "1.0",
+        "--tag",
+        "latest",
+        "-o",
+        tree_s,
+        "--json",
+    ]));
     let second = ok_json(&o, "export-static of a second repository");
     assert_eq!(second["stored"], 0, "{second}");
     // Exporting again changes nothing.
-    let o = nixoci(
-        &[
-            "export-static",
-            layout_s,
-            "--repository",
-            "hello",
-            "-o",
-            tree_s,
-            "--json",
-        ],
-        &[],
-    );
+    let o = output_of(nixoci().args([
+        "export-static",
+        layout_s,
+        "--repository",
+        "hello",
+        "-o",
+        tree_s,
+        "--json",
+    ]));
     let again = ok_json(&o, "export-static again");
     assert_eq!(
         again["written"].as_array().map(Vec::len),
@@ -442,19 +426,16 @@ fn names_and_tags_cannot_leave_the_tree() {
         ("ok", "/abs"),
         ("Upper", "1.0"),
     ] {
-        let o = nixoci(
-            &[
-                "export-static",
-                layout_s,
-                "--repository",
-                repo,
-                "--tag",
-                tag,
-                "-o",
-                tree_s,
-            ],
-            &[],
-        );
+        let o = output_of(nixoci().args([
+            "export-static",
+            layout_s,
+            "--repository",
+            repo,
+            "--tag",
+            tag,
+            "-o",
+            tree_s,
+        ]));
         assert_eq!(o.status.code(), Some(2), "{repo}:{tag}: {}", stderr(&o));
         assert!(!tree.exists(), "{repo}:{tag} wrote the tree");
     }
@@ -473,19 +454,13 @@ fn names_and_tags_cannot_leave_the_tree() {
         "127.0.0.1:9/ok:../x",
         "127.0.0.1:9/ok:a/b",
     ] {
-        let o = nixoci(&["push", layout_s, dest], &[]);
+        let o = output_of(nixoci().args(["push", layout_s, dest]));
         assert_eq!(o.status.code(), Some(2), "{dest}: {}", stderr(&o));
     }
-    let o = nixoci(
-        &["push", &format!("{layout_s}:nope"), "127.0.0.1:9/ok"],
-        &[],
-    );
+    let o = output_of(nixoci().args(["push", &format!("{layout_s}:nope"), "127.0.0.1:9/ok"]));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("no tag 'nope'"), "{}", stderr(&o));
-    let o = nixoci(
-        &["push", layout_s, "127.0.0.1:9/ok", "--mount-from", "../x"],
-        &[],
-    );
+    let o = output_of(nixoci().args(["push", layout_s, "127.0.0.1:9/ok", "--mount-from", "../x"]));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
@@ -502,10 +477,10 @@ fn a_trickling_registry_fails_the_push_in_bounded_time() {
         let trickler = Trickler::start(trickle);
         let dest = format!("{}/app:1", trickler.addr());
         let start = Instant::now();
-        let o = nixoci_within(
-            &["push", layout_s, &dest, "--timeout", "2s"],
-            &[],
+        let o = run_bounded(
+            nixoci().args(["push", layout_s, &dest, "--timeout", "2s"]),
             Duration::from_secs(60),
+            "nixoci",
         );
         (o, start.elapsed(), trickler.addr())
     };

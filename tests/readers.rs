@@ -6,7 +6,7 @@
 //! tree, and a failed export (a bad blob, a full disk) leaves no stub tree
 //! and an existing tree as it was.
 
-mod publish_support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use publish_support::{big_layout, golden_layout, nixoci, run_bounded, stderr};
+use common::publish::{big_layout, golden_layout};
+use common::{nixoci, output_of, run_bounded, stderr};
 use serde_json::{json, Value};
 
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -103,19 +104,16 @@ fn s(p: &Path) -> &str {
 }
 
 fn export(layout: &str, repository: &str, tree: &Path) -> Output {
-    nixoci(
-        &[
-            "export-static",
-            layout,
-            "--repository",
-            repository,
-            "--tag",
-            "1",
-            "-o",
-            s(tree),
-        ],
-        &[],
-    )
+    output_of(nixoci().args([
+        "export-static",
+        layout,
+        "--repository",
+        repository,
+        "--tag",
+        "1",
+        "-o",
+        s(tree),
+    ]))
 }
 
 /// A tree made by exporting a layout unlike the golden one (so the blob
@@ -144,7 +142,7 @@ fn a_blob_symlinked_out_of_the_layout_is_refused_everywhere() {
     symlink(&outside, &layer).expect("symlinking the layer");
     let l = s(&layout);
 
-    let o = nixoci(&["verify", l], &[]);
+    let o = output_of(nixoci().args(["verify", l]));
     expect_failure(&o, 1, "is a symbolic link", "verify");
 
     let fresh = work.join("fresh-site");
@@ -161,7 +159,7 @@ fn a_blob_symlinked_out_of_the_layout_is_refused_everywhere() {
 
     // Refused while reading the layout, before any connection (port 9 is
     // never contacted).
-    let o = nixoci(&["push", l, "127.0.0.1:9/hello:1"], &[]);
+    let o = output_of(nixoci().args(["push", l, "127.0.0.1:9/hello:1"]));
     expect_failure(&o, 1, "is a symbolic link", "push");
 }
 
@@ -177,12 +175,12 @@ fn index_json_and_blobs_symlinked_out_of_the_layout_are_refused() {
     // index.json
     fs::rename(layout.join("index.json"), outside.join("index.json")).expect("mv");
     symlink(outside.join("index.json"), layout.join("index.json")).expect("ln -s");
-    let o = nixoci(&["verify", l], &[]);
+    let o = output_of(nixoci().args(["verify", l]));
     expect_failure(&o, 1, "index.json is a symbolic link", "verify");
     let o = export(l, "hello", &work.join("site"));
     expect_failure(&o, 1, "index.json is a symbolic link", "export-static");
     assert!(!work.join("site").exists());
-    let o = nixoci(&["push", l, "127.0.0.1:9/hello:1"], &[]);
+    let o = output_of(nixoci().args(["push", l, "127.0.0.1:9/hello:1"]));
     expect_failure(&o, 1, "index.json is a symbolic link", "push");
     fs::remove_file(layout.join("index.json")).expect("rm");
     fs::rename(outside.join("index.json"), layout.join("index.json")).expect("mv");
@@ -190,12 +188,12 @@ fn index_json_and_blobs_symlinked_out_of_the_layout_are_refused() {
     // blobs/ as a whole
     fs::rename(layout.join("blobs"), outside.join("blobs")).expect("mv");
     symlink(outside.join("blobs"), layout.join("blobs")).expect("ln -s");
-    let o = nixoci(&["verify", l], &[]);
+    let o = output_of(nixoci().args(["verify", l]));
     expect_failure(&o, 1, "blobs is a symbolic link", "verify");
     let o = export(l, "hello", &work.join("site"));
     expect_failure(&o, 1, "blobs is a symbolic link", "export-static");
     assert!(!work.join("site").exists());
-    let o = nixoci(&["push", l, "127.0.0.1:9/hello:1"], &[]);
+    let o = output_of(nixoci().args(["push", l, "127.0.0.1:9/hello:1"]));
     expect_failure(&o, 1, "blobs is a symbolic link", "push");
     fs::remove_file(layout.join("blobs")).expect("rm");
     fs::rename(outside.join("blobs"), layout.join("blobs")).expect("mv");
@@ -204,7 +202,7 @@ fn index_json_and_blobs_symlinked_out_of_the_layout_are_refused() {
     // it is fine.
     let link = work.join("link.oci");
     symlink(&layout, &link).expect("ln -s");
-    let o = nixoci(&["verify", s(&link)], &[]);
+    let o = output_of(nixoci().args(["verify", s(&link)]));
     assert!(o.status.success(), "verify via a symlink: {}", stderr(&o));
     let tree = work.join("site");
     let o = export(s(&link), "hello", &tree);
@@ -286,7 +284,7 @@ fn one_nesting_limit_for_every_reader() {
     let d = s(&deep);
 
     let started = Instant::now();
-    let mut cmd = Command::new(publish_support::NIXOCI);
+    let mut cmd = nixoci();
     cmd.args(["verify", d]);
     let o = run_bounded(cmd, Duration::from_secs(60), "nixoci verify");
     expect_failure(
@@ -305,7 +303,7 @@ fn one_nesting_limit_for_every_reader() {
     let o = export(d, "deep", &tree);
     expect_failure(&o, 1, "nest more than 8 deep", "export-static");
     assert!(!tree.exists());
-    let o = nixoci(&["push", d, "127.0.0.1:9/deep:1"], &[]);
+    let o = output_of(nixoci().args(["push", d, "127.0.0.1:9/deep:1"]));
     expect_failure(&o, 1, "nest more than 8 deep", "push");
 
     // Eight levels are fine for every reader (an empty innermost index
@@ -313,12 +311,12 @@ fn one_nesting_limit_for_every_reader() {
     let ok_dir = work.join("ok");
     fs::create_dir(&ok_dir).expect("mkdir");
     let ok = nested_layout(&ok_dir, 8);
-    let o = nixoci(&["verify", s(&ok)], &[]);
+    let o = output_of(nixoci().args(["verify", s(&ok)]));
     assert!(o.status.success(), "verify of 8 levels: {}", stderr(&o));
     let nine_dir = work.join("nine");
     fs::create_dir(&nine_dir).expect("mkdir");
     let nine = nested_layout(&nine_dir, 9);
-    let o = nixoci(&["verify", s(&nine)], &[]);
+    let o = output_of(nixoci().args(["verify", s(&nine)]));
     expect_failure(&o, 1, "nest more than 8 deep", "verify of 9 levels");
 }
 
@@ -401,19 +399,16 @@ fn a_full_disk_leaves_no_stub_tree_and_an_existing_tree_as_it_was() {
     assert_eq!(snapshot(&tree), before, "the existing tree changed");
 
     // The tree still takes exports.
-    let o = nixoci(
-        &[
-            "export-static",
-            s(&small),
-            "--repository",
-            "hello",
-            "--tag",
-            "2",
-            "-o",
-            s(&tree),
-        ],
-        &[],
-    );
+    let o = output_of(nixoci().args([
+        "export-static",
+        s(&small),
+        "--repository",
+        "hello",
+        "--tag",
+        "2",
+        "-o",
+        s(&tree),
+    ]));
     assert!(o.status.success(), "export after a failure: {}", stderr(&o));
     assert_no_symlinks(&tree);
 }

@@ -1155,15 +1155,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Reads a small answer body (manifests, errors), at most `limit` bytes.
-pub fn read_small(resp: &mut Response<ureq::Body>, limit: u64) -> Vec<u8> {
-    resp.body_mut()
-        .with_config()
-        .limit(limit)
-        .read_to_vec()
-        .unwrap_or_default()
-}
-
 /// The value of a response header.
 pub fn response_header<'a, B>(resp: &'a Response<B>, name: &str) -> Option<&'a str> {
     header(resp, name)

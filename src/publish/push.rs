@@ -117,18 +117,6 @@ pub enum PushError {
     Empty,
 }
 
-impl PushError {
-    /// The client error underneath.
-    pub fn client_error(&self) -> Option<&ClientError> {
-        match self {
-            PushError::Blob { source, .. } | PushError::Manifest { source, .. } => {
-                Some(source.as_ref())
-            }
-            PushError::Empty => None,
-        }
-    }
-}
-
 /// How to push.
 #[derive(Debug, Clone)]
 pub struct PushOptions {

@@ -1,21 +1,32 @@
 //! Helpers for the integration tests: the real `nixoci` binary, the hermetic
 //! closures of `nix/tests/hello.nix` in the real Nix store, and readers for
-//! OCI image layouts that check what they read.
+//! OCI image layouts that check what they read. [`publish`] adds registries,
+//! web servers and proxies for the publish tests.
 //!
 //! External tools are required with [`require`]: a missing one skips the test
 //! with a printed reason on a developer's machine and fails it under
 //! `CI=true`. `scripts/setup` installs them all.
+//!
+//! The tests that include this module run the binary under test through
+//! [`nixoci`], a `Command` with the tests' environment, and [`run`] (its
+//! output as text) or [`output_of`] / [`run_bounded`] (killed, and the test
+//! failed, after a time limit).
 
 // Each test crate that includes this module uses a different subset.
 #![allow(dead_code)]
 
+pub mod publish;
+
+use std::borrow::BorrowMut;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::io::Read as _;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
@@ -233,14 +244,26 @@ fn build_hello() -> Result<Hello, String> {
     Ok(h)
 }
 
-/// The binary under test, with the tests' Nix settings and no
-/// `SOURCE_DATE_EPOCH` from the caller.
+/// The binary under test with the tests' environment: the tests' Nix
+/// settings, the tests' layer cache ([`test_cache_home`]), no stdin, and
+/// nothing of the caller's that would change its output or reach a
+/// registry: no `SOURCE_DATE_EPOCH`, no registry credentials or auth files
+/// from the environment. A test sets what it needs on the `Command`.
 pub fn nixoci() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nixoci"));
     c.env("NIX_CONFIG", nix_config())
         .env("XDG_CACHE_HOME", test_cache_home())
         .env_remove("SOURCE_DATE_EPOCH")
         .stdin(Stdio::null());
+    for var in [
+        "NIXOCI_REGISTRY_USER",
+        "NIXOCI_REGISTRY_PASSWORD",
+        "REGISTRY_AUTH_FILE",
+        "DOCKER_CONFIG",
+        "XDG_RUNTIME_DIR",
+    ] {
+        c.env_remove(var);
+    }
     c
 }
 
@@ -341,6 +364,76 @@ pub fn run(cmd: &mut Command) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// [`run_bounded`] within 5 minutes, the limit of one run of the binary.
+pub fn output_of(cmd: &mut Command) -> Output {
+    let what = Path::new(cmd.get_program())
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    run_bounded(cmd, Duration::from_secs(300), &what)
+}
+
+/// Runs a command (a `Command` or a `&mut Command`), capturing its output,
+/// killing it and failing the test after `limit`.
+pub fn run_bounded(mut cmd: impl BorrowMut<Command>, limit: Duration, what: &str) -> Output {
+    let mut child = cmd
+        .borrow_mut()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stdout.read_to_end(&mut b);
+        b
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stderr.read_to_end(&mut b);
+        b
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("waiting for a child") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} ran longer than {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout parsed as JSON.
+pub fn ok_json(o: &Output, what: &str) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "{what} failed ({:?}):\n{}",
+        o.status,
+        stderr(o)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what}: stdout is not JSON ({e}):\n{}",
+            String::from_utf8_lossy(&o.stdout)
+        )
+    })
 }
 
 /// A temporary directory readable by everyone (the default is 0700).

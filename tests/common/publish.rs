@@ -1,10 +1,9 @@
-//! Helpers for the publish tests: tools, free ports, servers stopped by
-//! PID when dropped, layouts built by the real binary, a Distribution
-//! registry, nginx, a loopback HTTP proxy that can demand bearer tokens
-//! (and issue them) or fail the first attempt of every request, and a
-//! loopback registry that trickles its answers.
-
-#![allow(dead_code)]
+//! Helpers for the publish tests: free ports, servers stopped by PID when
+//! dropped, layouts built by the real binary, a Distribution registry,
+//! nginx, a loopback HTTP proxy that can demand bearer tokens (and issue
+//! them) or fail the first attempt of every request, and a loopback
+//! registry that trickles its answers. The binary, `require` and the
+//! bounded runner are the parent module's.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,23 +18,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-pub const NIXOCI: &str = env!("CARGO_BIN_EXE_nixoci");
+use super::{nixoci, ok_json, output_of, run_bounded, stderr};
+
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "correct-horse-battery";
-
-/// True when `tool` is on PATH. Missing: the test is skipped with a
-/// printed reason, except under `CI=true`, where it fails.
-pub fn require(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()));
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{tool} is not installed (CI=true: a missing tool is a failure; scripts/setup installs it)");
-        }
-        eprintln!("skipping: {tool} is not installed (scripts/setup installs it)");
-    }
-    found
-}
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
@@ -88,88 +74,6 @@ impl Drop for Server {
     }
 }
 
-/// Runs the nixoci binary with a bounded time.
-pub fn nixoci(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    nixoci_within(args, envs, Duration::from_secs(300))
-}
-
-/// Runs the nixoci binary, killing it (and failing) after `limit`.
-pub fn nixoci_within(args: &[&str], envs: &[(&str, &str)], limit: Duration) -> Output {
-    let mut cmd = Command::new(NIXOCI);
-    cmd.args(args).stdin(Stdio::null());
-    for var in [
-        "NIXOCI_REGISTRY_USER",
-        "NIXOCI_REGISTRY_PASSWORD",
-        "REGISTRY_AUTH_FILE",
-        "DOCKER_CONFIG",
-        "XDG_RUNTIME_DIR",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    run_bounded(cmd, limit, "nixoci")
-}
-
-/// Runs a command, killing it after `limit`.
-pub fn run_bounded(mut cmd: Command, limit: Duration, what: &str) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = stdout.read_to_end(&mut b);
-        b
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = stderr.read_to_end(&mut b);
-        b
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("waiting for a child") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} ran longer than {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    }
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Asserts success and returns stdout parsed as JSON.
-pub fn ok_json(o: &Output, what: &str) -> serde_json::Value {
-    assert!(
-        o.status.success(),
-        "{what} failed ({:?}):\n{}",
-        o.status,
-        stderr(o)
-    );
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{what}: stdout is not JSON ({e}):\n{}",
-            String::from_utf8_lossy(&o.stdout)
-        )
-    })
-}
-
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -179,24 +83,25 @@ pub fn golden_layout(dir: &Path, tag: &str) -> PathBuf {
     let out = dir.join("golden.oci");
     let cache = dir.join("cache");
     let root = repo_root().join("tests/fixtures/golden");
-    let o = nixoci(
-        &[
-            "build",
-            "--platform",
-            "linux/amd64=/nix/store/1s2v3w4x5y6z7a8b9c0d1f2g3h4i5j6k-hello",
-            "--platform",
-            "linux/arm64=/nix/store/2c3d4f5g6h7i8j9k0l1m2n3p4q5r6s7v-hello",
-            "--closure-json",
-            root.join("closure.json").to_str().expect("utf-8 path"),
-            "--store-root",
-            root.join("root").to_str().expect("utf-8 path"),
-            "--tag",
-            tag,
-            "-o",
-            out.to_str().expect("utf-8 path"),
-        ],
-        // A layer cache of the test's own, not the user's.
-        &[("XDG_CACHE_HOME", cache.to_str().expect("utf-8 path"))],
+    let o = output_of(
+        nixoci()
+            .args([
+                "build",
+                "--platform",
+                "linux/amd64=/nix/store/1s2v3w4x5y6z7a8b9c0d1f2g3h4i5j6k-hello",
+                "--platform",
+                "linux/arm64=/nix/store/2c3d4f5g6h7i8j9k0l1m2n3p4q5r6s7v-hello",
+                "--closure-json",
+                root.join("closure.json").to_str().expect("utf-8 path"),
+                "--store-root",
+                root.join("root").to_str().expect("utf-8 path"),
+                "--tag",
+                tag,
+                "-o",
+                out.to_str().expect("utf-8 path"),
+            ])
+            // A layer cache of the test's own.
+            .env("XDG_CACHE_HOME", &cache),
     );
     assert!(o.status.success(), "nixoci build failed:\n{}", stderr(&o));
     out
@@ -250,26 +155,27 @@ pub fn big_layout(dir: &Path, size: usize, tag: &str) -> PathBuf {
     fs::write(&closure_file, closure.to_string()).expect("writing the closure");
     let out = dir.join("big.oci");
     let cache = dir.join("cache");
-    let o = nixoci(
-        &[
-            "build",
-            "--platform",
-            &format!("linux/amd64={amd}"),
-            "--platform",
-            &format!("linux/arm64={arm}"),
-            "--closure-json",
-            closure_file.to_str().expect("utf-8 path"),
-            "--store-root",
-            store_root.to_str().expect("utf-8 path"),
-            "--level",
-            "1",
-            "--tag",
-            tag,
-            "-o",
-            out.to_str().expect("utf-8 path"),
-        ],
-        // A layer cache of the test's own, not the user's.
-        &[("XDG_CACHE_HOME", cache.to_str().expect("utf-8 path"))],
+    let o = output_of(
+        nixoci()
+            .args([
+                "build",
+                "--platform",
+                &format!("linux/amd64={amd}"),
+                "--platform",
+                &format!("linux/arm64={arm}"),
+                "--closure-json",
+                closure_file.to_str().expect("utf-8 path"),
+                "--store-root",
+                store_root.to_str().expect("utf-8 path"),
+                "--level",
+                "1",
+                "--tag",
+                tag,
+                "-o",
+                out.to_str().expect("utf-8 path"),
+            ])
+            // A layer cache of the test's own.
+            .env("XDG_CACHE_HOME", &cache),
     );
     assert!(
         o.status.success(),
