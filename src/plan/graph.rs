@@ -13,6 +13,7 @@
 //! paths as the sample is smaller than the closure: weights are then
 //! estimates, used only to group paths before exact weighing (`merge.rs`).
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use crate::closure::Closure;
@@ -107,13 +108,14 @@ pub(crate) struct Graph {
 }
 
 impl Graph {
-    pub fn new(closures: &BTreeMap<Platform, Closure>) -> Result<Graph, PlanError> {
+    pub fn new<C: Borrow<Closure>>(closures: &BTreeMap<Platform, C>) -> Result<Graph, PlanError> {
         if closures.len() > 64 {
             return Err(PlanError::TooManyPlatforms(closures.len()));
         }
         let platforms: Vec<Platform> = closures.keys().cloned().collect();
         let mut all: BTreeMap<(&str, &str), &StorePath> = BTreeMap::new();
         for (platform, closure) in closures {
+            let closure = closure.borrow();
             if closure.paths.is_empty() {
                 return Err(PlanError::EmptyClosure(platform.clone()));
             }
@@ -133,7 +135,7 @@ impl Graph {
         let mut platform_mask = vec![0u64; n];
         let mut seen = vec![false; n];
         for (pi, closure) in closures.values().enumerate() {
-            for (p, info) in &closure.paths {
+            for (p, info) in &closure.borrow().paths {
                 let id = ids[p];
                 platform_mask[id] |= 1 << pi;
                 if seen[id] {

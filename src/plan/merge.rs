@@ -124,7 +124,8 @@ impl Candidates {
         } else {
             None
         };
-        let mut list = all[..all.len().min(CANDIDATES)].to_vec();
+        let mut list = Vec::with_capacity(CANDIDATES);
+        list.extend_from_slice(&all[..all.len().min(CANDIDATES)]);
         list.sort_unstable();
         Candidates {
             list,
@@ -147,12 +148,23 @@ impl Candidates {
             return false;
         }
         let at = self.list.partition_point(|c| c.0 < key);
-        self.list.insert(at, (key, unit));
-        if self.list.len() > CANDIDATES {
-            if let Some((k, _)) = self.list.pop() {
-                self.floor = Some(self.floor.map_or(k, |f| f.min(k)));
+        // A full list drops its worst, which may be the new partner; the
+        // list never grows past CANDIDATES, nor its allocation.
+        if self.list.len() >= CANDIDATES {
+            let dropped = if at == self.list.len() {
+                key
+            } else {
+                match self.list.pop() {
+                    Some((k, _)) => k,
+                    None => key,
+                }
+            };
+            self.floor = Some(self.floor.map_or(dropped, |f| f.min(dropped)));
+            if dropped == key {
+                return false;
             }
         }
+        self.list.insert(at, (key, unit));
         at == 0
     }
 }
@@ -286,9 +298,10 @@ impl Merger<'_> {
         self.watchers.push(BTreeSet::new());
         for dead in [a, b] {
             self.alive[dead] = false;
-            // Nothing reads a dead unit's paths or bits again.
+            // Nothing reads a dead unit's paths, bits or partners again.
             self.units[dead].paths = Vec::new();
             self.units[dead].deps.clear();
+            self.cands[dead] = Candidates::default();
             if let Some((_, old)) = self.head[dead].take() {
                 self.watchers[old].remove(&dead);
             }
@@ -460,6 +473,17 @@ fn run_merging(
         let small = key.0 == 0 && (m.small(a) || m.small(b));
         if over || small {
             m.merge(a, b);
+        }
+        // Every refresh queues an entry and only pops remove them: drop the
+        // stale ones (which pops skip anyway) before they pile up.
+        if m.heap.len() > 4 * m.live.max(1024) {
+            let heap = std::mem::take(&mut m.heap);
+            m.heap = heap
+                .into_iter()
+                .filter(|Reverse((key, a, b))| {
+                    m.alive[*a] && m.alive[*b] && m.head[*a] == Some((*key, *b))
+                })
+                .collect();
         }
     }
     let units: Vec<Unit> = m
