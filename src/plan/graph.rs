@@ -227,7 +227,11 @@ impl Graph {
             ids: BTreeMap::new(),
             size: groups
                 .iter()
-                .map(|(paths, _, _)| paths.iter().fold(0u64, |a, &p| a.saturating_add(self.size[p])))
+                .map(|(paths, _, _)| {
+                    paths
+                        .iter()
+                        .fold(0u64, |a, &p| a.saturating_add(self.size[p]))
+                })
                 .collect(),
             refs,
             mass: groups
@@ -391,6 +395,95 @@ mod tests {
         b.union_with(&a);
         assert_eq!(b.count_minus(&a), 0);
         assert!(b.contains(129) && !b.contains(1));
+    }
+
+    /// Every path a bit up to PROBES paths; above, every root and an even
+    /// sample of the others, PROBES bits in all.
+    #[test]
+    fn bits_are_every_path_or_every_root_and_a_sample() {
+        for (n, roots) in [
+            (0, 0),
+            (5, 1),
+            (PROBES, 3),
+            (PROBES + 1, 1),
+            (3 * PROBES, 7),
+        ] {
+            // The first `roots` paths are roots (nothing refers to them).
+            let referenced: Vec<bool> = (0..n).map(|i| i >= roots).collect();
+            let (bit, bits) = bits_of(&referenced);
+            assert_eq!(bits, n.min(PROBES), "{n} paths");
+            let given: Vec<usize> = bit.iter().flatten().copied().collect();
+            assert_eq!(given, (0..bits).collect::<Vec<_>>(), "{n} paths");
+            assert!(bit[..roots].iter().all(Option::is_some));
+            if n > PROBES {
+                // Evenly spread: no gap between sampled paths is more
+                // than one longer than another.
+                let at: Vec<usize> = (roots..n).filter(|&p| bit[p].is_some()).collect();
+                let gaps: Vec<usize> = at.windows(2).map(|w| w[1] - w[0]).collect();
+                let (lo, hi) = (gaps.iter().min().unwrap(), gaps.iter().max().unwrap());
+                assert!(hi - lo <= 1, "{n} paths: gaps {lo} to {hi}");
+            }
+        }
+        // More roots than bits: every root, and half the bits for the rest.
+        let referenced: Vec<bool> = (0..3 * PROBES).map(|i| i >= PROBES).collect();
+        let (bit, bits) = bits_of(&referenced);
+        assert_eq!(bits, PROBES + PROBES / 2);
+        assert!(bit[..PROBES].iter().all(Option::is_some));
+    }
+
+    /// A graph of more than PROBES paths: a chain under one root. The
+    /// sampled weights are exact where the sample sees everything (the
+    /// root's closure is every path) and estimate the rest.
+    #[test]
+    fn sampled_weights_estimate_the_exact_ones() {
+        let n = 3 * PROBES + 5;
+        let nodes: Vec<(usize, u64, Vec<usize>)> = (0..n)
+            .map(|i| (i, 1000, if i + 1 < n { vec![i + 1] } else { vec![] }))
+            .collect();
+        let platform: Platform = "linux/amd64".parse().unwrap();
+        let c = crate::plan::tests::closure(&nodes);
+        let g = Graph::new(&BTreeMap::from([(platform, c)])).unwrap();
+        assert_eq!(g.bits, PROBES);
+        assert_eq!(g.root_bits.len(), 1);
+        let root = g.ids[&crate::plan::tests::sp(0)];
+        assert_eq!(g.weight_of(&g.deps[root]), g.total_weight);
+        for i in [1, 100, PROBES, n - 1] {
+            let p = g.ids[&crate::plan::tests::sp(i)];
+            // Path i depends on the n - i paths below it.
+            let exact = (n - i) as f64;
+            let estimate = g.weight_of(&g.deps[p]);
+            assert!(
+                (estimate - exact).abs() <= 0.01 * exact + 4.0 * g.bit_weight,
+                "path {i}: {estimate} for {exact}"
+            );
+            assert_eq!(
+                g.weight_minus(&g.deps[root], &g.deps[p]),
+                g.total_weight - estimate
+            );
+        }
+    }
+
+    /// A graph of one group per path is the graph itself.
+    #[test]
+    fn a_graph_of_single_paths_is_the_same_graph() {
+        let platform: Platform = "linux/amd64".parse().unwrap();
+        let c = crate::plan::score::synthetic_closure(60, 2);
+        let g = Graph::new(&BTreeMap::from([(platform, c)])).unwrap();
+        let singles: Vec<[usize; 1]> = (0..g.len()).map(|p| [p]).collect();
+        let groups: Vec<(&[usize], u64, &BitSet)> = singles
+            .iter()
+            .enumerate()
+            .map(|(p, one)| (&one[..], g.platform_mask[p], &g.deps[p]))
+            .collect();
+        let q = g.of_groups(&groups);
+        assert_eq!(q.paths, g.paths);
+        assert_eq!(q.size, g.size);
+        assert_eq!(q.mass, g.mass);
+        assert_eq!(q.refs, g.refs);
+        assert_eq!(q.platform_mask, g.platform_mask);
+        assert_eq!(q.deps, g.deps);
+        assert_eq!((q.bits, q.store_paths), (g.bits, g.store_paths));
+        assert_eq!(q.total_weight, g.total_weight);
     }
 
     #[test]

@@ -26,6 +26,12 @@
 //! never merge; units kept from the previous image merge only when no merge
 //! of new units is left that would help, and never to reach the minimum
 //! size. Sizes are the model's rounded [`Graph::mass`].
+//!
+//! On more than [`EXACT_UNITS`] units, merging weighs likely pairs only
+//! until that many units are left; those become the items of a graph of
+//! groups, which is merged weighing every pair and refined by moving whole
+//! groups (see [`run_grouped`]): time and memory grow about linearly with
+//! the closure (`scripts/bench-plan`, `docs/performance.md`).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -878,6 +884,38 @@ mod tests {
             256,
             0
         ));
+    }
+
+    /// Planning groups (what closures of more than EXACT_UNITS units get;
+    /// here the groups come from exact merging, so this checks the graph
+    /// of groups and its local search) plans every path once within the
+    /// budget, close to the cost of the local search on single paths.
+    #[test]
+    fn grouped_merging_is_close_to_exact_merging() {
+        for (n, seed, budget) in [(150, 3, 12), (300, 7, 20), (400, 9, 5)] {
+            let c = crate::plan::score::synthetic_closure(n, seed);
+            let g = Graph::new(&BTreeMap::from([("linux/amd64".parse().unwrap(), c)])).unwrap();
+            let units = || -> Vec<Unit> {
+                (0..g.len())
+                    .map(|p| Unit::new(&g, vec![p], 1, Kind::Free))
+                    .collect()
+            };
+            let exact = run(&g, units(), budget, 0);
+            let grouped = run_grouped(&g, units(), budget, 0);
+            assert_eq!(grouped.len(), budget);
+            let mut paths: Vec<usize> = grouped.iter().flat_map(|u| u.paths.clone()).collect();
+            paths.sort_unstable();
+            assert_eq!(paths, (0..g.len()).collect::<Vec<_>>());
+            for u in &grouped {
+                let again = Unit::new(&g, u.paths.clone(), 1, Kind::Free);
+                assert_eq!((u.size, &u.deps), (again.size, &again.deps));
+            }
+            let (e, gr) = (total(&g, &exact), total(&g, &grouped));
+            assert!(
+                gr <= 1.1 * e,
+                "{n} paths, budget {budget}: {gr} against {e}"
+            );
+        }
     }
 
     /// Refining never raises the cost the merging reached.
