@@ -133,10 +133,12 @@ pub fn plan_request(req: &PlanRequest) -> Result<LayerPlan, BuildError> {
     Ok(plan::plan(&closures(req), req.max_layers, &req.layering)?)
 }
 
-fn closures(req: &PlanRequest) -> BTreeMap<Platform, Closure> {
+/// The closures of a request, borrowed, not cloned: a closure of 100,000
+/// paths takes about 100 MB.
+fn closures(req: &PlanRequest) -> BTreeMap<Platform, &Closure> {
     req.images
         .iter()
-        .map(|(p, i)| (p.clone(), i.closure.clone()))
+        .map(|(p, i)| (p.clone(), &i.closure))
         .collect()
 }
 

@@ -5,7 +5,15 @@
 //! Paths are numbered in the order of their name, then hash, so that an
 //! update that changes a path's hash but not its name does not renumber the
 //! graph and tie-breaks stay where they were.
+//!
+//! The dependency bit sets have a bit per path on closures of up to
+//! [`PROBES`] paths. Above that, a bit per path would take `n² / 8` bytes
+//! (1.25 GB for 100,000 paths), so the bits are every root and an evenly
+//! spread sample of the other paths, each sampled path standing for as many
+//! paths as the sample is smaller than the closure: weights are then
+//! estimates, used only to group paths before exact weighing (`merge.rs`).
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use crate::closure::Closure;
@@ -13,6 +21,10 @@ use crate::platform::Platform;
 use crate::store_path::StorePath;
 
 use super::PlanError;
+
+/// Closures of up to this many paths have a dependency bit per path; larger
+/// ones a bit per root and per sampled path, this many in all.
+pub(crate) const PROBES: usize = 4096;
 
 /// A fixed-size set of path ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +58,11 @@ impl BitSet {
             .sum()
     }
 
+    /// Frees the words: for units that no longer take part.
+    pub fn clear(&mut self) {
+        self.0 = Vec::new();
+    }
+
     pub fn ones(&self) -> impl Iterator<Item = usize> + '_ {
         self.0.iter().enumerate().flat_map(|(w, &word)| {
             (0..64)
@@ -70,25 +87,35 @@ pub(crate) struct Graph {
     /// For each path, a bit per platform whose closure holds it.
     pub platform_mask: Vec<u64>,
     /// The dependency closure of each path, itself included: the paths whose
-    /// change changes it.
+    /// change changes it, as bits (see [`Graph::bits`]).
     pub deps: Vec<BitSet>,
-    /// Paths no other path refers to: the images' roots.
-    pub roots: Vec<usize>,
+    /// How many bits a dependency set has: a bit per path, or per root and
+    /// per sampled path on closures of more than [`PROBES`] paths.
+    pub bits: usize,
+    /// The bits of the paths no other path refers to: the images' roots.
+    pub root_bits: Vec<usize>,
     /// The change weight of a root; every other path weighs 1 (see
     /// [`root_weight`]).
     pub root_weight: f64,
+    /// The weight a bit that is not a root's stands for: 1, or the number
+    /// of non-root paths over the number of sampled ones.
+    pub bit_weight: f64,
     /// Sum of all weights.
     pub total_weight: f64,
+    /// How many store paths the items of this graph hold: its length, or
+    /// for a graph of groups ([`Graph::of_groups`]) the paths of the groups.
+    pub store_paths: usize,
 }
 
 impl Graph {
-    pub fn new(closures: &BTreeMap<Platform, Closure>) -> Result<Graph, PlanError> {
+    pub fn new<C: Borrow<Closure>>(closures: &BTreeMap<Platform, C>) -> Result<Graph, PlanError> {
         if closures.len() > 64 {
             return Err(PlanError::TooManyPlatforms(closures.len()));
         }
         let platforms: Vec<Platform> = closures.keys().cloned().collect();
         let mut all: BTreeMap<(&str, &str), &StorePath> = BTreeMap::new();
         for (platform, closure) in closures {
+            let closure = closure.borrow();
             if closure.paths.is_empty() {
                 return Err(PlanError::EmptyClosure(platform.clone()));
             }
@@ -108,7 +135,7 @@ impl Graph {
         let mut platform_mask = vec![0u64; n];
         let mut seen = vec![false; n];
         for (pi, closure) in closures.values().enumerate() {
-            for (p, info) in &closure.paths {
+            for (p, info) in &closure.borrow().paths {
                 let id = ids[p];
                 platform_mask[id] |= 1 << pi;
                 if seen[id] {
@@ -128,15 +155,24 @@ impl Graph {
                 refs[id] = r;
             }
         }
-        let deps = dependency_closures(&refs);
         let mass = size.iter().map(|&s| mass(s)).collect();
         let mut referenced = vec![false; n];
         for r in refs.iter().flatten() {
             referenced[*r] = true;
         }
         let roots: Vec<usize> = (0..n).filter(|&i| !referenced[i]).collect();
+        let (bit, bits) = bits_of(&referenced);
+        let deps = dependency_closures(&refs, &bit, bits);
+        let root_bits: Vec<usize> = roots.iter().filter_map(|&r| bit[r]).collect();
+        let others = n - roots.len();
+        let sampled = bits - root_bits.len();
+        let bit_weight = if sampled == others {
+            1.0
+        } else {
+            others as f64 / sampled.max(1) as f64
+        };
         let root_weight = root_weight(n, roots.len());
-        let total_weight = (n - roots.len()) as f64 + root_weight * roots.len() as f64;
+        let total_weight = others as f64 + root_weight * roots.len() as f64;
         Ok(Graph {
             platforms,
             paths,
@@ -146,10 +182,71 @@ impl Graph {
             mass,
             platform_mask,
             deps,
-            roots,
+            bits,
+            root_bits,
             root_weight,
+            bit_weight,
             total_weight,
+            store_paths: n,
         })
+    }
+
+    /// A graph whose items are groups of this graph's paths, each group
+    /// with its platforms and dependency bits (the union of its paths'):
+    /// merging then works on groups exactly as on paths. An item's path is
+    /// its group's first; an item refers to the items holding what its
+    /// paths refer to. Weights and bits are this graph's.
+    pub fn of_groups(&self, groups: &[(&[usize], u64, &BitSet)]) -> Graph {
+        let mut item_of: Vec<Vec<usize>> = vec![Vec::new(); self.len()];
+        for (i, (paths, _, _)) in groups.iter().enumerate() {
+            for &p in *paths {
+                item_of[p].push(i);
+            }
+        }
+        let refs = groups
+            .iter()
+            .enumerate()
+            .map(|(i, (paths, _, _))| {
+                let mut r: Vec<usize> = paths
+                    .iter()
+                    .flat_map(|&p| &self.refs[p])
+                    .flat_map(|&q| item_of[q].iter().copied())
+                    .filter(|&j| j != i)
+                    .collect();
+                r.sort_unstable();
+                r.dedup();
+                r
+            })
+            .collect();
+        Graph {
+            platforms: self.platforms.clone(),
+            paths: groups
+                .iter()
+                .filter_map(|(paths, _, _)| paths.first().map(|&p| self.paths[p].clone()))
+                .collect(),
+            ids: BTreeMap::new(),
+            size: groups
+                .iter()
+                .map(|(paths, _, _)| {
+                    paths
+                        .iter()
+                        .fold(0u64, |a, &p| a.saturating_add(self.size[p]))
+                })
+                .collect(),
+            refs,
+            mass: groups
+                .iter()
+                .map(|(paths, _, _)| paths.iter().map(|&p| self.mass[p]).sum())
+                .collect(),
+            platform_mask: groups.iter().map(|(_, class, _)| *class).collect(),
+            deps: groups.iter().map(|(_, _, deps)| (*deps).clone()).collect(),
+            bits: self.bits,
+            root_bits: self.root_bits.clone(),
+            root_weight: self.root_weight,
+            bit_weight: self.bit_weight,
+            total_weight: self.total_weight,
+            store_paths: self.store_paths,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -158,10 +255,10 @@ impl Graph {
 
     /// The weight of the paths in `a` and not in `b`.
     pub fn weight_minus(&self, a: &BitSet, b: &BitSet) -> f64 {
-        let mut w = a.count_minus(b) as f64;
-        for &r in &self.roots {
+        let mut w = a.count_minus(b) as f64 * self.bit_weight;
+        for &r in &self.root_bits {
             if a.contains(r) && !b.contains(r) {
-                w += self.root_weight - 1.0;
+                w += self.root_weight - self.bit_weight;
             }
         }
         w
@@ -169,7 +266,7 @@ impl Graph {
 
     /// The weight of the paths in `a`.
     pub fn weight_of(&self, a: &BitSet) -> f64 {
-        self.weight_minus(a, &BitSet::new(self.len()))
+        self.weight_minus(a, &BitSet::new(self.bits))
     }
 
     /// The sort key that numbers paths: name, then hash.
@@ -205,10 +302,44 @@ fn root_weight(n: usize, roots: usize) -> f64 {
     (9.0 * (n - roots) as f64 / roots.max(1) as f64).max(1.0)
 }
 
-/// Each path's dependency closure, itself included, by an iterative
-/// depth-first walk. A reference cycle (which Nix never makes) is cut where
-/// the walk meets it.
-fn dependency_closures(refs: &[Vec<usize>]) -> Vec<BitSet> {
+/// The bit of each path, if it has one, and the number of bits: every path
+/// has one when there are at most [`PROBES`]; otherwise every root
+/// (`!referenced`) and an evenly spread sample of the others, in path
+/// order, [`PROBES`] bits in all (or every root when they are more).
+fn bits_of(referenced: &[bool]) -> (Vec<Option<usize>>, usize) {
+    let n = referenced.len();
+    if n <= PROBES {
+        return ((0..n).map(Some).collect(), n);
+    }
+    let others = referenced.iter().filter(|r| **r).count();
+    // At least half the bits for the other paths, however many roots.
+    let sampled = PROBES
+        .saturating_sub(n - others)
+        .max(PROBES / 2)
+        .min(others);
+    let mut bit = vec![None; n];
+    let (mut next, mut j) = (0, 0);
+    for (p, &r) in referenced.iter().enumerate() {
+        let take = if r {
+            // The j-th other path is sampled when j * sampled / others
+            // steps up: exactly `sampled` of them, evenly spread.
+            j += 1;
+            (j * sampled) / others > ((j - 1) * sampled) / others
+        } else {
+            true
+        };
+        if take {
+            bit[p] = Some(next);
+            next += 1;
+        }
+    }
+    (bit, next)
+}
+
+/// Each path's dependency closure, itself included, as bits (`bit`, out of
+/// `bits`), by an iterative depth-first walk. A reference cycle (which Nix
+/// never makes) is cut where the walk meets it.
+fn dependency_closures(refs: &[Vec<usize>], bit: &[Option<usize>], bits: usize) -> Vec<BitSet> {
     let n = refs.len();
     let mut out: Vec<Option<BitSet>> = vec![None; n];
     let mut on_stack = vec![false; n];
@@ -228,8 +359,10 @@ fn dependency_closures(refs: &[Vec<usize>]) -> Vec<BitSet> {
                 }
                 continue;
             }
-            let mut set = BitSet::new(n);
-            set.insert(node);
+            let mut set = BitSet::new(bits);
+            if let Some(b) = bit[node] {
+                set.insert(b);
+            }
             for &r in &refs[node] {
                 if let Some(d) = &out[r] {
                     set.union_with(d);
@@ -241,7 +374,7 @@ fn dependency_closures(refs: &[Vec<usize>]) -> Vec<BitSet> {
         }
     }
     out.into_iter()
-        .map(|s| s.unwrap_or_else(|| BitSet::new(n)))
+        .map(|s| s.unwrap_or_else(|| BitSet::new(bits)))
         .collect()
 }
 
@@ -264,11 +397,101 @@ mod tests {
         assert!(b.contains(129) && !b.contains(1));
     }
 
+    /// Every path a bit up to PROBES paths; above, every root and an even
+    /// sample of the others, PROBES bits in all.
+    #[test]
+    fn bits_are_every_path_or_every_root_and_a_sample() {
+        for (n, roots) in [
+            (0, 0),
+            (5, 1),
+            (PROBES, 3),
+            (PROBES + 1, 1),
+            (3 * PROBES, 7),
+        ] {
+            // The first `roots` paths are roots (nothing refers to them).
+            let referenced: Vec<bool> = (0..n).map(|i| i >= roots).collect();
+            let (bit, bits) = bits_of(&referenced);
+            assert_eq!(bits, n.min(PROBES), "{n} paths");
+            let given: Vec<usize> = bit.iter().flatten().copied().collect();
+            assert_eq!(given, (0..bits).collect::<Vec<_>>(), "{n} paths");
+            assert!(bit[..roots].iter().all(Option::is_some));
+            if n > PROBES {
+                // Evenly spread: no gap between sampled paths is more
+                // than one longer than another.
+                let at: Vec<usize> = (roots..n).filter(|&p| bit[p].is_some()).collect();
+                let gaps: Vec<usize> = at.windows(2).map(|w| w[1] - w[0]).collect();
+                let (lo, hi) = (gaps.iter().min().unwrap(), gaps.iter().max().unwrap());
+                assert!(hi - lo <= 1, "{n} paths: gaps {lo} to {hi}");
+            }
+        }
+        // More roots than bits: every root, and half the bits for the rest.
+        let referenced: Vec<bool> = (0..3 * PROBES).map(|i| i >= PROBES).collect();
+        let (bit, bits) = bits_of(&referenced);
+        assert_eq!(bits, PROBES + PROBES / 2);
+        assert!(bit[..PROBES].iter().all(Option::is_some));
+    }
+
+    /// A graph of more than PROBES paths: a chain under one root. The
+    /// sampled weights are exact where the sample sees everything (the
+    /// root's closure is every path) and estimate the rest.
+    #[test]
+    fn sampled_weights_estimate_the_exact_ones() {
+        let n = 3 * PROBES + 5;
+        let nodes: Vec<(usize, u64, Vec<usize>)> = (0..n)
+            .map(|i| (i, 1000, if i + 1 < n { vec![i + 1] } else { vec![] }))
+            .collect();
+        let platform: Platform = "linux/amd64".parse().unwrap();
+        let c = crate::plan::tests::closure(&nodes);
+        let g = Graph::new(&BTreeMap::from([(platform, c)])).unwrap();
+        assert_eq!(g.bits, PROBES);
+        assert_eq!(g.root_bits.len(), 1);
+        let root = g.ids[&crate::plan::tests::sp(0)];
+        assert_eq!(g.weight_of(&g.deps[root]), g.total_weight);
+        for i in [1, 100, PROBES, n - 1] {
+            let p = g.ids[&crate::plan::tests::sp(i)];
+            // Path i depends on the n - i paths below it.
+            let exact = (n - i) as f64;
+            let estimate = g.weight_of(&g.deps[p]);
+            assert!(
+                (estimate - exact).abs() <= 0.01 * exact + 4.0 * g.bit_weight,
+                "path {i}: {estimate} for {exact}"
+            );
+            assert_eq!(
+                g.weight_minus(&g.deps[root], &g.deps[p]),
+                g.total_weight - estimate
+            );
+        }
+    }
+
+    /// A graph of one group per path is the graph itself.
+    #[test]
+    fn a_graph_of_single_paths_is_the_same_graph() {
+        let platform: Platform = "linux/amd64".parse().unwrap();
+        let c = crate::plan::score::synthetic_closure(60, 2);
+        let g = Graph::new(&BTreeMap::from([(platform, c)])).unwrap();
+        let singles: Vec<[usize; 1]> = (0..g.len()).map(|p| [p]).collect();
+        let groups: Vec<(&[usize], u64, &BitSet)> = singles
+            .iter()
+            .enumerate()
+            .map(|(p, one)| (&one[..], g.platform_mask[p], &g.deps[p]))
+            .collect();
+        let q = g.of_groups(&groups);
+        assert_eq!(q.paths, g.paths);
+        assert_eq!(q.size, g.size);
+        assert_eq!(q.mass, g.mass);
+        assert_eq!(q.refs, g.refs);
+        assert_eq!(q.platform_mask, g.platform_mask);
+        assert_eq!(q.deps, g.deps);
+        assert_eq!((q.bits, q.store_paths), (g.bits, g.store_paths));
+        assert_eq!(q.total_weight, g.total_weight);
+    }
+
     #[test]
     fn closures_follow_references_and_survive_cycles() {
         // 0 -> 1 -> 2, 3 -> 2, and a cycle 4 <-> 5.
         let refs = vec![vec![1], vec![2], vec![], vec![2], vec![5], vec![4]];
-        let d = dependency_closures(&refs);
+        let bit: Vec<Option<usize>> = (0..refs.len()).map(Some).collect();
+        let d = dependency_closures(&refs, &bit, refs.len());
         assert_eq!(d[0].ones().collect::<Vec<_>>(), vec![0, 1, 2]);
         assert_eq!(d[3].ones().collect::<Vec<_>>(), vec![2, 3]);
         assert!(d[4].contains(4) && d[4].contains(5));

@@ -26,6 +26,12 @@
 //! never merge; units kept from the previous image merge only when no merge
 //! of new units is left that would help, and never to reach the minimum
 //! size. Sizes are the model's rounded [`Graph::mass`].
+//!
+//! On more than [`EXACT_UNITS`] units, merging weighs likely pairs only
+//! until that many units are left; those become the items of a graph of
+//! groups, which is merged weighing every pair and refined by moving whole
+//! groups (see [`run_grouped`]): time and memory grow about linearly with
+//! the closure (`scripts/bench-plan`, `docs/performance.md`).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -62,7 +68,7 @@ impl Unit {
     pub fn new(g: &Graph, mut paths: Vec<usize>, class: u64, kind: Kind) -> Unit {
         paths.sort_unstable();
         paths.dedup();
-        let mut deps = BitSet::new(g.len());
+        let mut deps = BitSet::new(g.bits);
         let mut size = 0u64;
         let mut mass = 0.0;
         for &p in &paths {
@@ -124,7 +130,8 @@ impl Candidates {
         } else {
             None
         };
-        let mut list = all[..all.len().min(CANDIDATES)].to_vec();
+        let mut list = Vec::with_capacity(CANDIDATES);
+        list.extend_from_slice(&all[..all.len().min(CANDIDATES)]);
         list.sort_unstable();
         Candidates {
             list,
@@ -147,12 +154,23 @@ impl Candidates {
             return false;
         }
         let at = self.list.partition_point(|c| c.0 < key);
-        self.list.insert(at, (key, unit));
-        if self.list.len() > CANDIDATES {
-            if let Some((k, _)) = self.list.pop() {
-                self.floor = Some(self.floor.map_or(k, |f| f.min(k)));
+        // A full list drops its worst, which may be the new partner; the
+        // list never grows past CANDIDATES, nor its allocation.
+        if self.list.len() >= CANDIDATES {
+            let dropped = if at == self.list.len() {
+                key
+            } else {
+                match self.list.pop() {
+                    Some((k, _)) => k,
+                    None => key,
+                }
+            };
+            self.floor = Some(self.floor.map_or(dropped, |f| f.min(dropped)));
+            if dropped == key {
+                return false;
             }
         }
+        self.list.insert(at, (key, unit));
         at == 0
     }
 }
@@ -286,6 +304,10 @@ impl Merger<'_> {
         self.watchers.push(BTreeSet::new());
         for dead in [a, b] {
             self.alive[dead] = false;
+            // Nothing reads a dead unit's paths, bits or partners again.
+            self.units[dead].paths = Vec::new();
+            self.units[dead].deps.clear();
+            self.cands[dead] = Candidates::default();
             if let Some((_, old)) = self.head[dead].take() {
                 self.watchers[old].remove(&dead);
             }
@@ -339,16 +361,75 @@ impl Merger<'_> {
 /// free unit smaller than `min_size` has a free partner, then refines. The
 /// caller has checked that the budget can be met.
 pub(crate) fn run(g: &Graph, units: Vec<Unit>, budget: usize, min_size: u64) -> Vec<Unit> {
-    let (mut units, merged) = run_merging(g, units, budget, min_size);
+    if units.len() > EXACT_UNITS {
+        return run_grouped(g, units, budget, min_size);
+    }
+    let (mut units, merged) = run_merging(g, units, budget, min_size, false);
     if merged {
         refine(g, &mut units, min_size);
     }
     units
 }
 
+/// [`run`] on more than [`EXACT_UNITS`] units (closures of thousands of
+/// paths): merging weighs only likely pairs until [`EXACT_UNITS`] units are
+/// left; these become the items of a graph of groups
+/// ([`Graph::of_groups`]), on which merging goes on weighing every pair and
+/// the local search moves whole groups. Moving single paths of a closure of
+/// `n` paths costs `n²` bit operations per pass, and on closures of more
+/// than [`PROBES`](super::graph::PROBES) paths the paths' bits are a
+/// sample, while a group's are the union of its paths'.
+fn run_grouped(g: &Graph, units: Vec<Unit>, budget: usize, min_size: u64) -> Vec<Unit> {
+    let (mut groups, merged) = run_merging(g, units, budget, min_size, true);
+    if !merged {
+        return groups;
+    }
+    // Items numbered by their paths: the order does not depend on the
+    // order of merging.
+    groups.sort_by(|a, b| a.paths.cmp(&b.paths).then(a.class.cmp(&b.class)));
+    let items: Vec<(&[usize], u64, &BitSet)> = groups
+        .iter()
+        .map(|u| (u.paths.as_slice(), u.class, &u.deps))
+        .collect();
+    let q = g.of_groups(&items);
+    let units: Vec<Unit> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, u)| Unit {
+            paths: vec![i],
+            class: u.class,
+            size: u.size,
+            mass: u.mass,
+            deps: u.deps.clone(),
+            kind: u.kind.clone(),
+        })
+        .collect();
+    let (mut units, _) = run_merging(&q, units, budget, min_size, false);
+    refine(&q, &mut units, min_size);
+    units
+        .into_iter()
+        .map(|u| {
+            let mut paths: Vec<usize> = u
+                .paths
+                .iter()
+                .flat_map(|&i| groups[i].paths.iter().copied())
+                .collect();
+            paths.sort_unstable();
+            Unit { paths, ..u }
+        })
+        .collect()
+}
+
 /// The merging of [`run`], without refining; and whether any merge was
-/// needed.
-fn run_merging(g: &Graph, units: Vec<Unit>, budget: usize, min_size: u64) -> (Vec<Unit>, bool) {
+/// needed. With `coarsen`, merging stops once weighing every pair would
+/// start (at [`EXACT_UNITS`] units).
+fn run_merging(
+    g: &Graph,
+    units: Vec<Unit>,
+    budget: usize,
+    min_size: u64,
+    coarsen: bool,
+) -> (Vec<Unit>, bool) {
     let n = units.len();
     let mut count = vec![0; g.platforms.len()];
     for u in &units {
@@ -386,6 +467,9 @@ fn run_merging(g: &Graph, units: Vec<Unit>, budget: usize, min_size: u64) -> (Ve
             continue;
         }
         if !m.exact && m.live <= EXACT_UNITS {
+            if coarsen {
+                break;
+            }
             // Few enough units now: weigh every pair and go on exactly.
             m.exact = true;
             weigh_all_pairs(&mut m);
@@ -395,6 +479,17 @@ fn run_merging(g: &Graph, units: Vec<Unit>, budget: usize, min_size: u64) -> (Ve
         let small = key.0 == 0 && (m.small(a) || m.small(b));
         if over || small {
             m.merge(a, b);
+        }
+        // Every refresh queues an entry and only pops remove them: drop the
+        // stale ones (which pops skip anyway) before they pile up.
+        if m.heap.len() > 4 * m.live.max(1024) {
+            let heap = std::mem::take(&mut m.heap);
+            m.heap = heap
+                .into_iter()
+                .filter(|Reverse((key, a, b))| {
+                    m.alive[*a] && m.alive[*b] && m.head[*a] == Some((*key, *b))
+                })
+                .collect();
         }
     }
     let units: Vec<Unit> = m
@@ -491,7 +586,7 @@ fn weigh_likely_pairs(m: &mut Merger) {
 /// it.
 fn refine(g: &Graph, units: &mut [Unit], min_size: u64) {
     // Thorough on closures of up to EXACT_UNITS paths, lighter above.
-    let big = g.len() > EXACT_UNITS;
+    let big = g.store_paths > EXACT_UNITS;
     let (passes, moves, max_sets, splits) = if big {
         (4, 4, 64, 4)
     } else {
@@ -602,8 +697,8 @@ fn split_and_remerge(
         };
         let before = unit.mass * weight[a];
         for set in candidate_sets(g, unit, max_sets) {
-            let mut rest_deps = BitSet::new(g.len());
-            let mut set_deps = BitSet::new(g.len());
+            let mut rest_deps = BitSet::new(g.bits);
+            let mut set_deps = BitSet::new(g.bits);
             let mut set_mass = 0.0;
             let mut set_size = 0u64;
             for &p in &unit.paths {
@@ -675,8 +770,8 @@ fn best_move(
     let before_a = unit.mass * weight[a];
     let mut best: Option<(f64, Move)> = None;
     for set in sets {
-        let mut rest_deps = BitSet::new(g.len());
-        let mut set_deps = BitSet::new(g.len());
+        let mut rest_deps = BitSet::new(g.bits);
+        let mut set_deps = BitSet::new(g.bits);
         let mut set_size = 0;
         let mut set_mass = 0.0;
         for &p in &unit.paths {
@@ -791,6 +886,38 @@ mod tests {
         ));
     }
 
+    /// Planning groups (what closures of more than EXACT_UNITS units get;
+    /// here the groups come from exact merging, so this checks the graph
+    /// of groups and its local search) plans every path once within the
+    /// budget, close to the cost of the local search on single paths.
+    #[test]
+    fn grouped_merging_is_close_to_exact_merging() {
+        for (n, seed, budget) in [(150, 3, 12), (300, 7, 20), (400, 9, 5)] {
+            let c = crate::plan::score::synthetic_closure(n, seed);
+            let g = Graph::new(&BTreeMap::from([("linux/amd64".parse().unwrap(), c)])).unwrap();
+            let units = || -> Vec<Unit> {
+                (0..g.len())
+                    .map(|p| Unit::new(&g, vec![p], 1, Kind::Free))
+                    .collect()
+            };
+            let exact = run(&g, units(), budget, 0);
+            let grouped = run_grouped(&g, units(), budget, 0);
+            assert_eq!(grouped.len(), budget);
+            let mut paths: Vec<usize> = grouped.iter().flat_map(|u| u.paths.clone()).collect();
+            paths.sort_unstable();
+            assert_eq!(paths, (0..g.len()).collect::<Vec<_>>());
+            for u in &grouped {
+                let again = Unit::new(&g, u.paths.clone(), 1, Kind::Free);
+                assert_eq!((u.size, &u.deps), (again.size, &again.deps));
+            }
+            let (e, gr) = (total(&g, &exact), total(&g, &grouped));
+            assert!(
+                gr <= 1.1 * e,
+                "{n} paths, budget {budget}: {gr} against {e}"
+            );
+        }
+    }
+
     /// Refining never raises the cost the merging reached.
     #[test]
     fn refining_lowers_the_cost() {
@@ -799,7 +926,7 @@ mod tests {
         let units: Vec<Unit> = (0..g.len())
             .map(|p| Unit::new(&g, vec![p], 1, Kind::Free))
             .collect();
-        let (merged, _) = run_merging(&g, units, 12, 0);
+        let (merged, _) = run_merging(&g, units, 12, 0, false);
         let before = total(&g, &merged);
         let mut refined = merged.clone();
         refine(&g, &mut refined, 0);

@@ -560,6 +560,61 @@ proptest! {
     }
 }
 
+/// Above PROBES paths the dependency bits are a sample: the plan still
+/// holds every path once within the budget, keeps the application alone
+/// on top, and does not depend on the order of the closure.
+#[test]
+fn closures_of_sampled_bits_keep_the_invariants() {
+    let c = score::synthetic_closure(graph::PROBES + 900, 3);
+    let closures = one(c.clone());
+    for budget in [100, 20] {
+        let p = plan(&closures, budget, &Layering::default()).unwrap();
+        check_plan(&closures, &p, budget).unwrap();
+        assert_eq!(p.images[0].layers.len(), budget);
+        let top = &p.layers[*p.images[0].layers.last().unwrap()];
+        assert_eq!(top.store_paths.len(), 1);
+        assert_eq!(top.store_paths[0].name(), "app");
+    }
+    // The same paths read back in reverse order.
+    let bytes = serde_json::to_vec(&c.paths.values().rev().collect::<Vec<_>>()).unwrap();
+    let reread = Closure::from_references_graph_json(&StoreDir::default(), &bytes).unwrap();
+    assert_eq!(
+        plan(&one(reread), 20, &Layering::default()).unwrap(),
+        plan(&closures, 20, &Layering::default()).unwrap()
+    );
+}
+
+/// Two platforms sharing most of a big closure: shared paths share
+/// layers, and a path of both is in the same layer of each image.
+#[test]
+fn big_closures_of_two_platforms_share_layers() {
+    let c = score::synthetic_closure(2500, 4);
+    let mut other = c.clone();
+    // The second platform lacks a few packages (and so the application
+    // refers to fewer).
+    let gone: Vec<StorePath> = other
+        .paths
+        .keys()
+        .filter(|p| p.name().starts_with("pkg1"))
+        .cloned()
+        .collect();
+    for p in &gone {
+        other.paths.remove(p);
+    }
+    for info in other.paths.values_mut() {
+        info.references.retain(|r| !gone.contains(r));
+    }
+    let closures = BTreeMap::from([(amd(), c), (arm(), other)]);
+    let p = plan(&closures, 40, &Layering::default()).unwrap();
+    check_plan(&closures, &p, 40).unwrap();
+    let (la, lb) = (layer_of(&p, 0), layer_of(&p, 1));
+    for (path, layer) in &la {
+        if let Some(o) = lb.get(path) {
+            assert_eq!(layer, o, "{path} in different layers");
+        }
+    }
+}
+
 #[test]
 fn big_closures_keep_the_invariants() {
     // More paths than are weighed pair by pair (merge::EXACT_UNITS).
