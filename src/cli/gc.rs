@@ -9,9 +9,10 @@ use super::flags::{human_bytes, Age};
 use super::Classify;
 use crate::oci::gc::collect;
 
-/// Remove the blobs of an OCI image layout that no tag reaches: what a
-/// killed build or an overwritten tag left behind. `nixoci verify` reports
-/// them.
+/// Remove the blobs of a layout that no tag reaches
+///
+/// What a killed build or an overwritten tag left behind: `nixoci verify`
+/// reports them.
 ///
 /// Only blobs last modified longer ago than the grace period go, and the
 /// layout's lock is held meanwhile, so a build that is still writing never

@@ -36,6 +36,8 @@ pub enum Command {
     Build(Box<build::Args>),
     Plan(Box<plan::Args>),
     Verify(verify::Args),
+    // Internal: the builder of the Nix library's `image`.
+    #[command(hide = true)]
     WriteSpec(write_spec::Args),
     Push(push::Args),
     ExportStatic(export_static::Args),
