@@ -84,19 +84,57 @@ pub fn default_dir(xdg_cache_home: Option<OsString>, home: Option<OsString>) -> 
 }
 
 /// The source of the code that decides a layer's bytes (the tar writer, the
-/// compressors and the layer writer), hashed: any change to it, even one
-/// that forgot to bump [`super::tar::FORMAT_VERSION`], gets new keys.
+/// compressors and the layer writer), as [`code_only`] keeps it, hashed:
+/// any change to that code, even one that forgot to bump
+/// [`super::tar::FORMAT_VERSION`], gets new keys; editing a test or a
+/// comment does not (docs/architecture.md, "What invalidates the caches").
 pub fn code_fingerprint() -> Digest {
+    source_fingerprint(&[
+        ("tar.rs", include_str!("tar.rs")),
+        ("compress.rs", include_str!("compress.rs")),
+        ("mod.rs", include_str!("mod.rs")),
+    ])
+}
+
+/// SHA-256 over the names and [`code_only`] text of source files.
+pub fn source_fingerprint(files: &[(&str, &str)]) -> Digest {
     let mut h = Sha256::new();
-    for source in [
-        include_str!("tar.rs"),
-        include_str!("compress.rs"),
-        include_str!("mod.rs"),
-    ] {
-        h.update(source.len().to_le_bytes());
-        h.update(source.as_bytes());
+    for (name, source) in files {
+        let code = code_only(source);
+        for part in [name.as_bytes(), code.as_bytes()] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
     }
     Digest::from_sha256(h.finalize().into())
+}
+
+/// `source` without what never reaches the binary: a line `#[cfg(test)]`
+/// at column 0 and the item after it (through its line ending in `;`, or
+/// through the next line that is only `}`, which rustfmt guarantees for a
+/// block item), lines that are only a comment, and blank lines; trailing
+/// whitespace is trimmed.
+pub fn code_only(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut lines = source.lines();
+    while let Some(line) = lines.next() {
+        if line.trim_end() == "#[cfg(test)]" {
+            for item in lines.by_ref() {
+                let item = item.trim_end();
+                if item == "}" || (item.ends_with(';') && !item.starts_with(char::is_whitespace)) {
+                    break;
+                }
+            }
+            continue;
+        }
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with("//") {
+            continue;
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// The cache key of a layer: SHA-256 over a versioned text of its sorted
@@ -724,6 +762,42 @@ fn place(from: &Path, to: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_fingerprints_ignore_tests_and_comments() {
+        let base = "//! A module.\nuse x;\n\n/// Doc.\nfn f() -> u8 {\n    1 // one\n}\n\n#[cfg(test)]\nmod tests {\n    #[test]\n    fn t() {\n        assert!(true);\n    }\n}\n\nfn g() {}\n";
+        let fp = |s: &str| source_fingerprint(&[("m.rs", s)]);
+        let same = [
+            base.replace("//! A module.", "//! Another text."),
+            base.replace("/// Doc.", "/// Doc, longer.\n/// Two lines."),
+            base.replace("assert!(true);", "assert!(1 + 1 == 2);"),
+            base.replace("\n\n", "\n\n\n"),
+        ];
+        for s in &same {
+            assert_eq!(fp(s), fp(base), "{s}");
+        }
+        let different = [
+            base.replace("    1 // one", "    2 // one"),
+            base.replace("fn g() {}", "fn g() { h() }"),
+            base.replace("use x;", "use y;"),
+        ];
+        for s in &different {
+            assert_ne!(fp(s), fp(base), "{s}");
+        }
+        assert_ne!(
+            source_fingerprint(&[("a.rs", base)]),
+            source_fingerprint(&[("b.rs", base)])
+        );
+        // `#[cfg(test)] mod tests;` ends at its own line.
+        let file = "fn a() {}\n#[cfg(test)]\nmod tests;\nfn b() {}\n";
+        assert_eq!(code_only(file), "fn a() {}\nfn b() {}\n");
+        // The real files keep their code and lose their tests.
+        let tar = code_only(include_str!("tar.rs"));
+        assert!(tar.contains("FORMAT_VERSION"));
+        assert!(!tar.contains("#[test]"));
+        let compress = code_only(include_str!("compress.rs"));
+        assert!(!compress.contains("#[test]") && compress.contains("fn "));
+    }
 
     fn sp(name: &str) -> StorePath {
         StorePath::from_absolute(&format!("/nix/store/{}-{name}", "a".repeat(32))).unwrap()
