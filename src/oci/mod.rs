@@ -12,11 +12,16 @@ pub mod gc;
 pub mod image;
 pub mod json;
 pub mod layout;
+pub mod media_type;
+pub mod model;
 pub mod previous;
 pub mod temp;
 pub mod verify;
+pub mod walk;
 
 pub use digest::{Digest, DigestWriter};
+pub use media_type::MediaType;
+pub use model::{check, CheckError, Descriptor, Mismatch};
 
 /// How deep image indexes may nest, for every reader: the index a tag
 /// names is level 1, an index it lists level 2, and so on. Real images use
