@@ -991,7 +991,7 @@ fn read_previous(args: &Args) -> anyhow::Result<Option<Previous>> {
             return match previous::read(&layout) {
                 Ok(image) => {
                     unknown_platforms(&image.unknown);
-                    Ok(Some(image.previous))
+                    Ok(Some(image.previous.into()))
                 }
                 Err(e) if args.previous_optional && e.is_missing() => from_scratch(&e),
                 Err(e) => Err(usage(format!("--previous {arg}: {}", error_chain(&e)))),
@@ -1035,7 +1035,7 @@ fn read_previous(args: &Args) -> anyhow::Result<Option<Previous>> {
     match fetch::read_layers(&client, &wanted, digest.as_ref(), &image) {
         Ok(remote) => {
             unknown_platforms(&remote.layers.unknown);
-            Ok(Some(remote.layers.previous))
+            Ok(Some(remote.layers.previous.into()))
         }
         Err(e) if e.is_missing() && args.previous_optional => from_scratch(&e),
         Err(e) if e.is_missing() => Err(usage(format!(

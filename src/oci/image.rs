@@ -374,6 +374,18 @@ pub struct IndexEntry {
     pub other: BTreeMap<String, serde_json::Value>,
 }
 
+impl From<&IndexEntry> for super::model::Descriptor {
+    fn from(e: &IndexEntry) -> Self {
+        super::model::Descriptor {
+            media_type: e.media_type.clone().into(),
+            digest: e.digest.clone(),
+            size: Some(e.size),
+            platform: None,
+            annotations: e.annotations.clone(),
+        }
+    }
+}
+
 impl IndexEntry {
     pub fn ref_name(&self) -> Option<&str> {
         self.annotations

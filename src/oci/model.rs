@@ -151,10 +151,11 @@ impl Descriptor {
         }
     }
 
-    /// Checks `bytes` against the descriptor: size, then digest.
+    /// Checks `bytes` against the descriptor: digest (what the content
+    /// is), then size (what the descriptor says of it).
     pub fn check_bytes(&self, bytes: &[u8]) -> Result<(), Mismatch> {
-        self.check_size(bytes.len() as u64)?;
-        self.check_digest(Digest::of(bytes))
+        self.check_digest(Digest::of(bytes))?;
+        self.check_size(bytes.len() as u64)
     }
 
     fn check_digest(&self, found: Digest) -> Result<(), Mismatch> {
@@ -187,15 +188,16 @@ pub enum CheckError {
     Read(io::Error),
 }
 
-/// Checks the blob read from `blob` against `d`: its size (when `d` says
-/// one) and its digest, streaming.
+/// Checks the blob read from `blob` against `d`, streaming: its digest,
+/// then its size (when `d` says one). A reader that knows the size first
+/// (a file's) checks it first with [`Descriptor::check_size`].
 pub fn check(blob: impl Read, d: &Descriptor) -> Result<(), CheckError> {
     let mut w = DigestWriter::new(io::sink());
     let mut blob = blob;
     io::copy(&mut blob, &mut w).map_err(CheckError::Read)?;
     let (_, found, len) = w.finish();
-    d.check_size(len)?;
     d.check_digest(found)?;
+    d.check_size(len)?;
     Ok(())
 }
 
@@ -380,11 +382,22 @@ mod tests {
         let d = Descriptor::new(MEDIA_TYPE_MANIFEST, Digest::of(b"hello"), 5);
         assert!(d.check_bytes(b"hello").is_ok());
         assert!(check(&b"hello"[..], &d).is_ok());
+        let short = Descriptor {
+            size: Some(4),
+            ..d.clone()
+        };
         assert_eq!(
-            d.check_bytes(b"hell"),
+            short.check_bytes(b"hello"),
             Err(Mismatch::Size {
-                expected: 5,
-                found: 4
+                expected: 4,
+                found: 5
+            })
+        );
+        assert_eq!(
+            short.check_size(5),
+            Err(Mismatch::Size {
+                expected: 4,
+                found: 5
             })
         );
         assert_eq!(
@@ -400,8 +413,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Other content is a digest mismatch, whatever its size.
         let e = check(&b"hi"[..], &d).unwrap_err();
-        assert_eq!(e.to_string(), "has 2 bytes, expected 5");
+        assert_eq!(e.to_string(), format!("hashes to {}", Digest::of(b"hi")));
+        let e = check(&b"hello"[..], &short).unwrap_err();
+        assert_eq!(e.to_string(), "has 5 bytes, expected 4");
         // Without a size, only the digest is checked.
         let unsized_d = Descriptor { size: None, ..d };
         assert!(unsized_d.check_bytes(b"hello").is_ok());

@@ -183,6 +183,15 @@ pub enum BlobError {
     },
 }
 
+/// The error of a walk over a layout, for a reader to put in its own.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+}
+
 /// The blobs of an OCI image layout, opened through [`files`] (never
 /// through a symbolic link) and checked against their descriptors (size,
 /// then digest). `E` is the reader's error.

@@ -100,6 +100,14 @@ pub struct Previous {
     pub images: BTreeMap<Platform, Vec<Vec<String>>>,
 }
 
+impl From<crate::oci::previous::PreviousLayers> for Previous {
+    fn from(read: crate::oci::previous::PreviousLayers) -> Previous {
+        Previous {
+            images: read.images,
+        }
+    }
+}
+
 /// How to layer, beyond the budget.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Layering {
