@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{usage, UsageError};
 use crate::closure::Closure;
+use crate::error::error_chain;
 use crate::eval::{self, EvalError, Nix};
 use crate::installable::Installable;
 use crate::layer::{cache, Cache, CacheStatus, Compression, LayerOptions};
@@ -20,7 +21,7 @@ use crate::pipeline::{self, BuildRequest, ImageRequest};
 use crate::plan::{Layering, Previous, DEFAULT_MAX_LAYERS};
 use crate::platform::Platform;
 use crate::publish::auth::{self, AuthEnv};
-use crate::publish::client::{error_chain, Client, ClientOptions, TimeBounds};
+use crate::publish::client::{Client, ClientOptions, TimeBounds};
 use crate::publish::fetch;
 use crate::publish::reference::{names_registry, valid_registry, Reference};
 use crate::spec::{self, ImageSpec};

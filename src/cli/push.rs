@@ -7,9 +7,10 @@ use anyhow::Context;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 use super::usage;
+use crate::error::error_chain;
 use crate::oci::layout::LayoutArg;
 use crate::publish::auth::{self, AuthEnv};
-use crate::publish::client::{error_chain, Client, ClientOptions, TimeBounds};
+use crate::publish::client::{Client, ClientOptions, TimeBounds};
 use crate::publish::push::{self, Event, PushOptions};
 use crate::publish::reference::{tag_from_ref_name, valid_repository, Reference};
 use crate::publish::source::read_image;
