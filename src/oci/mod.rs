@@ -1,10 +1,15 @@
 //! OCI image layouts: the documents (config, manifest, index), their
 //! canonical JSON, writing a layout atomically, and verifying one.
 //!
-//! Every reader of a layout or a registry (`verify`, `push`,
-//! `export-static`, `build --previous`) follows two rules kept here:
-//! image indexes nest at most [`MAX_NESTING`] deep, and a file of a layout
-//! is opened through [`files`], never through a symbolic link.
+//! Every reader of a layout or a registry (`verify`, `gc`, `push`,
+//! `export-static`, `build --previous`) reads the one typed model
+//! ([`model`], with the media types of [`media_type`]) through the one
+//! walker ([`walk`]), checks a blob against its descriptor with the one
+//! [`check`], and follows two rules kept here: image indexes nest at most
+//! [`MAX_NESTING`] deep, and a file of a layout is opened through
+//! [`files`], never through a symbolic link.
+//!
+//! `oci` imports nothing above it: not `layer`, `plan` or `publish`.
 
 pub mod digest;
 pub mod files;
