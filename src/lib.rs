@@ -2,11 +2,12 @@
 //!
 //! The pipeline runs in one direction, one module a stage:
 //! [`eval`] (runs `nix`) -> [`closure`] -> [`plan`] -> [`layer`] -> [`oci`].
-//! [`store_path`] and [`platform`] are the values they share, [`cli`] the
-//! command line.
+//! [`store_path`] and [`platform`] are the values they share, [`error`]
+//! how errors read, [`cli`] the command line.
 
 pub mod cli;
 pub mod closure;
+pub mod error;
 pub mod eval;
 pub mod installable;
 pub mod layer;

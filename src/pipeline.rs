@@ -287,8 +287,10 @@ pub fn build(req: &BuildRequest, events: &Events) -> Result<BuildReport, BuildEr
     for image_plan in &plan.images {
         let request = &req.plan.images[&image_plan.platform];
         let layers: Vec<&BuiltLayer> = image_plan.layers.iter().map(|&i| &built[i]).collect();
-        let config = image::config_blob(&image_plan.platform, &request.run, &layers, &req.created)?;
-        let manifest = image::manifest_blob(&config, &layers, &req.annotations)?;
+        let described: Vec<image::Layer> = layers.iter().map(|l| l.oci_layer()).collect();
+        let config =
+            image::config_blob(&image_plan.platform, &request.run, &described, &req.created)?;
+        let manifest = image::manifest_blob(&config, &described, &req.annotations)?;
         layout.write_blob(&config)?;
         layout.write_blob(&manifest)?;
         platforms.push(PlatformReport {

@@ -7,8 +7,8 @@ use anyhow::Context;
 
 use super::flags::human_bytes;
 use super::{usage, Classify};
+use crate::error::error_chain;
 use crate::oci::layout::LayoutArg;
-use crate::publish::client::error_chain;
 use crate::publish::reference::tag_from_ref_name;
 use crate::publish::source::read_image;
 use crate::publish::static_export::{self, CADDY_FILE, NGINX_FILE, OBJECTS_FILE};

@@ -8,8 +8,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::flags::{human_bytes, ByteSize, RegistryArgs};
 use super::{usage, Classify};
+use crate::error::error_chain;
 use crate::oci::layout::LayoutArg;
-use crate::publish::client::{error_chain, Client, ClientOptions};
+use crate::publish::client::{Client, ClientOptions};
 use crate::publish::push::{self, Event, PushOptions};
 use crate::publish::reference::{tag_from_ref_name, valid_repository, Reference};
 use crate::publish::source::read_image;

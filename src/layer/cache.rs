@@ -29,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -699,35 +699,15 @@ fn file_name(path: &Path) -> String {
 }
 
 /// Checks that `path` is a regular file of `size` bytes hashing to
-/// `digest`. `Ok(false)` when it does not exist; `Err` says what is wrong.
-pub fn check_blob(path: &Path, size: u64, digest: &Digest) -> Result<bool, String> {
-    // Never through a symlink: what it points at is not this blob.
-    let (mut file, meta) = match crate::oci::files::open_no_follow(path) {
-        Ok(opened) => opened,
-        Err(e) if e.is_not_found() => return Ok(false),
-        Err(crate::oci::files::FileError::Io { source, .. }) => {
-            return Err(format!("cannot be read ({source})"))
-        }
-        Err(e) => return Err(format!("is not a plain file ({e})")),
-    };
-    if meta.len() != size {
-        return Err(format!("has {} bytes, expected {size}", meta.len()));
-    }
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("cannot be read ({e})")),
-        }
-    }
-    let found = Digest::from_sha256(hasher.finalize().into());
-    if found != *digest {
-        return Err(format!("hashes to {found}"));
-    }
-    Ok(true)
+/// `digest`, with the one check of `oci`. `Ok(false)` when it does not
+/// exist; the error says what is wrong.
+pub fn check_blob(
+    path: &Path,
+    size: u64,
+    digest: &Digest,
+) -> Result<bool, crate::oci::files::FileCheckError> {
+    let d = crate::oci::Descriptor::new(crate::oci::MediaType::default(), digest.clone(), size);
+    crate::oci::files::check_file(path, &d)
 }
 
 /// Makes `to` a hard link to `from`, else a copy of it, atomically

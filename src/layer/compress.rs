@@ -37,12 +37,8 @@ const WINDOW: usize = 32 * 1024;
 /// The gzip header's OS byte: 255, "unknown".
 pub const GZIP_OS_UNKNOWN: u8 = 255;
 
-/// The media type of a gzip-compressed tar layer.
-pub const MEDIA_TYPE_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-/// The media type of a zstd-compressed tar layer.
-pub const MEDIA_TYPE_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-/// The media type of an uncompressed tar layer.
-pub const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// The layer media types, which live with the other OCI media types.
+pub use crate::oci::media_type::{MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD};
 
 /// Bytes per libzstd job: its multithreaded output depends on this, not
 /// on the number of workers. 2 MiB (libzstd's default at level 3 is 8 MiB)

@@ -78,6 +78,19 @@ pub struct BuiltLayer {
     pub media_type: String,
 }
 
+impl BuiltLayer {
+    /// The layer as the image's documents name it.
+    pub fn oci_layer(&self) -> crate::oci::image::Layer<'_> {
+        crate::oci::image::Layer {
+            media_type: &self.media_type,
+            digest: &self.digest,
+            size: self.size,
+            diff_id: &self.diff_id,
+            store_paths: &self.store_paths,
+        }
+    }
+}
+
 /// A layer of [`build_layers`] and where its blob came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

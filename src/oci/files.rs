@@ -13,10 +13,11 @@
 //! and may be a symbolic link.
 
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use super::model::{check, CheckError, Descriptor, Mismatch};
 use super::Digest;
 
 /// Why a file of a layout was not opened.
@@ -119,6 +120,37 @@ pub fn read(layout: &Path, rel: impl AsRef<Path>) -> Result<Vec<u8>, FileError> 
     Ok(bytes)
 }
 
+/// Why a file is not the blob a descriptor names.
+#[derive(Debug, thiserror::Error)]
+pub enum FileCheckError {
+    /// A symbolic link, a directory, a FIFO…
+    #[error("is not a plain file ({0})")]
+    NotAFile(FileError),
+    #[error("cannot be read ({0})")]
+    Unreadable(io::Error),
+    #[error(transparent)]
+    Mismatch(#[from] Mismatch),
+}
+
+/// Checks the file `path` against `d` with the one [`check`]: its size
+/// first (from its metadata), then its content. Never through a symbolic
+/// link: what it points at is not this blob. `Ok(false)` when there is no
+/// such file.
+pub fn check_file(path: &Path, d: &Descriptor) -> Result<bool, FileCheckError> {
+    let (file, meta) = match open_no_follow(path) {
+        Ok(opened) => opened,
+        Err(e) if e.is_not_found() => return Ok(false),
+        Err(FileError::Io { source, .. }) => return Err(FileCheckError::Unreadable(source)),
+        Err(e) => return Err(FileCheckError::NotAFile(e)),
+    };
+    d.check_size(meta.len())?;
+    match check(BufReader::with_capacity(256 << 10, file), d) {
+        Ok(()) => Ok(true),
+        Err(CheckError::Mismatch(m)) => Err(m.into()),
+        Err(CheckError::Read(e)) => Err(FileCheckError::Unreadable(e)),
+    }
+}
+
 /// Refuses a layout whose `oci-layout`, `index.json`, `blobs` or
 /// `blobs/sha256` is a symbolic link or of the wrong kind. What is missing
 /// is left for the reader to report.
@@ -204,6 +236,40 @@ mod tests {
         let link = tmp.path().join("link.oci");
         symlink(&layout, &link).unwrap();
         assert_eq!(read(&link, "oci-layout").unwrap(), b"{}");
+    }
+
+    #[test]
+    fn a_file_is_checked_against_its_descriptor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("blob");
+        let d = Descriptor::new("", Digest::of(b"hello"), 5);
+        assert!(!check_file(&path, &d).unwrap());
+        fs::write(&path, b"hello").unwrap();
+        assert!(check_file(&path, &d).unwrap());
+        fs::write(&path, b"hell").unwrap();
+        let e = check_file(&path, &d).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FileCheckError::Mismatch(Mismatch::Size {
+                    expected: 5,
+                    found: 4
+                })
+            ),
+            "{e}"
+        );
+        assert_eq!(e.to_string(), "has 4 bytes, expected 5");
+        fs::write(&path, b"jello").unwrap();
+        let e = check_file(&path, &d).unwrap_err();
+        assert_eq!(e.to_string(), format!("hashes to {}", Digest::of(b"jello")));
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let e = check_file(&link, &d).unwrap_err();
+        assert!(
+            matches!(e, FileCheckError::NotAFile(FileError::Symlink(_))),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("is not a plain file ("), "{e}");
     }
 
     #[test]

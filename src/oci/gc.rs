@@ -15,15 +15,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use serde_json::Value;
 
 use super::files::{self, FileError};
-use super::image::{
-    MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
-};
 use super::layout::{self, LayoutError};
+use super::model::{parse, Descriptor, Index, Invalid, Manifest};
 use super::temp;
-use super::{check_nesting, Digest};
+use super::walk::{self, At, BlobError, LayoutBlobs, Visitor};
+use super::Digest;
 
 /// The most bytes an index or manifest may have.
 const MAX_DOCUMENT: u64 = 4 << 20;
@@ -52,6 +50,37 @@ impl GcError {
     }
 }
 
+impl From<Invalid> for GcError {
+    fn from(e: Invalid) -> Self {
+        GcError::Invalid {
+            what: e.what,
+            problem: e.problem,
+        }
+    }
+}
+
+impl From<BlobError> for GcError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::File { source, .. } => GcError::File(source),
+            BlobError::Mismatch {
+                kind,
+                digest,
+                mismatch,
+            } => invalid(format!("{} {digest}", kind.what()), mismatch.to_string()),
+            BlobError::TooLarge {
+                kind,
+                digest,
+                limit,
+            } => invalid(
+                format!("{} {digest}", kind.what()),
+                format!("larger than {limit} bytes"),
+            ),
+            BlobError::Io { path, source } => GcError::Io { path, source },
+        }
+    }
+}
+
 fn invalid(what: impl Into<String>, problem: impl Into<String>) -> GcError {
     GcError::Invalid {
         what: what.into(),
@@ -59,72 +88,63 @@ fn invalid(what: impl Into<String>, problem: impl Into<String>) -> GcError {
     }
 }
 
-/// Reads a small JSON document of the layout `dir` (`rel`: `index.json`
-/// or a blob) without following a symlink.
-fn read_document(dir: &Path, rel: &Path, what: &str) -> Result<Value, GcError> {
-    let (file, _) = files::open(dir, rel)?;
+/// Reads the layout's `index.json` without following a symlink.
+fn read_top_index(dir: &Path) -> Result<Index, GcError> {
+    let (file, _) = files::open(dir, "index.json")?;
     let mut bytes = Vec::new();
     file.take(MAX_DOCUMENT + 1)
         .read_to_end(&mut bytes)
         .map_err(|source| GcError::Io {
-            path: dir.join(rel),
+            path: dir.join("index.json"),
             source,
         })?;
     if bytes.len() as u64 > MAX_DOCUMENT {
-        return Err(invalid(what, format!("larger than {MAX_DOCUMENT} bytes")));
+        return Err(invalid(
+            "index.json",
+            format!("larger than {MAX_DOCUMENT} bytes"),
+        ));
     }
-    serde_json::from_slice(&bytes).map_err(|e| invalid(what, format!("not valid JSON ({e})")))
+    Ok(parse(&bytes, "index.json")?)
 }
 
-fn descriptors<'a>(v: &'a Value, field: &str) -> impl Iterator<Item = &'a Value> {
-    v[field].as_array().into_iter().flatten()
+/// The visitor that notes every digest a walk reaches.
+#[derive(Default)]
+struct Reach {
+    seen: BTreeSet<Digest>,
 }
 
-fn digest_of(d: &Value, what: &str) -> Result<Digest, GcError> {
-    d["digest"]
-        .as_str()
-        .ok_or_else(|| invalid(what, "a descriptor has no digest"))?
-        .parse()
-        .map_err(|e: super::digest::DigestError| invalid(what, e.to_string()))
+impl Visitor<LayoutBlobs<GcError>> for Reach {
+    fn enter(&mut self, d: &Descriptor, _: At<'_>) -> Result<bool, GcError> {
+        Ok(self.seen.insert(d.digest.clone()))
+    }
+
+    fn manifest(
+        &mut self,
+        _: &Descriptor,
+        m: &Manifest,
+        _: Vec<u8>,
+        _: At<'_>,
+        _: &mut LayoutBlobs<GcError>,
+    ) -> Result<(), GcError> {
+        for d in m.config.iter().chain(m.layers.iter().flatten()) {
+            self.seen.insert(d.digest.clone());
+        }
+        Ok(())
+    }
 }
 
 /// Every blob that `index.json` of the layout `dir` reaches: indexes,
 /// manifests, configs and layers. A reached index or manifest that is
-/// missing is an error; a missing config or layer is not (`verify` says
-/// so), it is simply not there to keep.
+/// missing (or not what its descriptor says) is an error; a missing config
+/// or layer is not (`verify` says so), it is simply not there to keep.
 pub fn reachable(dir: &Path) -> Result<BTreeSet<Digest>, GcError> {
-    let mut seen = BTreeSet::new();
-    // (document, its name, depth)
-    let mut pending = vec![(
-        read_document(dir, Path::new("index.json"), "index.json")?,
-        "index.json".to_owned(),
-        0,
-    )];
-    while let Some((doc, what, depth)) = pending.pop() {
-        let children = descriptors(&doc, "manifests");
-        let config = doc.get("config").into_iter();
-        for d in children.chain(config).chain(descriptors(&doc, "layers")) {
-            let digest = digest_of(d, &what)?;
-            if !seen.insert(digest.clone()) {
-                continue;
-            }
-            let media_type = d["mediaType"].as_str().unwrap_or_default();
-            let nested = [
-                MEDIA_TYPE_INDEX,
-                MEDIA_TYPE_DOCKER_LIST,
-                MEDIA_TYPE_MANIFEST,
-                MEDIA_TYPE_DOCKER_MANIFEST,
-            ]
-            .contains(&media_type);
-            if nested {
-                check_nesting(depth).map_err(|e| invalid(&what, e.to_string()))?;
-                let name = format!("blob {digest}");
-                let child = read_document(dir, &files::blob_path(&digest), &name)?;
-                pending.push((child, name, depth + 1));
-            }
-        }
+    let top = read_top_index(dir)?;
+    let mut source = LayoutBlobs::new(dir).with_limit(MAX_DOCUMENT);
+    let mut reach = Reach::default();
+    for entry in top.manifests.iter().flatten() {
+        walk::walk(&mut source, entry, &mut reach)?;
     }
-    Ok(seen)
+    Ok(reach.seen)
 }
 
 /// A blob that no tag reaches.
@@ -224,6 +244,7 @@ pub fn collect(
 mod tests {
     use super::super::image::Blob;
     use super::super::layout::Layout;
+    use super::super::media_type::{MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
     use super::*;
 
     #[test]

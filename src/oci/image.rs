@@ -12,17 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use super::json::to_canonical_vec;
 use super::Digest;
-use crate::layer::BuiltLayer;
 use crate::platform::Platform;
+use crate::store_path::StorePath;
 
-pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-/// Docker's manifest list, read like an image index where layouts hold one.
-pub const MEDIA_TYPE_DOCKER_LIST: &str =
-    "application/vnd.docker.distribution.manifest.list.v2+json";
-/// Docker's image manifest, read like an OCI manifest.
-pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub use super::media_type::{
+    MEDIA_TYPE_CONFIG, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_INDEX,
+    MEDIA_TYPE_MANIFEST,
+};
 
 /// The annotation that names a tag in `index.json`.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -199,14 +195,28 @@ fn media_type(m: &str) -> MediaType {
     MediaType::from(m)
 }
 
+/// A layer as an image's documents name it: its blob, its uncompressed
+/// content's digest and the store paths it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layer<'a> {
+    pub media_type: &'a str,
+    /// The digest of the blob.
+    pub digest: &'a Digest,
+    /// The size of the blob.
+    pub size: u64,
+    /// The digest of the uncompressed tar.
+    pub diff_id: &'a Digest,
+    pub store_paths: &'a [StorePath],
+}
+
 /// The `history` comment of a layer: the store paths it holds.
-pub fn history_comment(layer: &BuiltLayer) -> String {
+pub fn history_comment(layer: &Layer) -> String {
     let names: Vec<&str> = layer.store_paths.iter().map(|p| p.as_str()).collect();
     format!("store paths: {}", names.join(" "))
 }
 
 /// The value of [`ANNOTATION_STORE_PATHS`] for a layer.
-pub fn store_paths_annotation(layer: &BuiltLayer) -> String {
+pub fn store_paths_annotation(layer: &Layer) -> String {
     let names: Vec<&str> = layer.store_paths.iter().map(|p| p.base_name()).collect();
     names.join(" ")
 }
@@ -215,7 +225,7 @@ pub fn store_paths_annotation(layer: &BuiltLayer) -> String {
 pub fn config_blob(
     platform: &Platform,
     run: &RunConfig,
-    layers: &[&BuiltLayer],
+    layers: &[Layer],
     created: &str,
 ) -> Result<Blob, ImageError> {
     let mut cb = ConfigBuilder::default();
@@ -289,7 +299,7 @@ pub fn config_blob(
 /// The manifest of one platform's image.
 pub fn manifest_blob(
     config: &Blob,
-    layers: &[&BuiltLayer],
+    layers: &[Layer],
     annotations: &BTreeMap<String, String>,
 ) -> Result<Blob, ImageError> {
     let config_desc = DescriptorBuilder::default()
@@ -302,8 +312,8 @@ pub fn manifest_blob(
         .iter()
         .map(|l| {
             DescriptorBuilder::default()
-                .media_type(media_type(&l.media_type))
-                .digest(oci_digest(&l.digest)?)
+                .media_type(media_type(l.media_type))
+                .digest(oci_digest(l.digest)?)
                 .size(l.size)
                 .annotations(std::collections::HashMap::from([(
                     ANNOTATION_STORE_PATHS.to_owned(),
@@ -376,6 +386,18 @@ pub struct IndexEntry {
     /// Fields nixoci does not know, kept as they were.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+impl From<&IndexEntry> for super::model::Descriptor {
+    fn from(e: &IndexEntry) -> Self {
+        super::model::Descriptor {
+            media_type: e.media_type.clone().into(),
+            digest: e.digest.clone(),
+            size: Some(e.size),
+            platform: None,
+            annotations: e.annotations.clone(),
+        }
+    }
 }
 
 impl IndexEntry {
@@ -579,12 +601,31 @@ mod tests {
         assert!(check_key_values("--annotation", &annotations).is_err());
     }
 
+    use super::super::media_type::MEDIA_TYPE_TAR_GZIP;
     use super::*;
-    use crate::layer::MEDIA_TYPE_TAR_GZIP;
-    use crate::store_path::StorePath;
 
-    fn layer(n: u8) -> BuiltLayer {
-        BuiltLayer {
+    /// What a [`Layer`] borrows.
+    struct Built {
+        store_paths: Vec<StorePath>,
+        diff_id: Digest,
+        digest: Digest,
+        size: u64,
+    }
+
+    impl Built {
+        fn layer(&self) -> Layer<'_> {
+            Layer {
+                media_type: MEDIA_TYPE_TAR_GZIP,
+                digest: &self.digest,
+                size: self.size,
+                diff_id: &self.diff_id,
+                store_paths: &self.store_paths,
+            }
+        }
+    }
+
+    fn layer(n: u8) -> Built {
+        Built {
             store_paths: vec![StorePath::from_absolute(&format!(
                 "/nix/store/{}-p{n}",
                 "a".repeat(32)
@@ -593,7 +634,6 @@ mod tests {
             diff_id: Digest::of(&[n]),
             digest: Digest::of(&[n, n]),
             size: 100 + u64::from(n),
-            media_type: MEDIA_TYPE_TAR_GZIP.into(),
         }
     }
 
@@ -609,7 +649,8 @@ mod tests {
             ..RunConfig::default()
         };
         let p: Platform = "linux/arm64".parse().unwrap();
-        let blob = config_blob(&p, &run, &[&l1, &l2], "1970-01-01T00:00:00Z").unwrap();
+        let blob =
+            config_blob(&p, &run, &[l1.layer(), l2.layer()], "1970-01-01T00:00:00Z").unwrap();
         let v: serde_json::Value = serde_json::from_slice(&blob.bytes).unwrap();
         assert_eq!(v["architecture"], "arm64");
         assert_eq!(v["os"], "linux");
@@ -634,8 +675,14 @@ mod tests {
         let l1 = layer(1);
         let amd: Platform = "linux/amd64".parse().unwrap();
         let arm: Platform = "linux/arm64".parse().unwrap();
-        let cfg = config_blob(&amd, &RunConfig::default(), &[&l1], "1970-01-01T00:00:00Z").unwrap();
-        let m = manifest_blob(&cfg, &[&l1], &BTreeMap::new()).unwrap();
+        let cfg = config_blob(
+            &amd,
+            &RunConfig::default(),
+            &[l1.layer()],
+            "1970-01-01T00:00:00Z",
+        )
+        .unwrap();
+        let m = manifest_blob(&cfg, &[l1.layer()], &BTreeMap::new()).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap();
         assert_eq!(v["schemaVersion"], 2);
         assert_eq!(v["mediaType"], MEDIA_TYPE_MANIFEST);

@@ -1,10 +1,12 @@
 //! The layers of a previous build, read back from its image documents for
 //! `nixoci build --previous`: for each platform, the store paths of each
-//! layer, bottom first, as a [`Previous`].
+//! layer, bottom first, as [`PreviousLayers`] (which `plan` takes as its
+//! `Previous`).
 //!
-//! [`from_documents`] is the one reader of those documents, whatever they
-//! come from: [`read`] gives it the blobs of an OCI image layout
-//! (`LAYOUT[:TAG]`), `publish::fetch` the answers of a registry.
+//! [`from_documents`] is the one reader of those documents, a visitor of
+//! the one walker ([`super::walk`]) whatever the blobs come from: [`read`]
+//! walks an OCI image layout (`LAYOUT[:TAG]`), `publish::fetch` a
+//! registry.
 //!
 //! Each layer descriptor of a manifest nixoci writes carries
 //! `dev.nixoci.store-paths` ([`ANNOTATION_STORE_PATHS`]): the layer's store
@@ -13,20 +15,16 @@
 //! are read instead, when there is one per layer. A platform whose layers
 //! say neither is left out, and planned from scratch.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::PathBuf;
 
-use serde_json::Value;
-
 use super::files::{self, FileError};
-use super::image::{
-    ANNOTATION_STORE_PATHS, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_INDEX,
-    MEDIA_TYPE_MANIFEST,
-};
+use super::image::ANNOTATION_STORE_PATHS;
 use super::layout::{tagged_entry, LayoutArg, TagError};
-use super::{check_nesting, Digest};
-use crate::plan::Previous;
+use super::model::{parse, Descriptor, ImageConfig, Manifest};
+use super::walk::{self, At, BlobError, BlobSource, Kind, LayoutBlobs, ReadError, Visitor};
 use crate::platform::Platform;
 
 /// Why the previous image could not be read from a layout.
@@ -44,12 +42,20 @@ pub enum PreviousError {
     },
 }
 
+/// The layers of a previous image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreviousLayers {
+    /// Per platform, the image's layers bottom first, each as the base
+    /// names (`HASH-NAME`) of its store paths.
+    pub images: BTreeMap<Platform, Vec<Vec<String>>>,
+}
+
 /// What was read from a layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreviousImage {
     pub layout: PathBuf,
     pub tag: Option<String>,
-    pub previous: Previous,
+    pub previous: PreviousLayers,
     /// Platforms of the image whose layers name no store paths.
     pub unknown: Vec<String>,
 }
@@ -57,123 +63,68 @@ pub struct PreviousImage {
 /// What the documents of an image say about its layers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageLayers {
-    pub previous: Previous,
+    pub previous: PreviousLayers,
     /// Platforms of the image whose layers name no store paths, sorted.
     pub unknown: Vec<String>,
 }
 
-/// Which document [`from_documents`] asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Index,
-    Manifest,
-    Config,
-}
-
-impl Kind {
-    /// Its name in messages.
-    pub fn what(self) -> &'static str {
-        match self {
-            Kind::Index => "image index",
-            Kind::Manifest => "manifest",
-            Kind::Config => "config",
-        }
-    }
-}
-
-/// Why [`from_documents`] failed: a document is not what it should be, or
-/// getting one failed (`E`, the getter's error).
-#[derive(Debug)]
-pub enum DocumentsError<E> {
-    Invalid { what: String, problem: String },
-    Fetch(E),
-}
-
-/// Gets a document by its digest; the size is what its descriptor says.
-pub type Fetch<'a, E> = dyn FnMut(Kind, &Digest, Option<u64>) -> Result<Vec<u8>, E> + 'a;
-
-struct Reader<'a, 'f, E> {
-    fetch: &'a mut Fetch<'f, E>,
+/// The visitor that finds each platform's layers.
+#[derive(Default)]
+struct Reader {
     found: ImageLayers,
 }
 
-fn invalid<E>(what: impl Into<String>, problem: impl Into<String>) -> DocumentsError<E> {
-    DocumentsError::Invalid {
-        what: what.into(),
-        problem: problem.into(),
-    }
+/// The config a manifest names, parsed.
+fn config<S: BlobSource>(
+    source: &mut S,
+    manifest: &Manifest,
+    what: &str,
+) -> Result<ImageConfig, S::Error> {
+    let d = manifest.config(what)?;
+    let bytes = source.read(Kind::Config, d)?;
+    Ok(parse(
+        &bytes,
+        &format!("{} {}", Kind::Config.what(), d.digest),
+    )?)
 }
 
-impl<E> Reader<'_, '_, E> {
-    /// The document a descriptor names, parsed.
-    fn document(&mut self, d: &Value, kind: Kind) -> Result<Value, DocumentsError<E>> {
-        let what = kind.what();
-        let digest: Digest = d["digest"]
-            .as_str()
-            .ok_or_else(|| invalid(what, "a descriptor has no digest"))?
-            .parse()
-            .map_err(|e: super::digest::DigestError| invalid(what, e.to_string()))?;
-        let bytes =
-            (self.fetch)(kind, &digest, d["size"].as_u64()).map_err(DocumentsError::Fetch)?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| invalid(format!("{what} {digest}"), format!("not valid JSON ({e})")))
-    }
+impl<S: BlobSource> Visitor<S> for Reader {
+    // Attestations, signatures and other artifacts have no layers of
+    // ours: `other` ignores them.
 
-    fn descriptor(&mut self, d: &Value, depth: usize) -> Result<(), DocumentsError<E>> {
-        let media_type = d["mediaType"].as_str().unwrap_or_default();
-        match media_type {
-            MEDIA_TYPE_INDEX | MEDIA_TYPE_DOCKER_LIST => {
-                check_nesting(depth).map_err(|e| invalid("image index", e.to_string()))?;
-                let index = self.document(d, Kind::Index)?;
-                let children = index["manifests"]
-                    .as_array()
-                    .ok_or_else(|| invalid("image index", "no manifests array"))?;
-                for child in children {
-                    self.descriptor(child, depth + 1)?;
-                }
-                Ok(())
-            }
-            MEDIA_TYPE_MANIFEST | MEDIA_TYPE_DOCKER_MANIFEST => self.manifest(d),
-            // Attestations, signatures and other artifacts have no layers
-            // of ours.
-            _ => Ok(()),
-        }
-    }
-
-    fn manifest(&mut self, d: &Value) -> Result<(), DocumentsError<E>> {
-        let manifest = self.document(d, Kind::Manifest)?;
+    fn manifest(
+        &mut self,
+        d: &Descriptor,
+        manifest: &Manifest,
+        _bytes: Vec<u8>,
+        _at: At<'_>,
+        source: &mut S,
+    ) -> Result<(), S::Error> {
+        let what = format!("{} {}", Kind::Manifest.what(), d.digest);
         // The config is read only when the manifest leaves a question.
-        let mut config: Option<Value> = None;
+        let mut read: Option<ImageConfig> = None;
         // The platform: the index's word for it, else the config's.
-        let p = match d.get("platform") {
+        let p = match &d.platform {
             Some(p) => p.clone(),
-            None => config
-                .insert(self.document(&manifest["config"], Kind::Config)?)
-                .clone(),
+            None => read.insert(config(source, manifest, &what)?).platform(),
         };
-        let name = match (p["os"].as_str(), p["architecture"].as_str()) {
-            (Some(os), Some(arch)) => match p["variant"].as_str() {
-                Some(v) => format!("{os}/{arch}/{v}"),
-                None => format!("{os}/{arch}"),
-            },
-            _ => return Ok(()),
+        let Some(name) = p.name() else {
+            return Ok(());
         };
         let Ok(platform) = name.parse::<Platform>() else {
             return Ok(());
         };
-        let layers = manifest["layers"]
-            .as_array()
-            .ok_or_else(|| invalid("manifest", "no layers array"))?;
+        let layers = manifest.layers(&what)?;
         let from_annotations: Option<Vec<Vec<String>>> = layers
             .iter()
-            .map(|l| l["annotations"][ANNOTATION_STORE_PATHS].as_str().map(names))
+            .map(|l| l.annotation(ANNOTATION_STORE_PATHS).map(names))
             .collect();
         let found = match from_annotations {
             Some(found) => Some(found),
             None => {
-                let config = match config {
+                let config = match read {
                     Some(c) => c,
-                    None => self.document(&manifest["config"], Kind::Config)?,
+                    None => config(source, manifest, &what)?,
                 };
                 from_history(&config, layers.len())
             }
@@ -190,11 +141,12 @@ impl<E> Reader<'_, '_, E> {
 
 /// The store paths of each layer from the config's `history` comments,
 /// when there is one per layer.
-fn from_history(config: &Value, layers: usize) -> Option<Vec<Vec<String>>> {
-    let history: Vec<&Value> = config["history"]
-        .as_array()?
+fn from_history(config: &ImageConfig, layers: usize) -> Option<Vec<Vec<String>>> {
+    let history: Vec<_> = config
+        .history
+        .as_ref()?
         .iter()
-        .filter(|h| h["empty_layer"] != true)
+        .filter(|h| h.empty_layer != Some(true))
         .collect();
     if history.len() != layers {
         return None;
@@ -202,8 +154,8 @@ fn from_history(config: &Value, layers: usize) -> Option<Vec<Vec<String>>> {
     history
         .iter()
         .map(|h| {
-            h["comment"]
-                .as_str()?
+            h.comment
+                .as_deref()?
                 .strip_prefix("store paths: ")
                 .map(names)
         })
@@ -219,18 +171,13 @@ fn names(list: &str) -> Vec<String> {
 }
 
 /// The layers of the image `root` names (the descriptor a tag points at:
-/// an image index or a manifest), per platform. `fetch` gets each
-/// document it asks for by digest; checking the bytes against the digest
-/// is the getter's part.
-pub fn from_documents<E>(
-    root: &Value,
-    fetch: &mut Fetch<'_, E>,
-) -> Result<ImageLayers, DocumentsError<E>> {
-    let mut reader = Reader {
-        fetch,
-        found: ImageLayers::default(),
-    };
-    reader.descriptor(root, 0)?;
+/// an image index or a manifest), per platform, read from `source`.
+pub fn from_documents<S: BlobSource>(
+    source: &mut S,
+    root: &Descriptor,
+) -> Result<ImageLayers, S::Error> {
+    let mut reader = Reader::default();
+    walk::walk(source, root, &mut reader)?;
     let mut found = reader.found;
     found.unknown.sort();
     found.unknown.dedup();
@@ -242,21 +189,31 @@ pub fn read(arg: &str) -> Result<PreviousImage, PreviousError> {
     let LayoutArg { dir, tag } = LayoutArg::parse(arg)?;
     files::check_layout(&dir)?;
     let entry = tagged_entry(&dir, tag.as_deref())?;
-    let entry = serde_json::to_value(&entry).map_err(|e| PreviousError::Invalid {
+    let mut blobs = LayoutBlobs::<ReadError>::new(&dir);
+    let invalid = |what: String, problem: String| PreviousError::Invalid {
         layout: dir.clone(),
-        what: "index.json".into(),
-        problem: e.to_string(),
-    })?;
-    let mut fetch = |_: Kind, digest: &Digest, _: Option<u64>| {
-        files::read(&dir, files::blob_path(digest)).map_err(PreviousError::File)
+        what,
+        problem,
     };
-    let found = from_documents(&entry, &mut fetch).map_err(|e| match e {
-        DocumentsError::Invalid { what, problem } => PreviousError::Invalid {
-            layout: dir.clone(),
-            what,
-            problem,
-        },
-        DocumentsError::Fetch(e) => e,
+    let found = from_documents(&mut blobs, &Descriptor::from(&entry)).map_err(|e| match e {
+        ReadError::Invalid(e) => invalid(e.what, e.problem),
+        ReadError::Blob(BlobError::File { source, .. }) => PreviousError::File(source),
+        ReadError::Blob(BlobError::Io { path, source }) => {
+            PreviousError::File(FileError::Io { path, source })
+        }
+        ReadError::Blob(BlobError::Mismatch {
+            kind,
+            digest,
+            mismatch,
+        }) => invalid(format!("{} {digest}", kind.what()), mismatch.to_string()),
+        ReadError::Blob(BlobError::TooLarge {
+            kind,
+            digest,
+            limit,
+        }) => invalid(
+            format!("{} {digest}", kind.what()),
+            format!("larger than {limit} bytes"),
+        ),
     })?;
     Ok(PreviousImage {
         layout: dir,
@@ -300,13 +257,19 @@ impl PreviousError {
 mod tests {
     use std::path::Path;
 
+    use serde_json::Value;
+
+    use super::super::media_type::{MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+    use super::super::model::Invalid;
+    use super::super::Digest;
     use super::*;
 
-    fn write_blob(dir: &Path, v: &Value) -> Value {
+    /// Writes a blob; its digest and size.
+    fn write_blob(dir: &Path, v: &Value) -> (Value, usize) {
         let bytes = serde_json::to_vec(v).unwrap();
         let d = Digest::of(&bytes);
         fs::write(dir.join("blobs/sha256").join(d.hex()), &bytes).unwrap();
-        Value::String(d.as_str().to_owned())
+        (Value::String(d.as_str().to_owned()), bytes.len())
     }
 
     /// A layout whose amd64 manifest has annotations and whose arm64
@@ -317,45 +280,46 @@ mod tests {
         fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
         fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
         let layer = |ann: Option<&str>| {
-            let mut l = serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": format!("sha256:{}", "0".repeat(64)), "size": 1});
-            if let Some(a) = ann {
-                l["annotations"] = serde_json::json!({ ANNOTATION_STORE_PATHS: a });
-            }
-            l
+            let annotations = match ann {
+                Some(a) => serde_json::json!({ ANNOTATION_STORE_PATHS: a }),
+                None => serde_json::json!({}),
+            };
+            serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": format!("sha256:{}", "0".repeat(64)), "size": 1,
+                "annotations": annotations})
         };
-        let amd_cfg = write_blob(
+        let (amd_cfg, _) = write_blob(
             dir,
             &serde_json::json!({"os": "linux", "architecture": "amd64"}),
         );
-        let amd = write_blob(
+        let (amd, amd_size) = write_blob(
             dir,
             &serde_json::json!({"schemaVersion": 2, "config": {"digest": amd_cfg},
                 "layers": [layer(Some("aaa-libc bbb-zlib")), layer(Some("ccc-app"))]}),
         );
-        let arm_cfg = write_blob(
+        let (arm_cfg, _) = write_blob(
             dir,
             &serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8",
                 "history": [{"comment": "store paths: /nix/store/ddd-libc"},
                             {"comment": "store paths: /nix/store/eee-app /nix/store/fff-data"}]}),
         );
-        let arm = write_blob(
+        let (arm, arm_size) = write_blob(
             dir,
             &serde_json::json!({"schemaVersion": 2, "config": {"digest": arm_cfg},
                 "layers": [layer(None), layer(None)]}),
         );
-        let index = write_blob(
+        let (index, index_size) = write_blob(
             dir,
             &serde_json::json!({"schemaVersion": 2, "manifests": [
-                {"mediaType": MEDIA_TYPE_MANIFEST, "digest": amd, "size": 1,
+                {"mediaType": MEDIA_TYPE_MANIFEST, "digest": amd, "size": amd_size,
                  "platform": {"os": "linux", "architecture": "amd64"}},
-                {"mediaType": MEDIA_TYPE_MANIFEST, "digest": arm, "size": 1,
+                {"mediaType": MEDIA_TYPE_MANIFEST, "digest": arm, "size": arm_size,
                  "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}]}),
         );
         fs::write(
             dir.join("index.json"),
             serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [
-                {"mediaType": MEDIA_TYPE_INDEX, "digest": index, "size": 1,
+                {"mediaType": MEDIA_TYPE_INDEX, "digest": index, "size": index_size,
                  "annotations": {"org.opencontainers.image.ref.name": "app:1"}}]}))
             .unwrap(),
         )
@@ -394,14 +358,14 @@ mod tests {
     fn configs_are_read_only_when_needed() {
         let tmp = layout();
         let dir = tmp.path();
-        let entry: Value =
-            serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let entry = tagged_entry(dir, None).unwrap();
         let mut asked = Vec::new();
-        let mut fetch = |kind: Kind, d: &Digest, _: Option<u64>| {
+        let mut source = Fetch(|kind: Kind, d: &Descriptor| {
             asked.push(kind);
-            fs::read(dir.join("blobs/sha256").join(d.hex()))
-        };
-        let found = from_documents(&entry["manifests"][0], &mut fetch).unwrap();
+            fs::read(dir.join("blobs/sha256").join(d.digest.hex()))
+                .map_err(|e| TestError::Other(e.to_string()))
+        });
+        let found = from_documents(&mut source, &Descriptor::from(&entry)).unwrap();
         assert_eq!(found.previous.images.len(), 2);
         // The amd64 manifest names its store paths: no config for it; the
         // arm64 one needs its history.
@@ -410,11 +374,38 @@ mod tests {
             [Kind::Index, Kind::Manifest, Kind::Manifest, Kind::Config]
         );
         // A getter's error comes back as it was.
-        let mut failing = |_: Kind, _: &Digest, _: Option<u64>| Err("offline");
+        let mut failing = Fetch(|_: Kind, _: &Descriptor| Err(TestError::Other("offline".into())));
         assert!(matches!(
-            from_documents(&entry["manifests"][0], &mut failing),
-            Err(DocumentsError::Fetch("offline"))
+            from_documents(&mut failing, &Descriptor::from(&entry)),
+            Err(TestError::Other(e)) if e == "offline"
         ));
+    }
+
+    /// A source that asks a function.
+    struct Fetch<F>(F);
+
+    impl<F, E> BlobSource for Fetch<F>
+    where
+        F: FnMut(Kind, &Descriptor) -> Result<Vec<u8>, E>,
+        E: From<Invalid>,
+    {
+        type Error = E;
+
+        fn read(&mut self, kind: Kind, d: &Descriptor) -> Result<Vec<u8>, E> {
+            (self.0)(kind, d)
+        }
+    }
+
+    #[derive(Debug)]
+    enum TestError {
+        Invalid(Invalid),
+        Other(String),
+    }
+
+    impl From<Invalid> for TestError {
+        fn from(e: Invalid) -> Self {
+            TestError::Invalid(e)
+        }
     }
 
     #[test]
@@ -439,13 +430,14 @@ mod tests {
         let child = serde_json::json!({"mediaType": MEDIA_TYPE_INDEX, "digest": d, "size": 1});
         let doc = serde_json::to_vec(&serde_json::json!({"manifests": [child]})).unwrap();
         let mut asked = 0;
-        let mut fetch = |_: Kind, _: &Digest, _: Option<u64>| -> Result<Vec<u8>, ()> {
+        let mut fetch = Fetch(|_: Kind, _: &Descriptor| -> Result<Vec<u8>, TestError> {
             asked += 1;
             Ok(doc.clone())
-        };
-        let e = from_documents(&child, &mut fetch).unwrap_err();
+        });
+        let child: Descriptor = serde_json::from_value(child).unwrap();
+        let e = from_documents(&mut fetch, &child).unwrap_err();
         assert!(
-            matches!(&e, DocumentsError::Invalid { problem, .. } if problem == "image indexes nest more than 8 deep"),
+            matches!(&e, TestError::Invalid(Invalid { problem, .. }) if problem == "image indexes nest more than 8 deep"),
             "{e:?}"
         );
         assert_eq!(asked, crate::oci::MAX_NESTING);
@@ -458,9 +450,7 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let blobs = dir.join("blobs/sha256");
         // The image index, which every read reaches.
-        let top: Value =
-            serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
-        let name = top["manifests"][0]["digest"].as_str().unwrap()[7..].to_owned();
+        let name = tagged_entry(dir, None).unwrap().digest.hex().to_owned();
         fs::rename(blobs.join(&name), outside.path().join("blob")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("blob"), blobs.join(&name)).unwrap();
         let e = read(dir.to_str().unwrap()).unwrap_err();

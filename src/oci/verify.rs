@@ -14,12 +14,17 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::Serialize;
-use serde_json::Value;
 
 use super::files::{self, FileError};
-use super::image::{MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
-use super::{check_nesting, Digest, DigestWriter};
-use crate::layer::{MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD};
+use super::media_type::{
+    MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, MEDIA_TYPE_TAR_GZIP,
+    MEDIA_TYPE_TAR_ZSTD,
+};
+use super::model::{
+    json_text, parse, Descriptor, ImageConfig, Index, Invalid, LayoutFile, Manifest, Mismatch,
+};
+use super::walk::{self, At, BlobError, BlobSource, Kind, LayoutBlobs, Visitor};
+use super::{Digest, DigestWriter};
 
 /// The first problem found in a layout.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +68,53 @@ fn file_error(e: FileError, what: impl Into<String>) -> VerifyError {
     }
 }
 
+impl From<Invalid> for VerifyError {
+    fn from(e: Invalid) -> Self {
+        VerifyError::Invalid {
+            what: e.what,
+            problem: e.problem,
+        }
+    }
+}
+
+impl From<BlobError> for VerifyError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::File {
+                kind,
+                digest,
+                source,
+            } => file_error(source, format!("{} {digest}", kind.what())),
+            BlobError::Mismatch {
+                kind,
+                digest,
+                mismatch: Mismatch::Size { expected, found },
+            } => VerifyError::Size {
+                what: format!("{} {digest}", kind.what()),
+                expected,
+                found,
+            },
+            BlobError::Mismatch {
+                digest,
+                mismatch: Mismatch::Digest { found, .. },
+                ..
+            } => VerifyError::Digest {
+                name: digest.hex().to_owned(),
+                found,
+            },
+            BlobError::TooLarge {
+                kind,
+                digest,
+                limit,
+            } => invalid(
+                format!("{} {digest}", kind.what()),
+                format!("larger than {limit} bytes"),
+            ),
+            BlobError::Io { path, source } => VerifyError::Io { path, source },
+        }
+    }
+}
+
 /// What a successful verification looked at.
 #[derive(Debug, Default, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -81,166 +133,148 @@ fn invalid(what: impl Into<String>, problem: impl Into<String>) -> VerifyError {
     }
 }
 
-fn read_json(dir: &Path, what: &str) -> Result<Value, VerifyError> {
+/// Reads and parses the file `what` of the layout `dir`.
+fn read_file<T: serde::de::DeserializeOwned>(dir: &Path, what: &str) -> Result<T, VerifyError> {
     let bytes = files::read(dir, what).map_err(|e| file_error(e, what))?;
-    serde_json::from_slice(&bytes).map_err(|e| invalid(what, format!("not valid JSON ({e})")))
+    Ok(parse(&bytes, what)?)
 }
 
-/// A descriptor as found in an index or manifest.
-struct Desc {
-    media_type: String,
-    digest: Digest,
-    size: u64,
-    platform: Option<Value>,
-}
+type Blobs = LayoutBlobs<VerifyError>;
 
-fn descriptor(v: &Value, what: &str) -> Result<Desc, VerifyError> {
-    let media_type = v["mediaType"]
-        .as_str()
-        .ok_or_else(|| invalid(what, "descriptor has no mediaType"))?
-        .to_owned();
-    let digest: Digest = v["digest"]
-        .as_str()
-        .ok_or_else(|| invalid(what, "descriptor has no digest"))?
-        .parse()
-        .map_err(|e: super::digest::DigestError| invalid(what, e.to_string()))?;
-    let size = v["size"]
-        .as_u64()
-        .ok_or_else(|| invalid(what, "descriptor has no size"))?;
-    Ok(Desc {
-        media_type,
-        digest,
-        size,
-        platform: v.get("platform").cloned(),
-    })
-}
-
-struct Verifier<'a> {
-    layout: &'a Path,
+/// The visitor that checks every index and manifest a tag reaches.
+struct Verifier {
     report: VerifyReport,
-    /// Layers to check against diff_ids: (layer, media type, diff_id, manifest).
-    layer_checks: Vec<(Desc, String, Digest)>,
+    /// Layers to check against diff_ids: (layer, diff_id, manifest).
+    layer_checks: Vec<(Descriptor, String, Digest)>,
     seen_manifests: BTreeSet<Digest>,
     /// Indexes checked, with the least depth they were reached at.
     seen_indexes: BTreeMap<Digest, usize>,
 }
 
-impl Verifier<'_> {
-    fn blob_json(&self, d: &Desc, what: &str) -> Result<Value, VerifyError> {
-        let bytes = files::read(self.layout, files::blob_path(&d.digest))
-            .map_err(|e| file_error(e, format!("{what} {}", d.digest)))?;
-        if bytes.len() as u64 != d.size {
-            return Err(VerifyError::Size {
-                what: format!("{what} {}", d.digest),
-                expected: d.size,
-                found: bytes.len() as u64,
-            });
-        }
-        serde_json::from_slice(&bytes).map_err(|e| {
-            invalid(
-                format!("{what} {}", d.digest),
-                format!("not valid JSON ({e})"),
-            )
-        })
+/// Checks that a document names no other type than its descriptor's.
+fn own_media_type(
+    what: &str,
+    schema_version: Option<u64>,
+    media_type: Option<&super::MediaType>,
+    expected: &str,
+) -> Result<(), VerifyError> {
+    if schema_version != Some(2) {
+        return Err(invalid(what, "schemaVersion is not 2"));
     }
+    match media_type {
+        Some(mt) if mt != expected => Err(invalid(
+            what,
+            format!("mediaType is {}", json_text(Some(mt.as_str()))),
+        )),
+        _ => Ok(()),
+    }
+}
 
-    /// Checks the image index `d`, reached through `depth` indexes.
-    fn index(&mut self, d: &Desc, depth: usize) -> Result<(), VerifyError> {
-        let what = format!("image index {}", d.digest);
-        check_nesting(depth).map_err(|e| invalid(&what, e.to_string()))?;
-        // Checked already, with at least as many levels left below it.
-        if self
-            .seen_indexes
-            .get(&d.digest)
-            .is_some_and(|&at| at <= depth)
-        {
-            return Ok(());
-        }
-        self.seen_indexes.insert(d.digest.clone(), depth);
-        let v = self.blob_json(d, "image index")?;
-        if v["schemaVersion"] != 2 {
-            return Err(invalid(&what, "schemaVersion is not 2"));
-        }
-        if let Some(mt) = v.get("mediaType") {
-            if mt != MEDIA_TYPE_INDEX {
-                return Err(invalid(&what, format!("mediaType is {mt}")));
+impl Visitor<Blobs> for Verifier {
+    fn enter(&mut self, d: &Descriptor, at: At<'_>) -> Result<bool, VerifyError> {
+        let parent = match at.parent {
+            Some(p) => format!("image index {}", p.digest),
+            None => "index.json".to_owned(),
+        };
+        d.complete().map_err(|problem| invalid(&parent, problem))?;
+        match d.media_type.as_str() {
+            MEDIA_TYPE_INDEX => {
+                // Checked already, with at least as many levels left below it.
+                if self
+                    .seen_indexes
+                    .get(&d.digest)
+                    .is_some_and(|&seen| seen <= at.depth)
+                {
+                    return Ok(false);
+                }
+                self.seen_indexes.insert(d.digest.clone(), at.depth);
+                Ok(true)
             }
-        }
-        let manifests = v["manifests"]
-            .as_array()
-            .ok_or_else(|| invalid(&what, "no manifests array"))?;
-        for m in manifests {
-            let md = descriptor(m, &what)?;
-            match md.media_type.as_str() {
-                MEDIA_TYPE_MANIFEST => {
-                    let platform = md.platform.clone().ok_or_else(|| {
-                        invalid(&what, format!("manifest {} has no platform", md.digest))
+            MEDIA_TYPE_MANIFEST => {
+                if at.parent.is_some() {
+                    let platform = d.platform.as_ref().ok_or_else(|| {
+                        invalid(&parent, format!("manifest {} has no platform", d.digest))
                     })?;
-                    for field in ["os", "architecture"] {
-                        if !platform[field].is_string() {
+                    for (field, value) in [
+                        ("os", &platform.os),
+                        ("architecture", &platform.architecture),
+                    ] {
+                        if value.is_none() {
                             return Err(invalid(
-                                &what,
-                                format!("platform of manifest {} has no {field}", md.digest),
+                                &parent,
+                                format!("platform of manifest {} has no {field}", d.digest),
                             ));
                         }
                     }
-                    self.manifest(&md, Some(&platform))?;
                 }
-                MEDIA_TYPE_INDEX => self.index(&md, depth + 1)?,
-                other => {
-                    return Err(invalid(&what, format!("unsupported media type {other}")));
-                }
+                Ok(true)
             }
+            other => Err(invalid(&parent, format!("unsupported media type {other}"))),
         }
-        Ok(())
     }
 
-    fn manifest(&mut self, d: &Desc, platform: Option<&Value>) -> Result<(), VerifyError> {
+    fn index(&mut self, d: &Descriptor, index: &Index) -> Result<(), VerifyError> {
+        let what = format!("image index {}", d.digest);
+        own_media_type(
+            &what,
+            index.schema_version,
+            index.media_type.as_ref(),
+            MEDIA_TYPE_INDEX,
+        )
+    }
+
+    fn manifest(
+        &mut self,
+        d: &Descriptor,
+        m: &Manifest,
+        _bytes: Vec<u8>,
+        _at: At<'_>,
+        blobs: &mut Blobs,
+    ) -> Result<(), VerifyError> {
         let what = format!("manifest {}", d.digest);
-        let v = self.blob_json(d, "manifest")?;
         self.report.manifests += 1;
-        if v["schemaVersion"] != 2 {
-            return Err(invalid(&what, "schemaVersion is not 2"));
-        }
-        if let Some(mt) = v.get("mediaType") {
-            if mt != MEDIA_TYPE_MANIFEST {
-                return Err(invalid(&what, format!("mediaType is {mt}")));
-            }
-        }
-        let cd = descriptor(&v["config"], &what)?;
+        own_media_type(
+            &what,
+            m.schema_version,
+            m.media_type.as_ref(),
+            MEDIA_TYPE_MANIFEST,
+        )?;
+        let cd = m.config(&what)?;
+        cd.complete().map_err(|problem| invalid(&what, problem))?;
         if cd.media_type != MEDIA_TYPE_CONFIG {
             return Err(invalid(
                 &what,
                 format!("config media type is {}", cd.media_type),
             ));
         }
-        let config = self.blob_json(&cd, "config")?;
-        if let Some(p) = platform {
-            for field in ["os", "architecture", "variant"] {
-                if p.get(field) != config.get(field) {
+        let config_name = format!("config {}", cd.digest);
+        let config: ImageConfig = parse(&blobs.read(Kind::Config, cd)?, &config_name)?;
+        if let Some(p) = &d.platform {
+            for (field, index_says, config_says) in [
+                ("os", &p.os, &config.os),
+                ("architecture", &p.architecture, &config.architecture),
+                ("variant", &p.variant, &config.variant),
+            ] {
+                if index_says != config_says {
                     return Err(invalid(
                         &what,
                         format!(
                             "index says {field} {}, config says {}",
-                            p.get(field).unwrap_or(&Value::Null),
-                            config.get(field).unwrap_or(&Value::Null)
+                            json_text(index_says.as_deref()),
+                            json_text(config_says.as_deref())
                         ),
                     ));
                 }
             }
         }
-        if config["rootfs"]["type"] != "layers" {
-            return Err(invalid(
-                format!("config {}", cd.digest),
-                "rootfs.type is not layers",
-            ));
+        let rootfs = config.rootfs.unwrap_or_default();
+        if rootfs.typ.as_deref() != Some("layers") {
+            return Err(invalid(&config_name, "rootfs.type is not layers"));
         }
-        let diff_ids = config["rootfs"]["diff_ids"]
-            .as_array()
-            .ok_or_else(|| invalid(format!("config {}", cd.digest), "no rootfs.diff_ids"))?;
-        let layers = v["layers"]
-            .as_array()
-            .ok_or_else(|| invalid(&what, "no layers array"))?;
+        let diff_ids = rootfs
+            .diff_ids
+            .ok_or_else(|| invalid(&config_name, "no rootfs.diff_ids"))?;
+        let layers = m.layers(&what)?;
         if layers.len() != diff_ids.len() {
             return Err(invalid(
                 &what,
@@ -255,25 +289,21 @@ impl Verifier<'_> {
             return Ok(());
         }
         for (l, diff) in layers.iter().zip(diff_ids) {
-            let ld = descriptor(l, &what)?;
-            if !LAYER_MEDIA_TYPES.contains(&ld.media_type.as_str()) {
+            l.complete().map_err(|problem| invalid(&what, problem))?;
+            if !l.media_type.is_layer() {
                 return Err(invalid(
                     &what,
                     format!(
                         "layer {} has unsupported media type {}",
-                        ld.digest, ld.media_type
+                        l.digest, l.media_type
                     ),
                 ));
             }
-            let diff = diff.as_str().unwrap_or_default().to_owned();
-            self.layer_checks.push((ld, diff, d.digest.clone()));
+            self.layer_checks.push((l.clone(), diff, d.digest.clone()));
         }
         Ok(())
     }
 }
-
-/// The layer media types a layout may use.
-const LAYER_MEDIA_TYPES: [&str; 3] = [MEDIA_TYPE_TAR_GZIP, MEDIA_TYPE_TAR_ZSTD, MEDIA_TYPE_TAR];
 
 /// Re-hashes a file as stored (`media_type` `None`) or decompressed as its
 /// layer media type says, returning the digest and size.
@@ -304,12 +334,12 @@ fn hash_file(
 
 /// Verifies the layout in `dir`.
 pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
-    let layout = read_json(dir, "oci-layout")?;
-    if layout["imageLayoutVersion"] != "1.0.0" {
+    let layout: LayoutFile = read_file(dir, "oci-layout")?;
+    if layout.version.as_deref() != Some("1.0.0") {
         return Err(invalid("oci-layout", "imageLayoutVersion is not 1.0.0"));
     }
-    let index = read_json(dir, "index.json")?;
-    if index["schemaVersion"] != 2 {
+    let index: Index = read_file(dir, "index.json")?;
+    if index.schema_version != Some(2) {
         return Err(invalid("index.json", "schemaVersion is not 2"));
     }
     let blobs = files::check_dir(dir, "blobs/sha256").map_err(|e| file_error(e, "blobs/sha256"))?;
@@ -352,7 +382,6 @@ pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
     results.into_iter().collect::<Result<(), _>>()?;
 
     let mut v = Verifier {
-        layout: dir,
         report: VerifyReport {
             version: 1,
             blobs: names.len(),
@@ -362,24 +391,15 @@ pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
         seen_manifests: BTreeSet::new(),
         seen_indexes: BTreeMap::new(),
     };
-    let entries = index["manifests"]
-        .as_array()
+    let entries = index
+        .manifests
         .ok_or_else(|| invalid("index.json", "no manifests array"))?;
-    for e in entries {
-        let d = descriptor(e, "index.json")?;
-        if let Some(tag) = e["annotations"]["org.opencontainers.image.ref.name"].as_str() {
+    let mut source = Blobs::new(dir);
+    for e in &entries {
+        if let Some(tag) = e.annotation(super::image::ANNOTATION_REF_NAME) {
             v.report.tags.push(tag.to_owned());
         }
-        match d.media_type.as_str() {
-            MEDIA_TYPE_INDEX => v.index(&d, 0)?,
-            MEDIA_TYPE_MANIFEST => v.manifest(&d, d.platform.as_ref())?,
-            other => {
-                return Err(invalid(
-                    "index.json",
-                    format!("unsupported media type {other}"),
-                ))
-            }
-        }
+        walk::walk(&mut source, e, &mut v)?;
     }
 
     // Decompress each distinct layer once, in parallel; report in order.
@@ -394,14 +414,14 @@ pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
                 let path = blobs.join(l.digest.hex());
                 let (file, meta) = files::open(dir, files::blob_path(&l.digest))
                     .map_err(|e| file_error(e, format!("layer {}", l.digest)))?;
-                if meta.len() != l.size {
+                if let Err(Mismatch::Size { expected, found }) = l.check_size(meta.len()) {
                     return Err(VerifyError::Size {
                         what: format!("layer {}", l.digest),
-                        expected: l.size,
-                        found: meta.len(),
+                        expected,
+                        found,
                     });
                 }
-                let (found, _) = hash_file(file, &path, Some(&l.media_type))?;
+                let (found, _) = hash_file(file, &path, Some(l.media_type.as_str()))?;
                 if found.as_str() != diff {
                     return Err(VerifyError::DiffId {
                         layer: l.digest.clone(),

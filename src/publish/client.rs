@@ -23,6 +23,7 @@ use url::Url;
 
 use super::auth::{Challenge, Credentials};
 use super::reference::Reference;
+use crate::error::error_chain;
 
 /// Content types the client accepts for manifests.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -1138,21 +1139,6 @@ pub fn status_error(
         detail,
         retry_after,
     }
-}
-
-/// An error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.ends_with(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// The value of a response header.

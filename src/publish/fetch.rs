@@ -7,17 +7,15 @@
 //! digest it was asked by before it is parsed; the parsing itself is
 //! [`crate::oci::previous::from_documents`], the same as for layouts.
 
-use serde_json::{json, Value};
 use url::Url;
 
 use super::client::{
     response_header, status_error, Body, Client, ClientError, Extra, MANIFEST_ACCEPT,
 };
-use crate::oci::image::{
-    MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
-};
-use crate::oci::previous::{from_documents, DocumentsError, ImageLayers, Kind};
-use crate::oci::Digest;
+use crate::oci::model::{parse, Descriptor, Invalid, Mismatch};
+use crate::oci::previous::{from_documents, ImageLayers};
+use crate::oci::walk::{BlobSource, Kind};
+use crate::oci::{Digest, MediaType};
 
 /// Largest manifest or image index read.
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
@@ -38,10 +36,25 @@ pub enum FetchError {
     },
     #[error("{what}: the registry sent a document whose digest is {found}")]
     DigestMismatch { what: String, found: Digest },
+    #[error("{what}: the registry sent {found} bytes, its descriptor says {expected}")]
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        found: u64,
+    },
     #[error("{what}: larger than {limit} bytes")]
     TooLarge { what: String, limit: u64 },
     #[error("{what}: {problem}")]
     Invalid { what: String, problem: String },
+}
+
+impl From<Invalid> for FetchError {
+    fn from(e: Invalid) -> Self {
+        FetchError::Invalid {
+            what: e.what,
+            problem: e.problem,
+        }
+    }
 }
 
 impl FetchError {
@@ -57,7 +70,7 @@ impl FetchError {
 pub struct RemoteImage {
     /// The digest of the manifest or index the reference names.
     pub digest: Digest,
-    pub media_type: String,
+    pub media_type: MediaType,
     pub layers: ImageLayers,
 }
 
@@ -115,14 +128,11 @@ fn get(
     })
 }
 
-/// One document by digest: a manifest or index from `manifests/`, a
-/// config from `blobs/`; its bytes must hash to `digest`.
-fn by_digest(
-    client: &Client,
-    kind: Kind,
-    digest: &Digest,
-    size: Option<u64>,
-) -> Result<Vec<u8>, FetchError> {
+/// One document by its descriptor: a manifest or index from
+/// `manifests/`, a config from `blobs/`; its bytes must be what the
+/// descriptor says.
+fn by_digest(client: &Client, kind: Kind, d: &Descriptor) -> Result<Vec<u8>, FetchError> {
+    let digest = &d.digest;
     let what = format!("{} {digest}", kind.what());
     let (path, accept, limit) = match kind {
         Kind::Config => (format!("blobs/{digest}"), None, MAX_CONFIG_SIZE),
@@ -132,7 +142,7 @@ fn by_digest(
             MAX_MANIFEST_SIZE,
         ),
     };
-    if size.is_some_and(|n| n > limit) {
+    if d.size.is_some_and(|n| n > limit) {
         return Err(FetchError::TooLarge { what, limit });
     }
     let client_err = |source| FetchError::Client {
@@ -141,21 +151,54 @@ fn by_digest(
     };
     let url = client.repo_url(&path).map_err(client_err)?;
     let answer = get(client, &url, accept, &what, limit).map_err(client_err)??;
-    let found = Digest::of(&answer.bytes);
-    if &found != digest {
-        return Err(FetchError::DigestMismatch { what, found });
+    match d.check_bytes(&answer.bytes) {
+        Ok(()) => Ok(answer.bytes),
+        Err(Mismatch::Digest { found, .. }) => Err(FetchError::DigestMismatch { what, found }),
+        Err(Mismatch::Size { expected, found }) => Err(FetchError::SizeMismatch {
+            what,
+            expected,
+            found,
+        }),
     }
-    Ok(answer.bytes)
+}
+
+/// A registry repository as a blob source: the document a reference
+/// named, already read, and the others by digest.
+struct Registry<'a> {
+    client: &'a Client,
+    root: Digest,
+    root_bytes: Vec<u8>,
+}
+
+impl BlobSource for Registry<'_> {
+    type Error = FetchError;
+
+    fn read(&mut self, kind: Kind, d: &Descriptor) -> Result<Vec<u8>, FetchError> {
+        if d.digest == self.root && kind != Kind::Config {
+            return Ok(self.root_bytes.clone());
+        }
+        by_digest(self.client, kind, d)
+    }
+}
+
+/// What a manifest or index says of itself.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MediaTypeOnly {
+    media_type: Option<MediaType>,
 }
 
 /// The media type of a manifest or index: its own `mediaType`, else the
 /// `Content-Type` it came with.
-fn media_type(doc: &Value, content_type: Option<&str>) -> String {
-    doc["mediaType"]
-        .as_str()
-        .or_else(|| content_type.map(|c| c.split(';').next().unwrap_or(c).trim()))
-        .unwrap_or_default()
-        .to_owned()
+fn media_type(doc: &MediaTypeOnly, content_type: Option<&str>) -> MediaType {
+    match &doc.media_type {
+        Some(m) => m.clone(),
+        None => MediaType::new(
+            content_type
+                .map(|c| c.split(';').next().unwrap_or(c).trim())
+                .unwrap_or_default(),
+        ),
+    }
 }
 
 /// Reads the layers of the image `reference` (a tag or a digest) names in
@@ -207,39 +250,25 @@ pub fn read_layers(
             found: digest,
         });
     }
-    let doc: Value = serde_json::from_slice(&answer.bytes).map_err(|e| FetchError::Invalid {
-        what: what.clone(),
-        problem: format!("not valid JSON ({e})"),
-    })?;
+    let doc: MediaTypeOnly = parse(&answer.bytes, &what)?;
     let media_type = media_type(&doc, answer.content_type.as_deref());
-    if ![
-        MEDIA_TYPE_INDEX,
-        MEDIA_TYPE_MANIFEST,
-        MEDIA_TYPE_DOCKER_LIST,
-        MEDIA_TYPE_DOCKER_MANIFEST,
-    ]
-    .contains(&media_type.as_str())
-    {
+    if !media_type.is_index() && !media_type.is_manifest() {
         return Err(FetchError::Invalid {
             what,
             problem: format!("not an image index or manifest (media type '{media_type}')"),
         });
     }
-    let root = json!({
-        "mediaType": media_type,
-        "digest": digest.as_str(),
-        "size": answer.bytes.len(),
-    });
-    let mut fetch = |kind: Kind, d: &Digest, size: Option<u64>| {
-        if d == &digest && kind != Kind::Config {
-            return Ok(answer.bytes.clone());
-        }
-        by_digest(client, kind, d, size)
+    let root = Descriptor::new(
+        media_type.clone(),
+        digest.clone(),
+        answer.bytes.len() as u64,
+    );
+    let mut registry = Registry {
+        client,
+        root: digest.clone(),
+        root_bytes: answer.bytes,
     };
-    let layers = from_documents(&root, &mut fetch).map_err(|e| match e {
-        DocumentsError::Invalid { what, problem } => FetchError::Invalid { what, problem },
-        DocumentsError::Fetch(e) => e,
-    })?;
+    let layers = from_documents(&mut registry, &root)?;
     Ok(RemoteImage {
         digest,
         media_type,
@@ -250,12 +279,17 @@ pub fn read_layers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::media_type::{MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+
+    fn doc(json: &str) -> MediaTypeOnly {
+        parse(json.as_bytes(), "t").unwrap()
+    }
 
     #[test]
     fn media_types_from_the_document_or_the_header() {
-        let doc = json!({"mediaType": MEDIA_TYPE_INDEX});
-        assert_eq!(media_type(&doc, Some("text/plain")), MEDIA_TYPE_INDEX);
-        let bare = json!({"schemaVersion": 2});
+        let typed = doc(&format!(r#"{{"mediaType":"{MEDIA_TYPE_INDEX}"}}"#));
+        assert_eq!(media_type(&typed, Some("text/plain")), MEDIA_TYPE_INDEX);
+        let bare = doc(r#"{"schemaVersion":2}"#);
         assert_eq!(
             media_type(
                 &bare,

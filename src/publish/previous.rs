@@ -115,6 +115,14 @@ impl PreviousSource {
     }
 }
 
+/// The layers read from an image as the planner takes them (the planner,
+/// a pure stage, knows nothing of where they were read).
+fn planner_input(layers: layout_previous::PreviousLayers) -> Previous {
+    Previous {
+        images: layers.images,
+    }
+}
+
 /// How to read `--previous IMAGE`.
 pub struct PreviousRequest<'a> {
     pub arg: &'a str,
@@ -150,7 +158,7 @@ pub fn read_previous(req: PreviousRequest) -> Result<Option<Previous>, PreviousE
             return match layout_previous::read(&layout) {
                 Ok(image) => {
                     unknown_platforms(&image.unknown);
-                    Ok(Some(image.previous))
+                    Ok(Some(planner_input(image.previous)))
                 }
                 Err(e) if req.optional && e.is_missing() => from_scratch(&e),
                 Err(source) => Err(PreviousError::Layout {
@@ -196,7 +204,7 @@ pub fn read_previous(req: PreviousRequest) -> Result<Option<Previous>, PreviousE
     match fetch::read_layers(&client, &wanted, digest.as_ref(), &image) {
         Ok(remote) => {
             unknown_platforms(&remote.layers.unknown);
-            Ok(Some(remote.layers.previous))
+            Ok(Some(planner_input(remote.layers.previous)))
         }
         Err(e) if e.is_missing() && req.optional => from_scratch(&e),
         Err(missing) if missing.is_missing() => Err(PreviousError::Missing {

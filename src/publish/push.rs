@@ -20,7 +20,7 @@ use super::client::{
 };
 use super::reference::Reference;
 use super::source::{BlobRef, Document, Image};
-use crate::oci::Digest;
+use crate::oci::{Digest, MediaType};
 
 /// Blobs up to this size go in one `PUT`; larger ones in chunks this big.
 pub const DEFAULT_CHUNK_SIZE: u64 = 16 << 20;
@@ -43,7 +43,7 @@ pub enum BlobStatus {
 pub struct BlobReport {
     pub digest: Digest,
     pub size: u64,
-    pub media_type: String,
+    pub media_type: MediaType,
     pub status: BlobStatus,
     /// The repository it was mounted from.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,7 +66,7 @@ pub enum ManifestStatus {
 pub struct ManifestReport {
     pub digest: Digest,
     pub size: u64,
-    pub media_type: String,
+    pub media_type: MediaType,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
     /// The tag or digest it was pushed under.
@@ -86,7 +86,7 @@ pub struct PushReport {
     pub tag: String,
     /// The digest of what the tag now points at.
     pub digest: Digest,
-    pub media_type: String,
+    pub media_type: MediaType,
     pub blobs: Vec<BlobReport>,
     pub manifests: Vec<ManifestReport>,
     pub uploaded: usize,
@@ -143,8 +143,8 @@ pub enum Event<'a> {
 
 const OCTET: [(&str, &str); 1] = [("content-type", "application/octet-stream")];
 
-fn what_blob(media_type: &str) -> &'static str {
-    if media_type.contains("config") {
+fn what_blob(media_type: &MediaType) -> &'static str {
+    if media_type.as_str().contains("config") {
         "config"
     } else {
         "layer"

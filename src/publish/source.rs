@@ -10,17 +10,14 @@
 //! [`crate::oci::MAX_NESTING`] deep.
 
 use std::collections::BTreeSet;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
 use crate::oci::files::{self, FileError};
-use crate::oci::image::{MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
 use crate::oci::layout::{tagged_entry, TagError};
-use crate::oci::{check_nesting, Digest};
-
-use crate::oci::image::{MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST};
+use crate::oci::model::{Descriptor, Invalid, Manifest, Mismatch};
+use crate::oci::walk::{self, At, BlobError, LayoutBlobs, ReadError, Visitor};
+use crate::oci::{Digest, MediaType};
 
 /// Why the image could not be read from the layout.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +74,7 @@ impl SourceError {
 pub struct BlobRef {
     pub digest: Digest,
     pub size: u64,
-    pub media_type: String,
+    pub media_type: MediaType,
     pub path: PathBuf,
 }
 
@@ -85,7 +82,7 @@ pub struct BlobRef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Document {
     pub digest: Digest,
-    pub media_type: String,
+    pub media_type: MediaType,
     pub bytes: Vec<u8>,
     /// `os/arch[/variant]` from the parent index, for manifests.
     pub platform: Option<String>,
@@ -93,7 +90,7 @@ pub struct Document {
 
 impl Document {
     pub fn is_index(&self) -> bool {
-        is_index_type(&self.media_type)
+        self.media_type.is_index()
     }
 }
 
@@ -117,21 +114,93 @@ impl Image {
     }
 }
 
-fn is_index_type(m: &str) -> bool {
-    m == MEDIA_TYPE_INDEX || m == MEDIA_TYPE_DOCKER_LIST
+/// What stopped a walk: a document of the layout (without the layout's
+/// name, added by [`read_image`]) or a config or layer.
+#[derive(Debug)]
+enum Failure {
+    Read(ReadError),
+    Source(SourceError),
 }
 
-fn is_manifest_type(m: &str) -> bool {
-    m == MEDIA_TYPE_MANIFEST || m == MEDIA_TYPE_DOCKER_MANIFEST
+impl From<Invalid> for Failure {
+    fn from(e: Invalid) -> Self {
+        Failure::Read(e.into())
+    }
 }
 
-struct Desc {
-    media_type: String,
-    digest: Digest,
-    size: u64,
-    platform: Option<String>,
+impl From<BlobError> for Failure {
+    fn from(e: BlobError) -> Self {
+        Failure::Read(e.into())
+    }
 }
 
+impl From<SourceError> for Failure {
+    fn from(e: SourceError) -> Self {
+        Failure::Source(e)
+    }
+}
+
+impl SourceError {
+    /// A document's problem, in the layout `layout`.
+    fn in_layout(layout: &Path, e: ReadError) -> SourceError {
+        let layout = layout.to_owned();
+        match e {
+            ReadError::Invalid(Invalid { what, problem }) => SourceError::Invalid {
+                layout,
+                what,
+                problem,
+            },
+            ReadError::Blob(BlobError::File {
+                kind,
+                digest,
+                source,
+            }) => {
+                if source.is_not_found() {
+                    SourceError::Missing {
+                        layout,
+                        what: kind.what(),
+                        digest,
+                    }
+                } else {
+                    SourceError::File(source)
+                }
+            }
+            ReadError::Blob(BlobError::Mismatch {
+                kind,
+                digest,
+                mismatch,
+            }) => match mismatch {
+                Mismatch::Size { expected, found } => SourceError::Size {
+                    layout,
+                    what: kind.what(),
+                    digest,
+                    expected,
+                    found,
+                },
+                Mismatch::Digest { found, .. } => SourceError::Digest {
+                    layout,
+                    what: kind.what(),
+                    digest,
+                    found,
+                },
+            },
+            ReadError::Blob(BlobError::TooLarge {
+                kind,
+                digest,
+                limit,
+            }) => SourceError::Invalid {
+                layout,
+                what: format!("{} {digest}", kind.what()),
+                problem: format!("larger than {limit} bytes"),
+            },
+            ReadError::Blob(BlobError::Io { path, source }) => SourceError::Io { path, source },
+        }
+    }
+}
+
+type Blobs = LayoutBlobs<Failure>;
+
+/// The visitor that collects what a tag reaches, children first.
 struct Reader<'a> {
     layout: &'a Path,
     blobs: Vec<BlobRef>,
@@ -148,142 +217,107 @@ impl Reader<'_> {
         }
     }
 
-    fn descriptor(&self, v: &Value, what: &str) -> Result<Desc, SourceError> {
-        let media_type = v["mediaType"]
-            .as_str()
-            .ok_or_else(|| self.invalid(what, "a descriptor has no mediaType"))?
-            .to_owned();
-        let digest = v["digest"]
-            .as_str()
-            .ok_or_else(|| self.invalid(what, "a descriptor has no digest"))?
-            .parse::<Digest>()
-            .map_err(|e| self.invalid(what, e.to_string()))?;
-        let size = v["size"]
-            .as_u64()
-            .ok_or_else(|| self.invalid(what, "a descriptor has no size"))?;
-        let platform = v.get("platform").and_then(|p| {
-            let os = p["os"].as_str()?;
-            let arch = p["architecture"].as_str()?;
-            Some(match p["variant"].as_str() {
-                Some(var) => format!("{os}/{arch}/{var}"),
-                None => format!("{os}/{arch}"),
-            })
-        });
-        Ok(Desc {
-            media_type,
-            digest,
-            size,
-            platform,
-        })
-    }
-
-    /// Opens a blob, checking that it is there, a regular file (never
-    /// through a symbolic link) with the descriptor's size.
-    fn open_blob(
-        &self,
-        d: &Desc,
+    /// Notes a config or layer, checking that it is there, a regular file
+    /// (never through a symbolic link) with the descriptor's size.
+    fn blob(
+        &mut self,
+        d: &Descriptor,
+        in_doc: &str,
         what: &'static str,
-    ) -> Result<(PathBuf, std::fs::File), SourceError> {
+    ) -> Result<(), SourceError> {
+        let size = d.complete().map_err(|p| self.invalid(in_doc, p))?;
+        if !self.seen.insert(d.digest.clone()) {
+            return Ok(());
+        }
         let rel = files::blob_path(&d.digest);
-        let (file, meta) =
-            files::open(self.layout, &rel).map_err(|e| self.missing(e, what, &d.digest))?;
-        if meta.len() != d.size {
+        let (_, meta) = files::open(self.layout, &rel).map_err(|e| {
+            if e.is_not_found() {
+                SourceError::Missing {
+                    layout: self.layout.to_owned(),
+                    what,
+                    digest: d.digest.clone(),
+                }
+            } else {
+                SourceError::File(e)
+            }
+        })?;
+        if let Err(Mismatch::Size { expected, found }) = d.check_size(meta.len()) {
             return Err(SourceError::Size {
                 layout: self.layout.to_owned(),
                 what,
                 digest: d.digest.clone(),
-                expected: d.size,
-                found: meta.len(),
-            });
-        }
-        Ok((self.layout.join(rel), file))
-    }
-
-    fn missing(&self, e: FileError, what: &'static str, d: &Digest) -> SourceError {
-        if e.is_not_found() {
-            SourceError::Missing {
-                layout: self.layout.to_owned(),
-                what,
-                digest: d.clone(),
-            }
-        } else {
-            SourceError::File(e)
-        }
-    }
-
-    fn document(&mut self, d: &Desc, depth: usize) -> Result<(), SourceError> {
-        if self.seen.contains(&d.digest) {
-            return Ok(());
-        }
-        let what = if is_index_type(&d.media_type) {
-            check_nesting(depth)
-                .map_err(|e| self.invalid(format!("image index {}", d.digest), e.to_string()))?;
-            "image index"
-        } else if is_manifest_type(&d.media_type) {
-            "manifest"
-        } else {
-            return Err(self.invalid(
-                format!("descriptor {}", d.digest),
-                format!("unsupported media type {}", d.media_type),
-            ));
-        };
-        let (path, file) = self.open_blob(d, what)?;
-        let mut bytes = Vec::new();
-        file.take(d.size)
-            .read_to_end(&mut bytes)
-            .map_err(|source| SourceError::Io { path, source })?;
-        let found = Digest::of(&bytes);
-        if found != d.digest {
-            return Err(SourceError::Digest {
-                layout: self.layout.to_owned(),
-                what,
-                digest: d.digest.clone(),
+                expected,
                 found,
             });
         }
-        let name = format!("{what} {}", d.digest);
-        let v: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| self.invalid(&name, format!("not valid JSON ({e})")))?;
-        if what == "image index" {
-            let children = v["manifests"]
-                .as_array()
-                .ok_or_else(|| self.invalid(&name, "no manifests array"))?;
-            for child in children {
-                let cd = self.descriptor(child, &name)?;
-                self.document(&cd, depth + 1)?;
-            }
-        } else {
-            let config = self.descriptor(&v["config"], &name)?;
-            self.blob(&config, "config")?;
-            let layers = v["layers"]
-                .as_array()
-                .ok_or_else(|| self.invalid(&name, "no layers array"))?;
-            for l in layers {
-                let ld = self.descriptor(l, &name)?;
-                self.blob(&ld, "layer")?;
-            }
-        }
+        self.blobs.push(BlobRef {
+            digest: d.digest.clone(),
+            size,
+            media_type: d.media_type.clone(),
+            path: self.layout.join(rel),
+        });
+        Ok(())
+    }
+
+    fn document(&mut self, d: &Descriptor, bytes: Vec<u8>) {
         self.seen.insert(d.digest.clone());
         self.documents.push(Document {
             digest: d.digest.clone(),
             media_type: d.media_type.clone(),
             bytes,
-            platform: d.platform.clone(),
+            platform: d.platform.as_ref().and_then(|p| p.name()),
         });
+    }
+}
+
+impl Visitor<Blobs> for Reader<'_> {
+    fn enter(&mut self, d: &Descriptor, at: At<'_>) -> Result<bool, Failure> {
+        let parent = match at.parent {
+            Some(p) => format!("image index {}", p.digest),
+            None => "index.json".to_owned(),
+        };
+        d.complete().map_err(|p| self.invalid(parent, p))?;
+        if self.seen.contains(&d.digest) {
+            return Ok(false);
+        }
+        if !d.media_type.is_index() && !d.media_type.is_manifest() {
+            return Err(self
+                .invalid(
+                    format!("descriptor {}", d.digest),
+                    format!("unsupported media type {}", d.media_type),
+                )
+                .into());
+        }
+        Ok(true)
+    }
+
+    fn index_done(&mut self, d: &Descriptor, bytes: Vec<u8>) -> Result<(), Failure> {
+        self.document(d, bytes);
         Ok(())
     }
 
-    fn blob(&mut self, d: &Desc, what: &'static str) -> Result<(), SourceError> {
-        if !self.seen.insert(d.digest.clone()) {
-            return Ok(());
+    fn manifest(
+        &mut self,
+        d: &Descriptor,
+        m: &Manifest,
+        bytes: Vec<u8>,
+        _: At<'_>,
+        _: &mut Blobs,
+    ) -> Result<(), Failure> {
+        let name = format!("manifest {}", d.digest);
+        let config = m
+            .config
+            .as_ref()
+            .ok_or_else(|| self.invalid(&name, "no config"))?;
+        self.blob(config, &name, "config")?;
+        let layers = m
+            .layers
+            .as_deref()
+            .ok_or_else(|| self.invalid(&name, "no layers array"))?;
+        for l in layers {
+            self.blob(l, &name, "layer")?;
         }
-        let (path, _) = self.open_blob(d, what)?;
-        self.blobs.push(BlobRef {
-            digest: d.digest.clone(),
-            size: d.size,
-            media_type: d.media_type.clone(),
-            path,
-        });
+        self.document(d, bytes);
         Ok(())
     }
 }
@@ -299,10 +333,12 @@ pub fn read_image(dir: &Path, tag: Option<&str>) -> Result<Image, SourceError> {
         documents: Vec::new(),
         seen: BTreeSet::new(),
     };
-    let value =
-        serde_json::to_value(&entry).map_err(|e| reader.invalid("index.json", e.to_string()))?;
-    let desc = reader.descriptor(&value, "index.json")?;
-    reader.document(&desc, 0)?;
+    walk::walk(&mut Blobs::new(dir), &Descriptor::from(&entry), &mut reader).map_err(
+        |e| match e {
+            Failure::Read(e) => SourceError::in_layout(dir, e),
+            Failure::Source(e) => e,
+        },
+    )?;
     Ok(Image {
         layout: dir.to_owned(),
         ref_name: entry.ref_name().map(str::to_owned),
@@ -316,6 +352,7 @@ mod tests {
     use std::fs;
 
     use super::*;
+    use crate::oci::media_type::{MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
 
     fn write_blob(dir: &Path, bytes: &[u8]) -> Digest {
         let d = Digest::of(bytes);
@@ -323,7 +360,7 @@ mod tests {
         d
     }
 
-    fn desc(media_type: &str, d: &Digest, size: usize) -> Value {
+    fn desc(media_type: &str, d: &Digest, size: usize) -> serde_json::Value {
         serde_json::json!({"mediaType": media_type, "digest": d.as_str(), "size": size})
     }
 
@@ -345,16 +382,17 @@ mod tests {
             }))
             .unwrap();
             let md = write_blob(dir, &m);
-            let mut e = desc(MEDIA_TYPE_MANIFEST, &md, m.len());
-            e["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
-            manifests.push(e);
+            manifests.push(serde_json::json!({"mediaType": MEDIA_TYPE_MANIFEST,
+                "digest": md.as_str(), "size": m.len(),
+                "platform": {"os": "linux", "architecture": arch}}));
         }
         let idx =
             serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": manifests}))
                 .unwrap();
         let id = write_blob(dir, &idx);
-        let mut top = desc(MEDIA_TYPE_INDEX, &id, idx.len());
-        top["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "r/app:1"});
+        let top = serde_json::json!({"mediaType": MEDIA_TYPE_INDEX,
+            "digest": id.as_str(), "size": idx.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "r/app:1"}});
         fs::write(
             dir.join("index.json"),
             serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [top]}))

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use super::reference::{valid_repository, valid_tag};
 use super::source::Image;
 use crate::oci::files::{self, FileError};
-use crate::oci::{Digest, DigestWriter};
+use crate::oci::{Digest, DigestWriter, MediaType};
 
 /// The folder of the blob store and the lock.
 pub const STATE_DIR: &str = ".nixoci";
@@ -151,7 +151,7 @@ pub struct ExportReport {
     pub tags: Vec<String>,
     /// The digest the tags point at.
     pub digest: Digest,
-    pub media_type: String,
+    pub media_type: MediaType,
     /// Files added to the blob store, and how many bytes were copied for
     /// them (0 when hard-linked from the layout).
     pub stored: usize,
@@ -690,7 +690,7 @@ fn export_locked(
             d.digest.to_string(),
             &d.digest,
             d.bytes.len() as u64,
-            &d.media_type,
+            d.media_type.as_str(),
             Kind::Manifest,
             &mut report,
             undo,
@@ -702,7 +702,7 @@ fn export_locked(
             t.clone(),
             &root.digest,
             root.bytes.len() as u64,
-            &root.media_type,
+            root.media_type.as_str(),
             Kind::Manifest,
             &mut report,
             undo,
