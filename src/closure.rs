@@ -113,6 +113,30 @@ impl Closure {
         closure_from_entries(store_dir, entries)
     }
 
+    /// Parses a closure file of any shape, with the parser its shape calls
+    /// for, so that an error is that parser's: an object with `outputs` is a
+    /// `.attrs.json` (every derivation has outputs; no store path is called
+    /// so), another object is `nix path-info` output (Nix 2.19+, Lix), and
+    /// a list is an `exportReferencesGraph` list or older `nix path-info`
+    /// output (the same entries).
+    pub fn from_any_json(store_dir: &StoreDir, json: &[u8]) -> Result<Closure, ClosureError> {
+        let value: Value = serde_json::from_slice(json)?;
+        let entries = match &value {
+            Value::Array(list) => entries_of_list(list, "closure")?,
+            Value::Object(attrs) if attrs.contains_key("outputs") => {
+                entries_of_list(graph_list_in_attrs(attrs)?, "exportReferencesGraph")?
+            }
+            Value::Object(object) => entries_of_path_info_object(store_dir, object)?,
+            other => {
+                return Err(shape(format!(
+                    "expected an exportReferencesGraph list, a .attrs.json object or nix path-info output, found {}",
+                    kind(other)
+                )))
+            }
+        };
+        closure_from_entries(store_dir, entries)
+    }
+
     /// Parses an `exportReferencesGraph` list from `__structuredAttrs`.
     ///
     /// Takes the list itself, or the whole `.attrs.json` object when exactly
@@ -136,28 +160,45 @@ impl Closure {
         closure_from_entries(store_dir, entries_of_list(list, "exportReferencesGraph")?)
     }
 
-    /// The closure of `roots` within this graph.
+    /// The closure of `roots` within this graph. Complete by construction:
+    /// every reference of a path taken is taken, or the error names it.
     pub fn subclosure(&self, roots: &[StorePath]) -> Result<Closure, ClosureError> {
-        let mut paths = BTreeMap::new();
-        let mut todo: Vec<&StorePath> = roots.iter().collect();
-        while let Some(p) = todo.pop() {
-            if paths.contains_key(p) {
-                continue;
-            }
-            let info = self
-                .paths
-                .get(p)
-                .ok_or_else(|| ClosureError::MissingRoot(p.to_string()))?;
-            paths.insert(p.clone(), info.clone());
-            todo.extend(info.references.iter());
-        }
-        let c = Closure {
+        let reached = self.reached(roots)?;
+        Ok(Closure {
             version: CLOSURE_VERSION,
             store_dir: self.store_dir.clone(),
-            paths,
-        };
-        c.check_complete()?;
-        Ok(c)
+            paths: reached
+                .into_iter()
+                .map(|p| (p.clone(), self.paths[p].clone()))
+                .collect(),
+        })
+    }
+
+    /// [`Closure::subclosure`], keeping this graph's entries instead of
+    /// copying them (a closure of 100,000 paths is about 100 MB).
+    pub fn into_subclosure(mut self, roots: &[StorePath]) -> Result<Closure, ClosureError> {
+        let reached: BTreeSet<StorePath> = self.reached(roots)?.into_iter().cloned().collect();
+        if reached.len() < self.paths.len() {
+            self.paths.retain(|p, _| reached.contains(p));
+        }
+        self.version = CLOSURE_VERSION;
+        Ok(self)
+    }
+
+    /// The paths `roots` reach.
+    fn reached(&self, roots: &[StorePath]) -> Result<BTreeSet<&StorePath>, ClosureError> {
+        let mut reached = BTreeSet::new();
+        let mut todo: Vec<&StorePath> = roots.iter().collect();
+        while let Some(p) = todo.pop() {
+            let (key, info) = self
+                .paths
+                .get_key_value(p)
+                .ok_or_else(|| ClosureError::MissingRoot(p.to_string()))?;
+            if reached.insert(key) {
+                todo.extend(info.references.iter());
+            }
+        }
+        Ok(reached)
     }
 
     /// Checks that every reference is in the closure.
@@ -879,6 +920,40 @@ mod tests {
                 {{"path": "{BUSYBOX}"{hash}, "narSize": 1, "references": []}}]"#
         );
         assert_eq!(path_info(twice.as_bytes()).unwrap().paths.len(), 1);
+    }
+
+    /// Every fixture reads the same through the parser chosen by shape,
+    /// and a broken file gets the error of the parser its shape calls for.
+    #[test]
+    fn any_shape_reads_with_its_own_parser() {
+        for (name, json) in [
+            fixture!("nix-2.8-array.json"),
+            fixture!("lix-array.json"),
+            fixture!("nix-2.19-object.json"),
+            fixture!("nix-2.33-json-format-1.json"),
+            fixture!("nix-2.33-json-format-2.json"),
+            fixture!("nix-newest-structured.json"),
+        ] {
+            let any = Closure::from_any_json(&dir(), json);
+            assert_eq!(any.ok(), path_info(json).ok(), "{name}");
+        }
+        let (_, attrs) = fixture!("export-references-graph.json");
+        assert_eq!(
+            Closure::from_any_json(&dir(), attrs).unwrap(),
+            graph(attrs).unwrap()
+        );
+        // A .attrs.json whose graph entry is broken: the graph parser's
+        // error, not the path-info parser's.
+        let mut broken: Value = serde_json::from_slice(attrs).unwrap();
+        broken["closure"][0]["narSize"] = Value::String("big".into());
+        let e = Closure::from_any_json(&dir(), &serde_json::to_vec(&broken).unwrap()).unwrap_err();
+        let g = graph(&serde_json::to_vec(&broken).unwrap()).unwrap_err();
+        assert_eq!(e.to_string(), g.to_string());
+        let mut no_graph = serde_json::from_slice::<Value>(attrs).unwrap();
+        no_graph.as_object_mut().unwrap().remove("closure");
+        let e =
+            Closure::from_any_json(&dir(), &serde_json::to_vec(&no_graph).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("exportReferencesGraph"), "{e}");
     }
 
     #[test]

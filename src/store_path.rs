@@ -119,6 +119,34 @@ impl StorePathError {
     }
 }
 
+/// What each byte may be in a store path's base name: bit 0 a hash
+/// character (nix-base32), bit 1 a name character (letters, digits and
+/// `+-._?=`). A table, since every path of a closure, and every reference,
+/// is checked.
+const BASE_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < NIX_BASE32_ALPHABET.len() {
+        table[NIX_BASE32_ALPHABET[i] as usize] |= 1;
+        i += 1;
+    }
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() {
+            table[b] |= 2;
+        }
+        b += 1;
+    }
+    let extra = b"+-._?=";
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] |= 2;
+        i += 1;
+    }
+    table
+};
+
 /// Checks `HASH-NAME`.
 fn validate_base(base: &str) -> Result<(), StorePathError> {
     let bytes = base.as_bytes();
@@ -126,7 +154,7 @@ fn validate_base(base: &str) -> Result<(), StorePathError> {
         || bytes[HASH_LEN] != b'-'
         || !bytes[..HASH_LEN]
             .iter()
-            .all(|b| NIX_BASE32_ALPHABET.contains(b))
+            .all(|&b| BASE_BYTES[usize::from(b)] & 1 != 0)
     {
         return Err(StorePathError::BadHash(base.to_owned()));
     }
@@ -135,9 +163,7 @@ fn validate_base(base: &str) -> Result<(), StorePathError> {
         && name.len() <= MAX_NAME_LEN
         && name != "."
         && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b));
+        && name.bytes().all(|b| BASE_BYTES[usize::from(b)] & 2 != 0);
     if name_ok {
         Ok(())
     } else {
@@ -220,6 +246,16 @@ impl<'de> Deserialize<'de> for StorePath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_byte_table_says_what_the_alphabets_say() {
+        for b in 0..=255u8 {
+            let hash = NIX_BASE32_ALPHABET.contains(&b);
+            let name = b.is_ascii_alphanumeric() || b"+-._?=".contains(&b);
+            assert_eq!(BASE_BYTES[usize::from(b)] & 1 != 0, hash, "{b}");
+            assert_eq!(BASE_BYTES[usize::from(b)] & 2 != 0, name, "{b}");
+        }
+    }
 
     const H: &str = "0c0k4d1yzn1s3f0gqfrz3yvchpnsbbnj";
 

@@ -235,20 +235,31 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
         Some(file) => {
             let bytes = std::fs::read(file)
                 .map_err(|e| usage(format!("--closure-json {}: {e}", file.display())))?;
-            Closure::from_references_graph_json(store_dir, &bytes)
-                .or_else(|_| Closure::from_path_info_json(store_dir, &bytes))
+            Closure::from_any_json(store_dir, &bytes)
                 .map_err(|e| usage(format!("--closure-json {}: {e}", file.display())))?
         }
         None => eval::path_info_closure(&nix, store_dir, &all_roots)
             .classify()
             .context("reading closures from the Nix store")?,
     };
+    // Each platform's closure; the last takes the graph itself, so a
+    // one-platform image copies no entry.
+    let mut per_platform: Vec<(Platform, Vec<StorePath>)> = image_roots.into_iter().collect();
+    let last = per_platform.pop();
+    let mut closures = Vec::new();
+    for (platform, rs) in per_platform {
+        let closure = graph.subclosure(&rs);
+        closures.push((platform, rs, closure));
+    }
+    if let Some((platform, rs)) = last {
+        let closure = graph.into_subclosure(&rs);
+        closures.push((platform, rs, closure));
+    }
     let mut images = BTreeMap::new();
     let mut checked = BTreeSet::new();
-    for (platform, rs) in image_roots {
-        let closure = graph
-            .subclosure(&rs)
-            .map_err(|e| usage(format!("closure of {} for {platform}: {e}", rs[0])))?;
+    for (platform, rs, closure) in closures {
+        let closure =
+            closure.map_err(|e| usage(format!("closure of {} for {platform}: {e}", rs[0])))?;
         // Every path a layer will read, before anything is written (a plan
         // reads none: it needs only the roots).
         let read = if read_all { closure.paths.len() } else { 0 };

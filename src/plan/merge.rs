@@ -205,10 +205,20 @@ impl Merger<'_> {
             && self.units[b].kind != Kind::Pinned
     }
 
+    /// The keys of `a` with each mergeable unit of `others`, in their
+    /// order; weighed in parallel when there are many (the same keys with
+    /// any number of threads).
+    fn keys_with(&self, a: usize, others: impl IntoIterator<Item = usize>) -> Vec<(Key, usize)> {
+        let others: Vec<usize> = others
+            .into_iter()
+            .filter(|&b| self.mergeable(a, b))
+            .collect();
+        in_order(&others, |&b| (self.key(a, b), b))
+    }
+
     fn key(&self, a: usize, b: usize) -> Key {
         let (ua, ub) = (&self.units[a], &self.units[b]);
-        let a_only = self.g.weight_minus(&ua.deps, &ub.deps);
-        let b_only = self.g.weight_minus(&ub.deps, &ua.deps);
+        let (a_only, b_only) = self.g.weight_minus_both(&ua.deps, &ub.deps);
         let mut cost = ua.mass * b_only + ub.mass * a_only;
         // Relative to the square root of the merged size: at equal cost,
         // merge into bigger layers, so that layers grow evenly rather than
@@ -233,10 +243,7 @@ impl Merger<'_> {
         self.cands[a].list.retain(|(_, b)| alive[*b]);
         let c = &self.cands[a];
         if c.list.is_empty() && (c.floor.is_some() || c.partial) {
-            let all: Vec<(Key, usize)> = (0..self.units.len())
-                .filter(|&b| self.mergeable(a, b))
-                .map(|b| (self.key(a, b), b))
-                .collect();
+            let all: Vec<(Key, usize)> = self.keys_with(a, 0..self.units.len());
             self.cands[a] = if self.exact {
                 Candidates::from(all)
             } else {
@@ -326,11 +333,7 @@ impl Merger<'_> {
         } else {
             likely.into_iter().collect()
         };
-        for x in partners {
-            if !self.mergeable(new, x) {
-                continue;
-            }
-            let k = self.key(new, x);
+        for (k, x) in self.keys_with(new, partners) {
             all.push((k, x));
             if self.cands[x].offer(k, new) {
                 better.push(x);
@@ -501,6 +504,20 @@ fn run_merging(
     (units, true)
 }
 
+/// Below this many items, [`in_order`] works on the calling thread.
+const PARALLEL_FROM: usize = 256;
+
+/// `f` of each item, in the items' order: on rayon's threads when there are
+/// many, so the result never depends on the threads.
+fn in_order<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
+    use rayon::prelude::*;
+    if items.len() >= PARALLEL_FROM {
+        items.par_iter().map(f).collect()
+    } else {
+        items.iter().map(f).collect()
+    }
+}
+
 /// Fills every live unit's partners by weighing every pair, each once.
 fn weigh_all_pairs(m: &mut Merger) {
     let live: Vec<usize> = (0..m.units.len()).filter(|&u| m.alive[u]).collect();
@@ -508,11 +525,20 @@ fn weigh_all_pairs(m: &mut Merger) {
     // The keys of the pairs (i, j) of live units with i < j, row by row,
     // in one allocation: no list grows pair by pair.
     let row = |i: usize| i * n - i * (i + 1) / 2;
+    let rows: Vec<Vec<Option<Key>>> = {
+        let m = &*m;
+        let indices: Vec<usize> = (0..n).collect();
+        in_order(&indices, |&i| {
+            let a = live[i];
+            live[i + 1..]
+                .iter()
+                .map(|&b| m.mergeable(a, b).then(|| m.key(a, b)))
+                .collect()
+        })
+    };
     let mut keys: Vec<Option<Key>> = Vec::with_capacity(n * n.saturating_sub(1) / 2);
-    for (i, &a) in live.iter().enumerate() {
-        for &b in &live[i + 1..] {
-            keys.push(m.mergeable(a, b).then(|| m.key(a, b)));
-        }
+    for r in rows {
+        keys.extend(r);
     }
     m.heap.clear();
     let mut all: Vec<(Key, usize)> = Vec::with_capacity(n);
@@ -752,8 +778,10 @@ struct Move {
     to_weight: f64,
 }
 
-/// The move out of unit `a` that lowers the cost most, if any does.
-/// At most `max_sets` sets of paths are tried.
+/// The move out of unit `a` that lowers the cost most, if any does: the
+/// first, in the order of the candidate sets and then of the units, of the
+/// moves with the greatest gain. At most `max_sets` sets of paths are
+/// tried, in parallel; the choice does not depend on the threads.
 fn best_move(
     g: &Graph,
     units: &[Unit],
@@ -762,61 +790,68 @@ fn best_move(
     a: usize,
     max_sets: usize,
 ) -> Option<Move> {
+    use rayon::prelude::*;
     let unit = &units[a];
     if unit.paths.len() < 2 {
         return None;
     }
-    let sets = candidate_sets(g, unit, max_sets);
+    let sets: Vec<Vec<usize>> = candidate_sets(g, unit, max_sets).into_iter().collect();
     let before_a = unit.mass * weight[a];
+    // Each set's best move (the first unit with the greatest gain).
+    let per_set: Vec<Option<(f64, Move)>> = sets
+        .into_par_iter()
+        .map(|set| {
+            let mut rest_deps = BitSet::new(g.bits);
+            let mut set_deps = BitSet::new(g.bits);
+            let mut set_size = 0;
+            let mut set_mass = 0.0;
+            for &p in &unit.paths {
+                if set.binary_search(&p).is_ok() {
+                    set_deps.union_with(&g.deps[p]);
+                    set_size += g.size[p];
+                    set_mass += g.mass[p];
+                } else {
+                    rest_deps.union_with(&g.deps[p]);
+                }
+            }
+            let rest_weight = g.weight_of(&rest_deps);
+            let after_a = (unit.mass - set_mass) * rest_weight;
+            let mut best_here: Option<(f64, usize, f64)> = None;
+            for &b in free {
+                if b == a || units[b].class != unit.class {
+                    continue;
+                }
+                let to_weight = weight[b] + g.weight_minus(&set_deps, &units[b].deps);
+                let before_b = units[b].mass * weight[b];
+                let after_b = (units[b].mass + set_mass) * to_weight;
+                let gain = before_a + before_b - after_a - after_b;
+                // Rounding must not make paths go back and forth.
+                let enough = gain > 1e-9 * (before_a + before_b);
+                if enough && best_here.is_none_or(|(bg, _, _)| gain > bg) {
+                    best_here = Some((gain, b, to_weight));
+                }
+            }
+            best_here.map(|(gain, to, to_weight)| {
+                (
+                    gain,
+                    Move {
+                        set,
+                        set_size,
+                        set_mass,
+                        set_deps,
+                        to,
+                        rest_deps,
+                        rest_weight,
+                        to_weight,
+                    },
+                )
+            })
+        })
+        .collect();
     let mut best: Option<(f64, Move)> = None;
-    for set in sets {
-        let mut rest_deps = BitSet::new(g.bits);
-        let mut set_deps = BitSet::new(g.bits);
-        let mut set_size = 0;
-        let mut set_mass = 0.0;
-        for &p in &unit.paths {
-            if set.binary_search(&p).is_ok() {
-                set_deps.union_with(&g.deps[p]);
-                set_size += g.size[p];
-                set_mass += g.mass[p];
-            } else {
-                rest_deps.union_with(&g.deps[p]);
-            }
-        }
-        let rest_weight = g.weight_of(&rest_deps);
-        let after_a = (unit.mass - set_mass) * rest_weight;
-        let mut best_here: Option<(f64, usize, f64)> = None;
-        for &b in free {
-            if b == a || units[b].class != unit.class {
-                continue;
-            }
-            let to_weight = weight[b] + g.weight_minus(&set_deps, &units[b].deps);
-            let before_b = units[b].mass * weight[b];
-            let after_b = (units[b].mass + set_mass) * to_weight;
-            let gain = before_a + before_b - after_a - after_b;
-            // Rounding must not make paths go back and forth.
-            let enough = gain > 1e-9 * (before_a + before_b);
-            if enough
-                && best_here.is_none_or(|(bg, _, _)| gain > bg)
-                && best.as_ref().is_none_or(|(bg, _)| gain > *bg)
-            {
-                best_here = Some((gain, b, to_weight));
-            }
-        }
-        if let Some((gain, to, to_weight)) = best_here {
-            best = Some((
-                gain,
-                Move {
-                    set,
-                    set_size,
-                    set_mass,
-                    set_deps,
-                    to,
-                    rest_deps,
-                    rest_weight,
-                    to_weight,
-                },
-            ));
+    for (gain, m) in per_set.into_iter().flatten() {
+        if best.as_ref().is_none_or(|(bg, _)| gain > *bg) {
+            best = Some((gain, m));
         }
     }
     best.map(|(_, m)| m)

@@ -627,3 +627,21 @@ fn big_closures_keep_the_invariants() {
     assert_eq!(top.store_paths.len(), 1);
     assert_eq!(top.store_paths[0].name(), "app");
 }
+
+/// Keys are weighed on several threads for big closures: the plan is the
+/// same with one thread or several, exact (up to `EXACT_UNITS` units) and
+/// grouped (above).
+#[test]
+fn plans_do_not_depend_on_the_threads() {
+    for paths in [600, 1300] {
+        let closures = one(score::synthetic_closure(paths, 5));
+        let with = |threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| plan(&closures, 25, &Layering::default()).unwrap())
+        };
+        assert_eq!(with(1), with(3), "{paths} paths");
+    }
+}
