@@ -492,7 +492,7 @@ fn hex_decode(s: &str) -> Result<Vec<u8>, String> {
         b'A'..=b'F' => Ok(c - b'A' + 10),
         _ => Err(format!("'{}' is not a hexadecimal digit", c as char)),
     };
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("odd number of hexadecimal digits".to_owned());
     }
     s.as_bytes()
@@ -561,7 +561,7 @@ fn base64_encode(bytes: &[u8]) -> String {
 /// decoding and encoding again gives the same text.
 fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
     let bytes = s.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err("base64 length is not a multiple of 4".to_owned());
     }
     let padding = bytes.iter().rev().take_while(|&&c| c == b'=').count();

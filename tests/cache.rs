@@ -528,7 +528,7 @@ fn big_content(len: usize) -> Vec<u8> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        if x % 4 == 0 {
+        if x.is_multiple_of(4) {
             out.extend_from_slice(&x.to_le_bytes());
         } else {
             out.extend_from_slice(words[(x >> 8) as usize % words.len()]);
@@ -678,6 +678,7 @@ fn compression_flags_are_checked() {
 
 /// Sets the modification time of every file under `dir` to `age` ago.
 fn age_files(dir: &Path, age: std::time::Duration) {
+    #[allow(clippy::disallowed_methods)] // files made old for the test
     let when = std::time::SystemTime::now() - age;
     for entry in fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -747,6 +748,7 @@ fn prune_removes_what_was_not_used_and_keeps_the_rest_usable() {
     // Leftovers: a temporary file and a blob no entry names, two hours old,
     // and a fresh unnamed blob (a build may be storing it right now).
     let blobs = cache.join("layers-v1/blobs/sha256");
+    #[allow(clippy::disallowed_methods)] // files made old for the test
     let old = std::time::SystemTime::now() - 2 * DAY / 24;
     for name in [".tmp-layer-x".to_owned(), "1".repeat(64)] {
         fs::write(blobs.join(&name), b"left over").unwrap();

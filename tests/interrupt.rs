@@ -137,6 +137,7 @@ fn a_killed_build_leaves_no_index_and_the_next_one_succeeds() {
 }
 
 #[test]
+#[allow(unsafe_code)] // mkfifo: a fixture std cannot make
 fn a_failed_build_removes_the_layers_it_wrote() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
@@ -326,6 +327,7 @@ fn concurrent_builds_into_one_new_output_keep_both_tags() {
 /// SIGINT, SIGTERM and SIGHUP: the build removes its temporary files and
 /// blobs (and a new output's directory) and exits 128 + the signal.
 #[test]
+#[allow(unsafe_code)] // kill(2): std sends only SIGKILL
 fn a_signal_removes_what_the_build_wrote() {
     let Scene {
         tmp,

@@ -231,7 +231,7 @@ impl fmt::Display for Age {
         let secs = self.0.as_secs();
         match [("d", 86_400), ("h", 3600), ("m", 60)]
             .iter()
-            .find(|(_, n)| secs > 0 && secs % n == 0)
+            .find(|(_, n)| secs > 0 && secs.is_multiple_of(*n))
         {
             Some((unit, n)) => write!(f, "{}{unit}", secs / n),
             None => write!(f, "{secs}s"),

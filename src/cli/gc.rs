@@ -46,6 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let dir = args.layout.display();
     // The grace period is measured against the file system's clock: this
     // reaches no output.
+    #[allow(clippy::disallowed_methods)]
     let now = SystemTime::now();
     let report = collect(&args.layout, args.grace.0, now, args.dry_run, &mut || {
         eprintln!("nixoci: waiting for another nixoci that is writing {dir}")

@@ -249,6 +249,8 @@ pub fn print_stdout(bytes: &[u8]) -> anyhow::Result<()> {
 /// every thread inherits the mask, and one thread takes them with
 /// `sigwait`. Child processes (`nix`) start with an empty mask, as
 /// `std::process::Command` resets it.
+// sigwait and the signal mask have no safe form in std.
+#[allow(unsafe_code)]
 fn catch_signals() {
     // SAFETY: `set` is a local sigset_t initialised by sigemptyset before
     // use; pthread_sigmask changes only this thread's mask.

@@ -231,6 +231,8 @@ fn write_layer(
 /// that the layout's commit, which syncs every new blob, finds little left
 /// to write (and waits for it). Best effort: the commit's sync is what makes
 /// the blob durable.
+// sync_file_range has no safe form in std.
+#[allow(unsafe_code)]
 fn start_writeback(file: &File) {
     #[cfg(target_os = "linux")]
     {

@@ -730,6 +730,7 @@ pub(super) mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)] // mkfifo: a fixture std cannot make
     fn fifo_is_an_error() {
         let root = tempfile::tempdir().unwrap();
         let tree = root.path().join(format!("nix/store/{H1}-fifo"));
@@ -758,6 +759,7 @@ pub(super) mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)] // geteuid: std cannot tell who we are
     fn unreadable_file_names_the_file() {
         if unsafe { libc::geteuid() } == 0 {
             eprintln!("skipping unreadable_file_names_the_file: root reads files with mode 000");

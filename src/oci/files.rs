@@ -273,6 +273,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)] // mkfifo: a fixture std cannot make
     fn missing_and_odd_files() {
         let tmp = tempfile::tempdir().unwrap();
         let e = read(tmp.path(), "index.json").unwrap_err();

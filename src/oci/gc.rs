@@ -273,6 +273,7 @@ mod tests {
         assert_eq!(names[0].size, 5);
 
         // Within the grace period it stays.
+        #[allow(clippy::disallowed_methods)]
         let now = SystemTime::now();
         let r = collect(&dir, Duration::from_secs(3600), now, false, &mut || {}).unwrap();
         assert_eq!((r.removed.len(), r.kept.len()), (0, 1));

@@ -146,7 +146,6 @@ fn lock_dir(
     create: bool,
     waiting: &mut dyn FnMut(),
 ) -> Result<(File, bool), LayoutError> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
     let mut said = false;
     loop {
@@ -157,24 +156,17 @@ fn lock_dir(
             Err(e) => return Err(io_err("creating", dir)(e)),
         };
         let lock = File::open(dir).map_err(io_err("opening", dir))?;
-        let flock = |op| {
-            // SAFETY: flock on a descriptor `lock` owns; no memory is passed.
-            if unsafe { libc::flock(lock.as_raw_fd(), op) } == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        };
-        match flock(libc::LOCK_EX | libc::LOCK_NB) {
+        // An exclusive flock(2) on the directory itself.
+        match lock.try_lock() {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(std::fs::TryLockError::WouldBlock) => {
                 if !said {
                     waiting();
                     said = true;
                 }
-                flock(libc::LOCK_EX).map_err(io_err("locking", dir))?;
+                lock.lock().map_err(io_err("locking", dir))?;
             }
-            Err(e) => return Err(io_err("locking", dir)(e)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err("locking", dir)(e)),
         }
         // A writer that failed may have removed the directory while we
         // waited: lock the one that is there now.

@@ -394,24 +394,15 @@ struct TreeLock(File);
 
 impl TreeLock {
     fn take(path: &Path) -> Result<TreeLock, ExportError> {
-        use std::os::fd::AsRawFd;
         let f = File::create(path).map_err(io_err("creating", path))?;
-        // SAFETY: flock on a descriptor we own; it touches no memory.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(io_err("locking", path)(io::Error::last_os_error()));
-        }
+        f.lock().map_err(io_err("locking", path))?;
         Ok(TreeLock(f))
     }
 }
 
 impl Drop for TreeLock {
     fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as above.
-        unsafe {
-            libc::flock(self.0.as_raw_fd(), libc::LOCK_UN);
-        }
+        let _ = self.0.unlock();
     }
 }
 
