@@ -99,18 +99,7 @@ impl Closure {
     /// Parses the output of `nix path-info --json --recursive`, in any shape
     /// (see the module documentation).
     pub fn from_path_info_json(store_dir: &StoreDir, json: &[u8]) -> Result<Closure, ClosureError> {
-        let value: Value = serde_json::from_slice(json)?;
-        let entries = match &value {
-            Value::Array(list) => entries_of_list(list, "path-info")?,
-            Value::Object(object) => entries_of_path_info_object(store_dir, object)?,
-            other => {
-                return Err(shape(format!(
-                    "expected an array or an object, found {}",
-                    kind(other)
-                )))
-            }
-        };
-        closure_from_entries(store_dir, entries)
+        parse(store_dir, json, Shape::PathInfo)
     }
 
     /// Parses a closure file of any shape, with the parser its shape calls
@@ -120,21 +109,7 @@ impl Closure {
     /// a list is an `exportReferencesGraph` list or older `nix path-info`
     /// output (the same entries).
     pub fn from_any_json(store_dir: &StoreDir, json: &[u8]) -> Result<Closure, ClosureError> {
-        let value: Value = serde_json::from_slice(json)?;
-        let entries = match &value {
-            Value::Array(list) => entries_of_list(list, "closure")?,
-            Value::Object(attrs) if attrs.contains_key("outputs") => {
-                entries_of_list(graph_list_in_attrs(attrs)?, "exportReferencesGraph")?
-            }
-            Value::Object(object) => entries_of_path_info_object(store_dir, object)?,
-            other => {
-                return Err(shape(format!(
-                    "expected an exportReferencesGraph list, a .attrs.json object or nix path-info output, found {}",
-                    kind(other)
-                )))
-            }
-        };
-        closure_from_entries(store_dir, entries)
+        parse(store_dir, json, Shape::Any)
     }
 
     /// Parses an `exportReferencesGraph` list from `__structuredAttrs`.
@@ -146,18 +121,7 @@ impl Closure {
         store_dir: &StoreDir,
         json: &[u8],
     ) -> Result<Closure, ClosureError> {
-        let value: Value = serde_json::from_slice(json)?;
-        let list = match &value {
-            Value::Array(list) => list,
-            Value::Object(attrs) => graph_list_in_attrs(attrs)?,
-            other => {
-                return Err(shape(format!(
-                    "expected an exportReferencesGraph list or a .attrs.json object, found {}",
-                    kind(other)
-                )))
-            }
-        };
-        closure_from_entries(store_dir, entries_of_list(list, "exportReferencesGraph")?)
+        parse(store_dir, json, Shape::Graph)
     }
 
     /// The closure of `roots` within this graph. Complete by construction:
@@ -215,6 +179,49 @@ impl Closure {
         }
         Ok(())
     }
+}
+
+/// Which closure files a parser takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `nix path-info --json --recursive`: a list, or an object keyed by path.
+    PathInfo,
+    /// `exportReferencesGraph`: a list, or a `.attrs.json` object holding one.
+    Graph,
+    /// Either, told apart by shape ([`Closure::from_any_json`]).
+    Any,
+}
+
+fn parse(store_dir: &StoreDir, json: &[u8], shape_of: Shape) -> Result<Closure, ClosureError> {
+    let value: Value = serde_json::from_slice(json)?;
+    let entries = match (&value, shape_of) {
+        (Value::Array(list), _) => {
+            let what = match shape_of {
+                Shape::PathInfo => "path-info",
+                Shape::Graph => "exportReferencesGraph",
+                Shape::Any => "closure",
+            };
+            entries_of_list(list, what)?
+        }
+        (Value::Object(attrs), Shape::Graph) => {
+            entries_of_list(graph_list_in_attrs(attrs)?, "exportReferencesGraph")?
+        }
+        (Value::Object(attrs), Shape::Any) if attrs.contains_key("outputs") => {
+            entries_of_list(graph_list_in_attrs(attrs)?, "exportReferencesGraph")?
+        }
+        (Value::Object(object), _) => entries_of_path_info_object(store_dir, object)?,
+        (other, _) => {
+            let expected = match shape_of {
+                Shape::PathInfo => "an array or an object",
+                Shape::Graph => "an exportReferencesGraph list or a .attrs.json object",
+                Shape::Any => {
+                    "an exportReferencesGraph list, a .attrs.json object or nix path-info output"
+                }
+            };
+            return Err(shape(format!("expected {expected}, found {}", kind(other))));
+        }
+    };
+    closure_from_entries(store_dir, entries)
 }
 
 /// One entry as Nix printed it: the path (full or base name) and its fields,
