@@ -16,5 +16,6 @@ pub mod pipeline;
 pub mod plan;
 pub mod platform;
 pub mod publish;
+pub mod rootfs;
 pub mod spec;
 pub mod store_path;

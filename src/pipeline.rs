@@ -14,6 +14,7 @@ use crate::oci::layout::Layout;
 use crate::oci::Digest;
 use crate::plan::{self, LayerPlan};
 use crate::platform::Platform;
+use crate::rootfs::RootFs;
 use crate::store_path::StorePath;
 
 /// Version of the JSON form of [`BuildReport`].
@@ -25,6 +26,9 @@ pub struct ImageRequest {
     pub roots: Vec<StorePath>,
     pub closure: Closure,
     pub run: RunConfig,
+    /// The entries outside the store (empty: no root layer), written as one
+    /// layer on top of the store layers.
+    pub rootfs: RootFs,
 }
 
 /// Everything a plan needs, resolved and validated: what `nixoci plan`
@@ -112,6 +116,8 @@ pub enum BuildError {
     },
     #[error("building layers")]
     Layers(#[source] layer::LayerError),
+    #[error("building the root layer")]
+    RootLayer(#[source] layer::LayerError),
     #[error("assembling the image documents")]
     Image(#[from] image::ImageError),
 }
@@ -281,12 +287,32 @@ pub fn build(req: &BuildRequest, events: &Events) -> Result<BuildReport, BuildEr
         other => BuildError::Layers(other),
     })?;
     let built: Vec<BuiltLayer> = outcomes.iter().map(|o| o.layer.clone()).collect();
+    // One root layer per distinct tree: platforms with the same entries
+    // share its blob.
+    let mut root_layers: BTreeMap<&RootFs, LayerOutcome> = BTreeMap::new();
+    for image in req.plan.images.values() {
+        if image.rootfs.is_empty() || root_layers.contains_key(&image.rootfs) {
+            continue;
+        }
+        let layer = layer::build_root_layer(&image.rootfs, &req.layer_options, &blobs_dir)
+            .map_err(BuildError::RootLayer)?;
+        on_layer(&layer);
+        let outcome = LayerOutcome {
+            layer,
+            cache: layer::CacheStatus::Miss,
+            cache_problem: None,
+        };
+        root_layers.insert(&image.rootfs, outcome);
+    }
 
     let mut platforms = Vec::new();
     let mut manifests: Vec<(Platform, Blob)> = Vec::new();
     for image_plan in &plan.images {
         let request = &req.plan.images[&image_plan.platform];
-        let layers: Vec<&BuiltLayer> = image_plan.layers.iter().map(|&i| &built[i]).collect();
+        let mut layers: Vec<&BuiltLayer> = image_plan.layers.iter().map(|&i| &built[i]).collect();
+        if let Some(root) = root_layers.get(&request.rootfs) {
+            layers.push(&root.layer);
+        }
         let described: Vec<image::Layer> = layers.iter().map(|l| l.oci_layer()).collect();
         let config =
             image::config_blob(&image_plan.platform, &request.run, &described, &req.created)?;
@@ -313,7 +339,10 @@ pub fn build(req: &BuildRequest, events: &Events) -> Result<BuildReport, BuildEr
         tag: req.tag.clone(),
         index: (&index).into(),
         platforms,
-        layers: outcomes,
+        layers: outcomes
+            .into_iter()
+            .chain(root_layers.into_values())
+            .collect(),
     })
 }
 
@@ -352,6 +381,7 @@ mod tests {
             roots: vec![sp(names[0])],
             closure,
             run: RunConfig::default(),
+            rootfs: RootFs::default(),
         };
         PlanRequest {
             images: [("linux/amd64".parse().unwrap(), image)].into(),

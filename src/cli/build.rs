@@ -14,9 +14,11 @@ use super::resolve::{apply_structured_attrs, build_request};
 use super::Classify;
 use crate::layer::{CacheStatus, Compression};
 use crate::pipeline;
+use crate::rootfs::{DirSpec, GroupSpec, SymlinkSpec, UserSpec};
 
 const INPUT: &str = "Input";
 const CONFIG: &str = "Image config";
+const ROOT: &str = "Root filesystem (a layer on top of the store layers)";
 const LAYERING: &str = "Layering";
 const OUTPUT: &str = "Output";
 const PERFORMANCE: &str = "Performance";
@@ -140,6 +142,27 @@ pub struct Args {
     /// spec's, else SOURCE_DATE_EPOCH, else 1970-01-01T00:00:00Z.
     #[arg(long, value_name = "TIME", help_heading = CONFIG)]
     pub created: Option<Created>,
+
+    /// A directory PATH[:MODE[:UID:GID]] in the image (parents 0755 0:0):
+    /// --dir /tmp:1777, --dir /var/lib/app:0750:1000:1000. Repeatable.
+    #[arg(long = "dir", value_name = "PATH[:MODE[:UID:GID]]", help_heading = ROOT)]
+    pub dirs: Vec<DirSpec>,
+
+    /// A symbolic link PATH=TARGET in the image, TARGET absolute:
+    /// --symlink /bin/sh={root}/bin/sh. Repeatable.
+    #[arg(long = "symlink", value_name = "PATH=TARGET", help_heading = ROOT)]
+    pub symlinks: Vec<SymlinkSpec>,
+
+    /// A user NAME:UID[:GID[:HOME[:SHELL]]] in /etc/passwd (GID defaults to
+    /// UID, HOME to /home/NAME, created owned by the user; SHELL to
+    /// /bin/sh). Any of --add-user and --add-group writes /etc/passwd and
+    /// /etc/group (with root and nobody) and /etc/nsswitch.conf. Repeatable.
+    #[arg(long = "add-user", value_name = "NAME:UID[:GID[:HOME[:SHELL]]]", help_heading = ROOT)]
+    pub users: Vec<UserSpec>,
+
+    /// A group NAME:GID in /etc/group. Repeatable.
+    #[arg(long = "add-group", value_name = "NAME:GID", help_heading = ROOT)]
+    pub groups: Vec<GroupSpec>,
 
     /// Most layers in each platform's image [default: the spec's, else 100].
     #[arg(long, value_name = "N", help_heading = LAYERING)]
@@ -269,9 +292,18 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             .progress_chars("=> "),
     );
     let written = AtomicU64::new(0);
+    // Distinct root layers, built after the planned ones.
+    let root_layers = req
+        .plan
+        .images
+        .values()
+        .filter(|i| !i.rootfs.is_empty())
+        .map(|i| &i.rootfs)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     let output = req.output.display();
     let events = pipeline::Events {
-        plan: &|plan| bar.set_length(plan.layers.len() as u64),
+        plan: &|plan| bar.set_length((plan.layers.len() + root_layers) as u64),
         waiting: &|| {
             bar.suspend(|| eprintln!("nixoci: waiting for another nixoci that is writing {output}"))
         },

@@ -25,6 +25,7 @@ use crate::pipeline::{BuildRequest, ImageRequest, PlanRequest};
 use crate::plan::{Layering, DEFAULT_MAX_LAYERS};
 use crate::platform::Platform;
 use crate::publish::previous::{read_previous, PreviousRequest};
+use crate::rootfs::RootSpec;
 use crate::spec::{self, ImageSpec, Overrides};
 use crate::store_path::{StoreDir, StorePath};
 
@@ -126,7 +127,27 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
             .check()
             .map_err(|e| usage(e.to_string()))?;
     }
-    let layering = layering(args, store_dir)?;
+    let mut layering = layering(args, store_dir)?;
+    let root_spec = RootSpec {
+        dirs: args.dirs.clone(),
+        symlinks: args.symlinks.clone(),
+        users: args.users.clone(),
+        groups: args.groups.clone(),
+    };
+    // The tree, before Nix builds anything ({root} as a stand-in): a
+    // conflict fails now.
+    root_spec.tree("/").map_err(|e| usage(e.to_string()))?;
+    if !root_spec.is_empty() {
+        // The root layer counts in the budget.
+        layering.reserve_layers += 1;
+    }
+    if let Some(user) = args.user.as_deref() {
+        if !root_spec.defines_user(user) {
+            eprintln!(
+                "nixoci: warning: --user {user}: no --add-user defines it, so the image's /etc/passwd has no such user (runtimes refuse to start it); add --add-user {user}:UID, or give a numeric --user UID:GID"
+            );
+        }
+    }
     if !args.store_root.is_dir() {
         bail!(UsageError(format!(
             "--store-root {}: not a directory",
@@ -282,12 +303,16 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
         let run = run_config(args, base, &rs[0])?;
         run.check()
             .map_err(|e| usage(format!("the image config of {platform}: {e}")))?;
+        let rootfs = root_spec
+            .tree(rs[0].as_str())
+            .map_err(|e| usage(e.to_string()))?;
         images.insert(
             platform,
             ImageRequest {
                 roots: rs,
                 closure,
                 run,
+                rootfs,
             },
         );
     }

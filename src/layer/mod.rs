@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::closure::PathInfo;
 use crate::oci::{temp, Digest, DigestWriter};
+use crate::rootfs::RootFs;
 use crate::store_path::StorePath;
 
 pub use self::cache::{Cache, CacheStatus};
@@ -178,7 +179,52 @@ fn write_layer(
     let mut store_paths = paths.to_vec();
     store_paths.sort();
     store_paths.dedup();
+    let (diff_id, digest, size) = write_blob(opts, blobs_dir, workers, |out| {
+        tar::write_stream(&store_paths, &opts.store_root, out)
+    })?;
+    Ok(BuiltLayer {
+        store_paths,
+        diff_id,
+        digest,
+        size,
+        media_type: opts.compression.media_type().to_owned(),
+    })
+}
 
+/// Builds the root layer of `fs` into `blobs_dir` (the entries outside the
+/// store: `crate::rootfs`), with `opts`' compression. It holds no store
+/// path.
+pub fn build_root_layer(
+    fs: &RootFs,
+    opts: &LayerOptions,
+    blobs_dir: &Path,
+) -> Result<BuiltLayer, LayerError> {
+    opts.compression.check()?;
+    let workers = Workers::new(1);
+    let (diff_id, digest, size) = write_blob(opts, blobs_dir, &workers, |out| {
+        tar::write_root_stream(fs, out)
+    })?;
+    Ok(BuiltLayer {
+        store_paths: Vec::new(),
+        diff_id,
+        digest,
+        size,
+        media_type: opts.compression.media_type().to_owned(),
+    })
+}
+
+/// Where a layer's tar stream goes: hashed, compressed, hashed, buffered
+/// into the blob's temporary file.
+type LayerSink<'w> = DigestWriter<Encoder<'w, DigestWriter<BufWriter<&'w File>>>>;
+
+/// The tar stream `tar` writes, hashed (diff_id), compressed, hashed again
+/// (digest) and written to `blobs_dir` under its digest, in one pass.
+fn write_blob(
+    opts: &LayerOptions,
+    blobs_dir: &Path,
+    workers: &Workers,
+    tar: impl for<'w> FnOnce(LayerSink<'w>) -> Result<LayerSink<'w>, StreamError>,
+) -> Result<(Digest, Digest, u64), LayerError> {
     // The temp file is removed when dropped, on any early return.
     let temp = temp::create(
         tempfile::Builder::new()
@@ -202,11 +248,10 @@ fn write_layer(
             LayerError::WriteStream { source } => write_error(source),
             other => other,
         })?;
-    let tar = tar::write_stream(&store_paths, &opts.store_root, DigestWriter::new(encoder))
-        .map_err(|e| match e {
-            StreamError::Layer(e) => e,
-            StreamError::Write(source) => write_error(source),
-        })?;
+    let tar = tar(DigestWriter::new(encoder)).map_err(|e| match e {
+        StreamError::Layer(e) => e,
+        StreamError::Write(source) => write_error(source),
+    })?;
     let (encoder, diff_id, _) = tar.finish();
     let compressed = encoder.finish().map_err(write_error)?;
     let (file, digest, size) = compressed.finish();
@@ -218,13 +263,7 @@ fn write_layer(
         source: e,
     })?;
     start_writeback(&file);
-    Ok(BuiltLayer {
-        store_paths,
-        diff_id,
-        digest,
-        size,
-        media_type: opts.compression.media_type().to_owned(),
-    })
+    Ok((diff_id, digest, size))
 }
 
 /// Asks the kernel to start writing `file` to disk now, without waiting, so

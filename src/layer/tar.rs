@@ -40,6 +40,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::LayerError;
+use crate::rootfs::{Kind as RootKind, RootFs};
 use crate::store_path::StorePath;
 
 /// Version of the rules above: bump it with any change to the bytes a layer
@@ -118,6 +119,48 @@ pub(super) fn write_stream<W: Write>(
         tar.store_dir(path.store_dir())?;
         let relative = path.as_str().trim_start_matches('/');
         tar.tree(store_root.join(relative), relative.as_bytes().to_vec())?;
+    }
+    tar.out
+        .write_all(&[0; 2 * BLOCK])
+        .map_err(StreamError::Write)?;
+    Ok(tar.out)
+}
+
+/// Writes the root layer of `fs` to `out`: its entries in path order,
+/// parents before children (the tree has every parent), names relative
+/// (`tmp/`, `etc/passwd`), with their modes and numeric owners, mtime 1,
+/// uname and gname empty; then the closing zero blocks.
+pub fn write_root_tar<W: Write>(fs: &RootFs, out: W) -> Result<W, LayerError> {
+    write_root_stream(fs, out).map_err(|e| match e {
+        StreamError::Layer(e) => e,
+        StreamError::Write(source) => LayerError::WriteStream { source },
+    })
+}
+
+pub(super) fn write_root_stream<W: Write>(fs: &RootFs, out: W) -> Result<W, StreamError> {
+    let mut tar = TarWriter {
+        out,
+        buffer: Vec::new(),
+        store_dirs: BTreeSet::new(),
+    };
+    for (path, entry) in &fs.entries {
+        let mut name = path.trim_start_matches('/').as_bytes().to_vec();
+        let owner = (entry.uid, entry.gid);
+        match &entry.kind {
+            RootKind::Directory => {
+                name.push(b'/');
+                tar.owned_entry(&name, TYPE_DIRECTORY, entry.mode, owner, 0, b"")?;
+            }
+            RootKind::Symlink(target) => {
+                tar.owned_entry(&name, TYPE_SYMLINK, entry.mode, owner, 0, target.as_bytes())?;
+            }
+            RootKind::File(bytes) => {
+                let size = bytes.len() as u64;
+                tar.owned_entry(&name, TYPE_REGULAR, entry.mode, owner, size, b"")?;
+                tar.out.write_all(bytes).map_err(StreamError::Write)?;
+                tar.pad(size)?;
+            }
+        }
     }
     tar.out
         .write_all(&[0; 2 * BLOCK])
@@ -238,12 +281,25 @@ impl<W: Write> TarWriter<W> {
         self.pad(size)
     }
 
-    /// Writes an entry's headers: a PAX header first if ustar cannot hold it.
+    /// Writes an entry's headers, owned by 0:0.
     fn entry(
         &mut self,
         name: &[u8],
         typeflag: u8,
         mode: u32,
+        size: u64,
+        link: &[u8],
+    ) -> Result<(), StreamError> {
+        self.owned_entry(name, typeflag, mode, (0, 0), size, link)
+    }
+
+    /// Writes an entry's headers: a PAX header first if ustar cannot hold it.
+    fn owned_entry(
+        &mut self,
+        name: &[u8],
+        typeflag: u8,
+        mode: u32,
+        owner: (u32, u32),
         size: u64,
         link: &[u8],
     ) -> Result<(), StreamError> {
@@ -253,6 +309,7 @@ impl<W: Write> TarWriter<W> {
                 &pax_name,
                 TYPE_PAX,
                 PAX_HEADER_MODE,
+                (0, 0),
                 records.len() as u64,
                 b"",
             );
@@ -260,7 +317,7 @@ impl<W: Write> TarWriter<W> {
             self.out.write_all(&records).map_err(StreamError::Write)?;
             self.pad(records.len() as u64)?;
         }
-        let header = ustar_header(name, typeflag, mode, size, link);
+        let header = ustar_header(name, typeflag, mode, owner, size, link);
         self.out.write_all(&header).map_err(StreamError::Write)
     }
 
@@ -286,12 +343,21 @@ fn read_error(path: &Path, source: io::Error) -> LayerError {
 /// The ustar header of one entry. A name or link target longer than the
 /// field is cut (the PAX header carries it whole), a size ustar cannot hold
 /// is written as 0 (likewise).
-fn ustar_header(name: &[u8], typeflag: u8, mode: u32, size: u64, link: &[u8]) -> [u8; BLOCK] {
+fn ustar_header(
+    name: &[u8],
+    typeflag: u8,
+    mode: u32,
+    (uid, gid): (u32, u32),
+    size: u64,
+    link: &[u8],
+) -> [u8; BLOCK] {
     let mut h = [0u8; BLOCK];
     put_bytes(&mut h[0..100], name);
     put_octal(&mut h[100..108], u64::from(mode));
-    put_octal(&mut h[108..116], 0); // uid
-    put_octal(&mut h[116..124], 0); // gid
+    // Ids above ustar's 7 octal digits do not fit: the root layer's
+    // parsers refuse them (at most 2097151).
+    put_octal(&mut h[108..116], u64::from(uid));
+    put_octal(&mut h[116..124], u64::from(gid));
     put_octal(
         &mut h[124..136],
         if size > USTAR_MAX_SIZE { 0 } else { size },
@@ -850,7 +916,7 @@ pub(super) mod tests {
 
     #[test]
     fn headers_match_gnu_tar_conventions() {
-        let h = ustar_header(b"nix/", TYPE_DIRECTORY, 0o755, 0, b"");
+        let h = ustar_header(b"nix/", TYPE_DIRECTORY, 0o755, (0, 0), 0, b"");
         assert_eq!(&h[100..108], b"0000755\0");
         assert_eq!(&h[108..124], b"0000000\x000000000\0");
         assert_eq!(&h[136..148], b"00000000001\0");

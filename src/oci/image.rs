@@ -28,6 +28,11 @@ pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// by single spaces. `nixoci build --previous` reads it back.
 pub const ANNOTATION_STORE_PATHS: &str = "dev.nixoci.store-paths";
 
+/// The annotation that marks the root layer (the entries outside the store:
+/// directories, symlinks, the user database) instead of
+/// [`ANNOTATION_STORE_PATHS`]; `--previous` leaves such a layer out.
+pub const ANNOTATION_ROOT_LAYER: &str = "dev.nixoci.root-layer";
+
 /// What `history` entries say created each layer.
 pub const CREATED_BY: &str = "nixoci";
 
@@ -211,6 +216,9 @@ pub struct Layer<'a> {
 
 /// The `history` comment of a layer: the store paths it holds.
 pub fn history_comment(layer: &Layer) -> String {
+    if layer.store_paths.is_empty() {
+        return "files outside the store".to_owned();
+    }
     let names: Vec<&str> = layer.store_paths.iter().map(|p| p.as_str()).collect();
     format!("store paths: {}", names.join(" "))
 }
@@ -315,10 +323,13 @@ pub fn manifest_blob(
                 .media_type(media_type(l.media_type))
                 .digest(oci_digest(l.digest)?)
                 .size(l.size)
-                .annotations(std::collections::HashMap::from([(
-                    ANNOTATION_STORE_PATHS.to_owned(),
-                    store_paths_annotation(l),
-                )]))
+                .annotations(std::collections::HashMap::from([
+                    if l.store_paths.is_empty() {
+                        (ANNOTATION_ROOT_LAYER.to_owned(), "true".to_owned())
+                    } else {
+                        (ANNOTATION_STORE_PATHS.to_owned(), store_paths_annotation(l))
+                    },
+                ]))
                 .build()
                 .map_err(spec("image manifest"))
         })

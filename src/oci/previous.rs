@@ -21,7 +21,7 @@ use std::io;
 use std::path::PathBuf;
 
 use super::files::{self, FileError};
-use super::image::ANNOTATION_STORE_PATHS;
+use super::image::{ANNOTATION_ROOT_LAYER, ANNOTATION_STORE_PATHS};
 use super::layout::{tagged_entry, LayoutArg, TagError};
 use super::model::{parse, Descriptor, ImageConfig, Manifest};
 use super::walk::{self, At, BlobError, BlobSource, Kind, LayoutBlobs, ReadError, Visitor};
@@ -115,8 +115,12 @@ impl<S: BlobSource> Visitor<S> for Reader {
             return Ok(());
         };
         let layers = manifest.layers(&what)?;
+        // The root layer holds no store path: nothing to keep from it (it
+        // is made anew, the same bytes when nothing changed).
+        let root_layer = |l: &&Descriptor| l.annotation(ANNOTATION_ROOT_LAYER).is_some();
         let from_annotations: Option<Vec<Vec<String>>> = layers
             .iter()
+            .filter(|l| !root_layer(l))
             .map(|l| l.annotation(ANNOTATION_STORE_PATHS).map(names))
             .collect();
         let found = match from_annotations {

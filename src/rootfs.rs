@@ -1,0 +1,653 @@
+//! What an image holds outside the store: directories, symbolic links and
+//! the user database, declared on the command line and written as one root
+//! layer on top of the store layers, with owners and modes (no fakeroot).
+//! Pure: flags in, a sorted tree of entries out; `layer::tar` writes it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a root filesystem flag or the tree it makes is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RootFsError {
+    #[error("{flag} '{given}': {problem}")]
+    Syntax {
+        flag: &'static str,
+        given: String,
+        problem: String,
+    },
+    #[error("{path} is given twice, differently: by {first} and by {second}")]
+    Conflict {
+        path: String,
+        first: String,
+        second: String,
+    },
+    #[error("{path} ({by}) is inside {parent}, which {parent_by} makes a {kind}, not a directory")]
+    NotADirectory {
+        path: String,
+        by: String,
+        parent: String,
+        parent_by: String,
+        kind: &'static str,
+    },
+}
+
+/// An entry of the root layer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Kind {
+    Directory,
+    File(Vec<u8>),
+    Symlink(String),
+}
+
+/// One entry: what it is, its mode (permission bits, setuid/setgid/sticky
+/// included) and owner.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Entry {
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Entry {
+    fn kind_name(&self) -> &'static str {
+        match self.kind {
+            Kind::Directory => "directory",
+            Kind::File(_) => "file",
+            Kind::Symlink(_) => "symbolic link",
+        }
+    }
+}
+
+/// The root layer's tree: absolute paths (`/tmp`, `/etc/passwd`) to
+/// entries, parents present, in path order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RootFs {
+    pub entries: BTreeMap<String, Entry>,
+}
+
+impl RootFs {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Checks an absolute, normal path in the image: `/a/b`, no `.` or `..`
+/// parts, no empty parts, not `/` itself, nothing under the store.
+fn image_path(flag: &'static str, given: &str, path: &str) -> Result<String, RootFsError> {
+    let bad = |problem: &str| RootFsError::Syntax {
+        flag,
+        given: given.to_owned(),
+        problem: problem.to_owned(),
+    };
+    if !path.starts_with('/') {
+        return Err(bad("the path must be absolute"));
+    }
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err(bad("the path must name something below /"));
+    }
+    if trimmed[1..]
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Err(bad("the path must not hold empty, '.' or '..' parts"));
+    }
+    if trimmed.contains('\0') || trimmed.chars().any(char::is_control) {
+        return Err(bad("the path holds a control character"));
+    }
+    if trimmed == "/nix" || trimmed.starts_with("/nix/") {
+        return Err(bad(
+            "the path is in /nix, which the store layers and the Nix database own",
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// The largest id a tar header holds (7 octal digits).
+pub const MAX_ID: u32 = 0o7777777;
+
+fn number(flag: &'static str, given: &str, what: &str, s: &str) -> Result<u32, RootFsError> {
+    s.parse::<u32>()
+        .ok()
+        .filter(|&n| n <= MAX_ID)
+        .ok_or_else(|| RootFsError::Syntax {
+            flag,
+            given: given.to_owned(),
+            problem: format!("{what} '{s}' is not a number from 0 to {MAX_ID}"),
+        })
+}
+
+/// `--dir PATH[:MODE[:UID:GID]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirSpec {
+    pub path: String,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl FromStr for DirSpec {
+    type Err = RootFsError;
+
+    fn from_str(s: &str) -> Result<Self, RootFsError> {
+        const FLAG: &str = "--dir";
+        let parts: Vec<&str> = s.split(':').collect();
+        let (path, mode, owner) = match parts.as_slice() {
+            [path] => (*path, None, None),
+            [path, mode] => (*path, Some(*mode), None),
+            [path, mode, uid, gid] => (*path, Some(*mode), Some((*uid, *gid))),
+            _ => {
+                return Err(RootFsError::Syntax {
+                    flag: FLAG,
+                    given: s.to_owned(),
+                    problem: "expected PATH[:MODE[:UID:GID]], such as /tmp:1777".to_owned(),
+                })
+            }
+        };
+        let mode = match mode {
+            None => 0o755,
+            Some(m) => u32::from_str_radix(m, 8)
+                .ok()
+                .filter(|&m| m <= 0o7777)
+                .ok_or_else(|| RootFsError::Syntax {
+                    flag: FLAG,
+                    given: s.to_owned(),
+                    problem: format!("mode '{m}' is not an octal mode such as 0755 or 1777"),
+                })?,
+        };
+        let (uid, gid) = match owner {
+            None => (0, 0),
+            Some((u, g)) => (number(FLAG, s, "UID", u)?, number(FLAG, s, "GID", g)?),
+        };
+        Ok(DirSpec {
+            path: image_path(FLAG, s, path)?,
+            mode,
+            uid,
+            gid,
+        })
+    }
+}
+
+/// `--symlink PATH=TARGET`; TARGET is absolute and may hold `{root}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SymlinkSpec {
+    pub path: String,
+    pub target: String,
+}
+
+impl FromStr for SymlinkSpec {
+    type Err = RootFsError;
+
+    fn from_str(s: &str) -> Result<Self, RootFsError> {
+        const FLAG: &str = "--symlink";
+        let bad = |problem: &str| RootFsError::Syntax {
+            flag: FLAG,
+            given: s.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let (path, target) = s
+            .split_once('=')
+            .ok_or_else(|| bad("expected PATH=TARGET, such as /bin/sh={root}/bin/sh"))?;
+        if !(target.starts_with('/') || target.starts_with("{root}")) {
+            return Err(bad("the target must be absolute"));
+        }
+        if target.contains('\0') || target.chars().any(char::is_control) {
+            return Err(bad("the target holds a control character"));
+        }
+        Ok(SymlinkSpec {
+            path: image_path(FLAG, s, path)?,
+            target: target.to_owned(),
+        })
+    }
+}
+
+/// A name in `/etc/passwd` or `/etc/group`.
+fn account_name(flag: &'static str, given: &str, name: &str) -> Result<String, RootFsError> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(RootFsError::Syntax {
+            flag,
+            given: given.to_owned(),
+            problem: format!(
+                "'{name}' is not a user or group name (letters, digits, '.', '_', '-')"
+            ),
+        })
+    }
+}
+
+/// `--add-user NAME:UID[:GID[:HOME[:SHELL]]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSpec {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+    pub shell: String,
+}
+
+impl FromStr for UserSpec {
+    type Err = RootFsError;
+
+    fn from_str(s: &str) -> Result<Self, RootFsError> {
+        const FLAG: &str = "--add-user";
+        let parts: Vec<&str> = s.split(':').collect();
+        if !(2..=5).contains(&parts.len()) {
+            return Err(RootFsError::Syntax {
+                flag: FLAG,
+                given: s.to_owned(),
+                problem: "expected NAME:UID[:GID[:HOME[:SHELL]]], such as app:1000".to_owned(),
+            });
+        }
+        let name = account_name(FLAG, s, parts[0])?;
+        let uid = number(FLAG, s, "UID", parts[1])?;
+        let gid = match parts.get(2) {
+            Some(g) if !g.is_empty() => number(FLAG, s, "GID", g)?,
+            _ => uid,
+        };
+        let home = match parts.get(3) {
+            Some(h) if !h.is_empty() => image_path(FLAG, s, h)?,
+            _ => format!("/home/{name}"),
+        };
+        let shell = match parts.get(4) {
+            Some(sh) if !sh.is_empty() => {
+                if !sh.starts_with('/') {
+                    return Err(RootFsError::Syntax {
+                        flag: FLAG,
+                        given: s.to_owned(),
+                        problem: format!("shell '{sh}' must be an absolute path"),
+                    });
+                }
+                (*sh).to_owned()
+            }
+            _ => "/bin/sh".to_owned(),
+        };
+        Ok(UserSpec {
+            name,
+            uid,
+            gid,
+            home,
+            shell,
+        })
+    }
+}
+
+/// `--add-group NAME:GID`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSpec {
+    pub name: String,
+    pub gid: u32,
+}
+
+impl FromStr for GroupSpec {
+    type Err = RootFsError;
+
+    fn from_str(s: &str) -> Result<Self, RootFsError> {
+        const FLAG: &str = "--add-group";
+        match s.split_once(':') {
+            Some((name, gid)) => Ok(GroupSpec {
+                name: account_name(FLAG, s, name)?,
+                gid: number(FLAG, s, "GID", gid)?,
+            }),
+            None => Err(RootFsError::Syntax {
+                flag: FLAG,
+                given: s.to_owned(),
+                problem: "expected NAME:GID, such as app:1000".to_owned(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for DirSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "--dir {}", self.path)
+    }
+}
+
+/// Everything the command line asks to put outside the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RootSpec {
+    pub dirs: Vec<DirSpec>,
+    pub symlinks: Vec<SymlinkSpec>,
+    pub users: Vec<UserSpec>,
+    pub groups: Vec<GroupSpec>,
+}
+
+/// The entries the tree gets, each with what asked for it.
+struct Builder {
+    entries: BTreeMap<String, (Entry, String)>,
+}
+
+impl Builder {
+    /// Adds `entry` at `path`; the same entry twice is fine, a different
+    /// one is a conflict naming both.
+    fn add(&mut self, path: &str, entry: Entry, by: String) -> Result<(), RootFsError> {
+        match self.entries.get(path) {
+            Some((old, first)) if *old != entry => Err(RootFsError::Conflict {
+                path: path.to_owned(),
+                first: first.clone(),
+                second: by,
+            }),
+            Some(_) => Ok(()),
+            None => {
+                self.entries.insert(path.to_owned(), (entry, by));
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds the parents of every entry that no flag made: directories 0755
+    /// owned by root. A parent that is not a directory is an error.
+    fn parents(mut self) -> Result<RootFs, RootFsError> {
+        let paths: Vec<(String, String)> = self
+            .entries
+            .iter()
+            .map(|(p, (_, by))| (p.clone(), by.clone()))
+            .collect();
+        for (path, by) in paths {
+            let mut parent = path.as_str();
+            while let Some(i) = parent.rfind('/').filter(|&i| i > 0) {
+                parent = &path[..i];
+                match self.entries.get(parent) {
+                    Some((e, _)) if e.kind == Kind::Directory => {}
+                    Some((e, parent_by)) => {
+                        return Err(RootFsError::NotADirectory {
+                            path: path.clone(),
+                            by,
+                            parent: parent.to_owned(),
+                            parent_by: parent_by.clone(),
+                            kind: e.kind_name(),
+                        })
+                    }
+                    None => {
+                        let dir = Entry {
+                            kind: Kind::Directory,
+                            mode: 0o755,
+                            uid: 0,
+                            gid: 0,
+                        };
+                        self.entries
+                            .insert(parent.to_owned(), (dir, format!("the parent of {path}")));
+                    }
+                }
+            }
+        }
+        Ok(RootFs {
+            entries: self.entries.into_iter().map(|(p, (e, _))| (p, e)).collect(),
+        })
+    }
+}
+
+impl RootSpec {
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty()
+            && self.symlinks.is_empty()
+            && self.users.is_empty()
+            && self.groups.is_empty()
+    }
+
+    /// The tree for the platform whose root store path is `root` (`{root}`
+    /// in symlink targets).
+    pub fn tree(&self, root: &str) -> Result<RootFs, RootFsError> {
+        let mut b = Builder {
+            entries: BTreeMap::new(),
+        };
+        for d in &self.dirs {
+            let entry = Entry {
+                kind: Kind::Directory,
+                mode: d.mode,
+                uid: d.uid,
+                gid: d.gid,
+            };
+            b.add(&d.path, entry, format!("--dir {}", d.path))?;
+        }
+        for l in &self.symlinks {
+            let entry = Entry {
+                kind: Kind::Symlink(l.target.replace("{root}", root)),
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+            };
+            b.add(&l.path, entry, format!("--symlink {}", l.path))?;
+        }
+        if !self.users.is_empty() || !self.groups.is_empty() {
+            for (path, bytes) in self.user_database() {
+                let file = Entry {
+                    kind: Kind::File(bytes),
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                };
+                b.add(path, file, "--add-user/--add-group".to_owned())?;
+            }
+            // A home a --dir declares is as that says.
+            let declared: Vec<&str> = self.dirs.iter().map(|d| d.path.as_str()).collect();
+            for u in self
+                .users
+                .iter()
+                .filter(|u| !declared.contains(&u.home.as_str()))
+            {
+                let home = Entry {
+                    kind: Kind::Directory,
+                    mode: 0o755,
+                    uid: u.uid,
+                    gid: u.gid,
+                };
+                b.add(&u.home, home, format!("the home of --add-user {}", u.name))?;
+            }
+        }
+        b.parents()
+    }
+
+    /// `/etc/passwd`, `/etc/group` (with `root` and `nobody`, as
+    /// dockerTools' fakeNss) and `/etc/nsswitch.conf`. A user whose group
+    /// no `--add-group` names gets a group of its own name.
+    fn user_database(&self) -> [(&'static str, Vec<u8>); 3] {
+        let mut passwd = String::from(
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/var/empty:/bin/false\n",
+        );
+        // In id order, whatever the order of the flags.
+        let mut users: Vec<&UserSpec> = self.users.iter().collect();
+        users.sort_by(|a, b| (a.uid, &a.name).cmp(&(b.uid, &b.name)));
+        for u in &users {
+            passwd.push_str(&format!(
+                "{}:x:{}:{}::{}:{}\n",
+                u.name, u.uid, u.gid, u.home, u.shell
+            ));
+        }
+        let mut groups: Vec<(String, u32)> =
+            vec![("root".to_owned(), 0), ("nobody".to_owned(), 65534)];
+        groups.extend(self.groups.iter().map(|g| (g.name.clone(), g.gid)));
+        for u in &users {
+            if !groups.iter().any(|(_, gid)| *gid == u.gid) {
+                groups.push((u.name.clone(), u.gid));
+            }
+        }
+        groups[2..].sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        let group: String = groups
+            .iter()
+            .map(|(name, gid)| format!("{name}:x:{gid}:\n"))
+            .collect();
+        [
+            ("/etc/group", group.into_bytes()),
+            ("/etc/nsswitch.conf", b"hosts: files dns\n".to_vec()),
+            ("/etc/passwd", passwd.into_bytes()),
+        ]
+    }
+
+    /// Names the user database defines, for the `--user` check.
+    pub fn defines_user(&self, user: &str) -> bool {
+        let name = user.split(':').next().unwrap_or(user);
+        name == "root"
+            || name == "nobody"
+            || name.bytes().all(|b| b.is_ascii_digit())
+            || self.users.iter().any(|u| u.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dirs: &[&str], links: &[&str], users: &[&str], groups: &[&str]) -> RootSpec {
+        RootSpec {
+            dirs: dirs.iter().map(|d| d.parse().unwrap()).collect(),
+            symlinks: links.iter().map(|l| l.parse().unwrap()).collect(),
+            users: users.iter().map(|u| u.parse().unwrap()).collect(),
+            groups: groups.iter().map(|g| g.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn flags_parse() {
+        let d: DirSpec = "/var/lib/app:0750:1000:1000".parse().unwrap();
+        assert_eq!(
+            (d.path.as_str(), d.mode, d.uid, d.gid),
+            ("/var/lib/app", 0o750, 1000, 1000)
+        );
+        let t: DirSpec = "/tmp:1777".parse().unwrap();
+        assert_eq!((t.mode, t.uid), (0o1777, 0));
+        assert_eq!("/tmp/".parse::<DirSpec>().unwrap().path, "/tmp");
+        for bad in [
+            "tmp",
+            "/",
+            "/tmp:999",
+            "/tmp:rwx",
+            "/tmp:17777",
+            "/tmp:0755:1000",
+            "/a/../b",
+            "/nix/store/x",
+            "/tmp:0755:x:1",
+        ] {
+            assert!(bad.parse::<DirSpec>().is_err(), "{bad}");
+        }
+        let l: SymlinkSpec = "/bin/sh={root}/bin/sh".parse().unwrap();
+        assert_eq!(l.target, "{root}/bin/sh");
+        for bad in [
+            "/bin/sh",
+            "/bin/sh=bin/busybox",
+            "bin/sh=/x",
+            "/bin/sh=/a\nb",
+        ] {
+            assert!(bad.parse::<SymlinkSpec>().is_err(), "{bad}");
+        }
+        let u: UserSpec = "app:1000".parse().unwrap();
+        assert_eq!(
+            (u.gid, u.home.as_str(), u.shell.as_str()),
+            (1000, "/home/app", "/bin/sh")
+        );
+        let u: UserSpec = "app:1000:100:/var/lib/app:/bin/ash".parse().unwrap();
+        assert_eq!(
+            (u.gid, u.home.as_str(), u.shell.as_str()),
+            (100, "/var/lib/app", "/bin/ash")
+        );
+        for bad in [
+            "app",
+            "app:x",
+            "a:b:c:d:e:f",
+            "-x:1",
+            "a b:1",
+            "app:1:1:home",
+            "app:1:1:/h:sh",
+        ] {
+            assert!(bad.parse::<UserSpec>().is_err(), "{bad}");
+        }
+        assert_eq!("app:1000".parse::<GroupSpec>().unwrap().gid, 1000);
+        assert!("app".parse::<GroupSpec>().is_err());
+    }
+
+    #[test]
+    fn trees_have_parents_owners_and_the_user_database() {
+        let s = spec(
+            &["/tmp:1777", "/var/lib/app:0750:1000:1000"],
+            &["/bin/sh={root}/bin/sh"],
+            &["app:1000:1000:/var/lib/app"],
+            &[],
+        );
+        let fs = s.tree("/nix/store/abc-hello").unwrap();
+        let paths: Vec<&str> = fs.entries.keys().map(String::as_str).collect();
+        assert_eq!(
+            paths,
+            [
+                "/bin",
+                "/bin/sh",
+                "/etc",
+                "/etc/group",
+                "/etc/nsswitch.conf",
+                "/etc/passwd",
+                "/tmp",
+                "/var",
+                "/var/lib",
+                "/var/lib/app"
+            ]
+        );
+        let app = &fs.entries["/var/lib/app"];
+        assert_eq!((app.mode, app.uid, app.gid), (0o750, 1000, 1000));
+        assert_eq!(fs.entries["/tmp"].mode, 0o1777);
+        assert_eq!(
+            fs.entries["/bin/sh"].kind,
+            Kind::Symlink("/nix/store/abc-hello/bin/sh".into())
+        );
+        let Kind::File(passwd) = &fs.entries["/etc/passwd"].kind else {
+            panic!("passwd")
+        };
+        let passwd = String::from_utf8_lossy(passwd);
+        assert!(passwd.starts_with("root:x:0:0:"), "{passwd}");
+        assert!(
+            passwd.ends_with("app:x:1000:1000::/var/lib/app:/bin/sh\n"),
+            "{passwd}"
+        );
+        let Kind::File(group) = &fs.entries["/etc/group"].kind else {
+            panic!("group")
+        };
+        assert!(String::from_utf8_lossy(group).contains("app:x:1000:\n"));
+        assert!(s.defines_user("app") && s.defines_user("1000:1000") && !s.defines_user("web"));
+    }
+
+    #[test]
+    fn conflicts_name_both() {
+        let e = spec(&["/x:0755", "/x:0700"], &[], &[], &[])
+            .tree("/r")
+            .unwrap_err();
+        assert!(matches!(e, RootFsError::Conflict { .. }), "{e}");
+        assert!(e.to_string().contains("--dir /x"), "{e}");
+        // The same entry twice is fine.
+        assert!(spec(&["/x", "/x"], &[], &[], &[]).tree("/r").is_ok());
+        let e = spec(&["/bin/sh/x"], &["/bin/sh=/b"], &[], &[])
+            .tree("/r")
+            .unwrap_err();
+        assert!(matches!(e, RootFsError::NotADirectory { .. }), "{e}");
+        let e = spec(&["/etc/passwd"], &[], &["app:1"], &[])
+            .tree("/r")
+            .unwrap_err();
+        assert!(e.to_string().contains("/etc/passwd"), "{e}");
+    }
+
+    #[test]
+    fn trees_do_not_depend_on_flag_order() {
+        let a = spec(
+            &["/a/b", "/c"],
+            &["/d=/x"],
+            &["u:1", "v:2"],
+            &["g:3", "h:4"],
+        );
+        let b = spec(
+            &["/c", "/a/b"],
+            &["/d=/x"],
+            &["v:2", "u:1"],
+            &["h:4", "g:3"],
+        );
+        assert_eq!(a.tree("/r").unwrap(), b.tree("/r").unwrap());
+    }
+}

@@ -1,0 +1,346 @@
+//! The root layer (issue #14): directories, symbolic links and the user
+//! database on top of the store layers, with owners and modes, read back
+//! from the layer and by umoci; reproducible; bad input refused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{nixoci, require, run, Run};
+use serde_json::Value;
+
+const APP: &str = "/nix/store/7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a-app";
+const LIB: &str = "/nix/store/8b8b8b8b8b8b8b8b8b8b8b8b8b8b8b8b-lib";
+
+/// A fake store: APP (with `bin/sh`) refers to LIB.
+fn store(dir: &Path) -> PathBuf {
+    for (p, file) in [(APP, "bin/sh"), (LIB, "lib/libx.so")] {
+        let f = dir.join("root").join(p.trim_start_matches('/')).join(file);
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(&f, format!("{p}\n")).unwrap();
+    }
+    let entry = |p: &str, refs: &[&str]| {
+        format!(
+            r#"{{"path":"{p}","narHash":"sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","narSize":100,"references":{}}}"#,
+            serde_json::to_string(refs).unwrap()
+        )
+    };
+    let closure = dir.join("closure.json");
+    fs::write(
+        &closure,
+        format!("[{},{}]", entry(APP, &[LIB]), entry(LIB, &[])),
+    )
+    .unwrap();
+    closure
+}
+
+fn build(dir: &Path, out: &Path, platforms: &[&str], flags: &[&str]) -> Run {
+    let mut cmd = nixoci();
+    cmd.args(["build", "--no-cache", "--json"])
+        .arg("--closure-json")
+        .arg(dir.join("closure.json"))
+        .arg("--store-root")
+        .arg(dir.join("root"))
+        .arg("-o")
+        .arg(out);
+    for p in platforms {
+        cmd.arg("--platform").arg(format!("{p}={APP}"));
+    }
+    cmd.args(flags);
+    run(&mut cmd)
+}
+
+const FLAGS: [&str; 11] = [
+    "--dir",
+    "/tmp:1777",
+    "--dir",
+    "/var/lib/app:0750:1000:1000",
+    "--symlink",
+    "/bin/sh={root}/bin/sh",
+    "--add-user",
+    "app:1000:1000:/var/lib/app",
+    "--add-group",
+    "staff:50",
+    "--user=app",
+];
+
+/// One tar entry: type, mode, uid, gid, link target, contents.
+type Listing = BTreeMap<String, (char, u32, u64, u64, String, Vec<u8>)>;
+
+fn list(blob: &Path) -> Listing {
+    let gz = flate2::read::GzDecoder::new(fs::File::open(blob).unwrap());
+    let mut archive = tar::Archive::new(gz);
+    let mut out = BTreeMap::new();
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let h = e.header().clone();
+        let kind = match h.entry_type() {
+            tar::EntryType::Directory => 'd',
+            tar::EntryType::Symlink => 'l',
+            tar::EntryType::Regular => 'f',
+            other => panic!("{other:?}"),
+        };
+        let link = e
+            .link_name()
+            .unwrap()
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        let name = e
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_owned();
+        out.insert(
+            name,
+            (
+                kind,
+                h.mode().unwrap(),
+                h.uid().unwrap(),
+                h.gid().unwrap(),
+                link,
+                data,
+            ),
+        );
+    }
+    out
+}
+
+/// The layers of the one image of a report, bottom first.
+fn layers(report: &Value, out: &Path) -> Vec<PathBuf> {
+    report["platforms"][0]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            out.join("blobs/sha256")
+                .join(d.as_str().unwrap().trim_start_matches("sha256:"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_root_layer_has_owners_modes_links_and_users() {
+    let tmp = common::tempdir();
+    store(tmp.path());
+    let out = tmp.path().join("out.oci");
+    let r = build(tmp.path(), &out, &["linux/amd64"], &FLAGS).success();
+    let report = r.json();
+    let blobs = layers(&report, &out);
+    // The store layers, then the root layer on top.
+    let top = list(blobs.last().unwrap());
+    let names: Vec<&str> = top.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "bin",
+            "bin/sh",
+            "etc",
+            "etc/group",
+            "etc/nsswitch.conf",
+            "etc/passwd",
+            "tmp",
+            "var",
+            "var/lib",
+            "var/lib/app"
+        ]
+    );
+    assert_eq!(top["tmp"].0, 'd');
+    assert_eq!(top["tmp"].1, 0o1777);
+    assert_eq!(
+        (
+            top["var/lib/app"].1,
+            top["var/lib/app"].2,
+            top["var/lib/app"].3
+        ),
+        (0o750, 1000, 1000)
+    );
+    assert_eq!(top["bin/sh"].0, 'l');
+    assert_eq!(top["bin/sh"].4, format!("{APP}/bin/sh"));
+    let passwd = String::from_utf8_lossy(&top["etc/passwd"].5).into_owned();
+    assert!(
+        passwd.contains("\napp:x:1000:1000::/var/lib/app:/bin/sh\n"),
+        "{passwd}"
+    );
+    let group = String::from_utf8_lossy(&top["etc/group"].5).into_owned();
+    assert!(
+        group.contains("staff:x:50:\n") && group.contains("root:x:0:\n"),
+        "{group}"
+    );
+    assert_eq!(top["etc/nsswitch.conf"].5, b"hosts: files dns\n");
+    // No store path in the root layer, none outside the store below it.
+    for layer in &blobs[..blobs.len() - 1] {
+        assert!(list(layer).keys().all(|n| n.starts_with("nix")));
+    }
+    // --user app is defined: no warning.
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+    run(nixoci().arg("verify").arg(&out)).success();
+    // The manifest marks the root layer; the config's history says so.
+    let manifest_digest = report["platforms"][0]["manifest"]["digest"]
+        .as_str()
+        .unwrap();
+    let manifest: Value = serde_json::from_slice(
+        &fs::read(
+            out.join("blobs/sha256")
+                .join(manifest_digest.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let last = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["annotations"]["dev.nixoci.root-layer"], "true");
+}
+
+#[test]
+fn the_root_layer_is_reproducible_and_shared() {
+    let tmp = common::tempdir();
+    store(tmp.path());
+    let index = |out: &Path, platforms: &[&str], flags: &[&str]| {
+        build(tmp.path(), out, platforms, flags).success().json()["index"]["digest"].clone()
+    };
+    let a = index(&tmp.path().join("a.oci"), &["linux/amd64"], &FLAGS);
+    // The same flags in another order give the same bytes.
+    let mut shuffled: Vec<&str> = Vec::new();
+    for pair in FLAGS[..10].chunks(2).rev() {
+        shuffled.extend(pair);
+    }
+    shuffled.push(FLAGS[10]);
+    let b = index(&tmp.path().join("b.oci"), &["linux/amd64"], &shuffled);
+    assert_eq!(a, b);
+    // Two platforms with the same entries share the root layer's blob.
+    let out = tmp.path().join("two.oci");
+    let report = build(
+        tmp.path(),
+        &out,
+        &["linux/amd64", "linux/arm64"],
+        &["--dir", "/tmp:1777"],
+    )
+    .success()
+    .json();
+    let tops: Vec<&Value> = report["platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["layers"].as_array().unwrap().last().unwrap())
+        .collect();
+    assert_eq!(tops[0], tops[1]);
+    // The root layer counts in the budget.
+    let out = tmp.path().join("budget.oci");
+    let report = build(
+        tmp.path(),
+        &out,
+        &["linux/amd64"],
+        &["--dir", "/tmp", "--max-layers", "2"],
+    )
+    .success()
+    .json();
+    assert_eq!(
+        report["platforms"][0]["layers"].as_array().unwrap().len(),
+        2
+    );
+    // --previous reads an image with a root layer and keeps its store layers.
+    let again = build(
+        tmp.path(),
+        &tmp.path().join("again.oci"),
+        &["linux/amd64"],
+        &[
+            "--dir",
+            "/tmp",
+            "--max-layers",
+            "2",
+            "--previous",
+            out.to_str().unwrap(),
+        ],
+    )
+    .success()
+    .json();
+    assert_eq!(
+        again["platforms"][0]["layers"],
+        report["platforms"][0]["layers"]
+    );
+}
+
+#[test]
+fn umoci_unpacks_owners_and_modes() {
+    if !require(&["umoci", "root"]) {
+        return;
+    }
+    let tmp = common::tempdir();
+    store(tmp.path());
+    let out = tmp.path().join("out.oci");
+    let report = build(tmp.path(), &out, &["linux/amd64"], &FLAGS)
+        .success()
+        .json();
+    let manifest = &report["platforms"][0]["manifest"];
+    let descriptor = serde_json::json!({
+        "mediaType": manifest["mediaType"],
+        "digest": manifest["digest"],
+        "size": manifest["size"],
+    });
+    let bundle = common::umoci_unpack(&out, &descriptor, tmp.path(), "rootfs");
+    let rootfs = bundle.join("rootfs");
+    let tmp_dir = fs::symlink_metadata(rootfs.join("tmp")).unwrap();
+    assert_eq!(tmp_dir.mode() & 0o7777, 0o1777);
+    let app = fs::symlink_metadata(rootfs.join("var/lib/app")).unwrap();
+    assert_eq!(
+        (app.uid(), app.gid(), app.mode() & 0o7777),
+        (1000, 1000, 0o750)
+    );
+    assert_eq!(
+        fs::read_link(rootfs.join("bin/sh")).unwrap(),
+        PathBuf::from(format!("{APP}/bin/sh"))
+    );
+    assert!(fs::read_to_string(rootfs.join("etc/passwd"))
+        .unwrap()
+        .contains("app:x:1000:"));
+    // The store is there too, under the symlink's target.
+    assert!(rootfs
+        .join(APP.trim_start_matches('/'))
+        .join("bin/sh")
+        .is_file());
+    let _ = Command::new("rm").arg("-rf").arg(&bundle).status();
+}
+
+#[test]
+fn bad_root_entries_are_refused_and_nothing_is_written() {
+    let tmp = common::tempdir();
+    store(tmp.path());
+    let out = tmp.path().join("out.oci");
+    for (flags, says) in [
+        (vec!["--dir", "/tmp:rwx"], "octal"),
+        (vec!["--dir", "/tmp:999"], "octal"),
+        (vec!["--dir", "/nix/store/x"], "/nix"),
+        (vec!["--dir", "relative"], "absolute"),
+        (vec!["--symlink", "/bin/sh=bin/busybox"], "absolute"),
+        (vec!["--add-user", "app:x"], "number"),
+        (
+            vec!["--dir", "/etc/passwd", "--add-user", "app:1000"],
+            "/etc/passwd",
+        ),
+        (
+            vec!["--dir", "/bin/sh/x", "--symlink", "/bin/sh=/a"],
+            "not a directory",
+        ),
+    ] {
+        let r = build(tmp.path(), &out, &["linux/amd64"], &flags).expect_code(2);
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{flags:?}: {}", r.stderr);
+        assert!(lines[0].contains(says), "{flags:?}: {}", lines[0]);
+        assert!(!out.exists(), "{flags:?} wrote {}", out.display());
+    }
+    // A --user no /etc/passwd of the image defines: a warning naming the fix.
+    let r = build(tmp.path(), &out, &["linux/amd64"], &["--user", "web"]).success();
+    assert!(r.stderr.contains("--add-user web:UID"), "{}", r.stderr);
+}
