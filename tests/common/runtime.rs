@@ -49,10 +49,11 @@ fn bounded(mut cmd: Command, what: &str) -> Run {
     }
 }
 
-/// `run --rm --network none [--entrypoint E] IMAGE ARGS…`, podman's and
-/// docker's common words.
+/// `run --rm --pull never --network none [--entrypoint E] IMAGE ARGS…`,
+/// podman's and docker's common words: an image missing from the store is
+/// an error, never a pull from Docker Hub.
 fn run_args(cmd: &mut Command, image: &str, entrypoint: Option<&str>, args: &[&str]) {
-    cmd.args(["run", "--rm", "--network", "none"]);
+    cmd.args(["run", "--rm", "--pull", "never", "--network", "none"]);
     if let Some(e) = entrypoint {
         cmd.args(["--entrypoint", e]);
     }
