@@ -1,7 +1,8 @@
 //! Helpers for the integration tests: the real `nixoci` binary, the hermetic
 //! closures of `nix/tests/hello.nix` in the real Nix store, and readers for
 //! OCI image layouts that check what they read. [`publish`] adds registries,
-//! web servers and proxies for the publish tests.
+//! web servers and proxies for the publish tests, [`runtime`] podman and
+//! Docker for the runtime tests.
 //!
 //! External tools are required with [`require`]: a missing one skips the test
 //! with a printed reason on a developer's machine and fails it under
@@ -16,6 +17,7 @@
 #![allow(dead_code)]
 
 pub mod publish;
+pub mod runtime;
 
 use std::borrow::BorrowMut;
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,0 +1,124 @@
+//! Runtime tests: the hello image the binary writes runs in real container
+//! runtimes, podman and Docker (Debian's dockerd and containerd, started by
+//! the test on unix sockets of its own and stopped when it ends). The
+//! runtime picks the host's platform from the two-platform index.
+//!
+//! `scripts/setup` installs podman, runc and docker.io. A missing runtime
+//! skips a test with a printed reason, except under `CI=true`.
+
+mod common;
+
+use common::runtime::{Docker, Podman};
+use common::*;
+
+/// The image of the hello layout the host runs.
+struct HostImage {
+    /// `linux/amd64` or `linux/arm64`.
+    platform: &'static str,
+    /// What `uname -m` prints in it.
+    machine: &'static str,
+    /// `{root}`: the hello store path of that platform.
+    root: String,
+    /// The busybox store path of its closure.
+    busybox: String,
+}
+
+fn host_image(h: &Hello) -> HostImage {
+    let (platform, root, busybox) = match std::env::consts::ARCH {
+        "x86_64" => ("linux/amd64", &h.amd64, &h.busybox_amd64),
+        "aarch64" => ("linux/arm64", &h.arm64, &h.busybox_arm64),
+        other => panic!("the hello image has no platform for a {other} host"),
+    };
+    HostImage {
+        platform,
+        machine: std::env::consts::ARCH,
+        root: root.clone(),
+        busybox: busybox.clone(),
+    }
+}
+
+/// Builds the two-platform hello image into `dir`; returns the layout.
+fn hello_layout(dir: &std::path::Path) -> std::path::PathBuf {
+    let out = dir.join("hello.oci");
+    build_hello_image(hello(), &out);
+    out
+}
+
+/// What every runtime must show of the hello image: its entrypoint
+/// (`{root}/bin/sh {root}/bin/hello`) greets from the host's platform, and
+/// a process runs as root (uid 0, the image sets no user).
+fn check_runs(
+    what: &str,
+    platform: String,
+    run: impl Fn(Option<&str>, &[&str]) -> Run,
+    host: &HostImage,
+) {
+    assert_eq!(platform, host.platform, "{what}: the platform it picked");
+
+    let r = run(None, &[]).success();
+    let mut lines = r.stdout.lines();
+    assert_eq!(lines.next(), Some(GREETING), "{what}: {}", r.describe());
+    assert_eq!(
+        lines.next(),
+        Some(format!("machine: {}", host.machine).as_str()),
+        "{what}: {}",
+        r.describe()
+    );
+
+    let busybox = format!("{}/busybox", host.busybox);
+    let r = run(Some(&busybox), &["id", "-u"]).success();
+    assert_eq!(r.stdout.trim(), "0", "{what}: {}", r.describe());
+
+    // The image's own shell, through the entrypoint flag.
+    let sh = format!("{}/bin/sh", host.root);
+    let r = run(Some(&sh), &["-c", "echo $0 ran"]).success();
+    assert_eq!(
+        r.stdout.trim(),
+        format!("{sh} ran"),
+        "{what}: {}",
+        r.describe()
+    );
+}
+
+#[test]
+fn podman_runs_the_hello_image() {
+    if !require(&["nix", "busybox"]) {
+        return;
+    }
+    let Some(podman) = Podman::new() else {
+        return;
+    };
+    let dir = tempdir();
+    let layout = hello_layout(dir.path());
+    let host = host_image(hello());
+
+    let image = podman.load(&layout, TAG, "nixoci-test/hello:1.0");
+    check_runs(
+        "podman",
+        podman.platform(&image),
+        |entrypoint, args| podman.run(&image, entrypoint, args),
+        &host,
+    );
+}
+
+#[test]
+fn docker_runs_the_hello_image() {
+    if !require(&["nix", "busybox"]) {
+        return;
+    }
+    let Some(docker) = Docker::start() else {
+        return;
+    };
+    let dir = tempdir();
+    let layout = hello_layout(dir.path());
+    let host = host_image(hello());
+
+    let image = "nixoci-test/hello:1.0";
+    docker.load(&layout, TAG, image);
+    check_runs(
+        "docker",
+        docker.platform(image),
+        |entrypoint, args| docker.run(image, entrypoint, args),
+        &host,
+    );
+}
