@@ -122,3 +122,83 @@ fn docker_runs_the_hello_image() {
         &host,
     );
 }
+
+/// The hello image with a root layer: `/bin/sh`, a world-writable `/tmp`,
+/// a user `app` whose home is owned by it, and `--user app`.
+fn rootfs_layout(dir: &std::path::Path) -> std::path::PathBuf {
+    let out = dir.join("rootfs.oci");
+    let mut cmd = nixoci();
+    cmd.args(hello_build_args(hello(), &out)).args([
+        "--symlink",
+        "/bin/sh={root}/bin/sh",
+        "--dir",
+        "/tmp:1777",
+        "--dir",
+        "/var/lib/app:0750:1000:1000",
+        "--add-user",
+        "app:1000:1000:/var/lib/app",
+        "--user",
+        "app",
+    ]);
+    let r = run(&mut cmd).success();
+    assert!(!r.stderr.contains("warning"), "{}", r.describe());
+    out
+}
+
+/// What every runtime must show of the root layer: the process runs as
+/// `app`, writes to `/tmp` and to its home, which belongs to it, and
+/// `/bin/sh` resolves.
+fn check_rootfs(what: &str, run: impl Fn(Option<&str>, &[&str]) -> Run, host: &HostImage) {
+    let bb = format!("{}/busybox", host.busybox);
+    let r = run(Some(&bb), &["id", "-un"]).success();
+    assert_eq!(r.stdout.trim(), "app", "{what}: {}", r.describe());
+    let script = format!("echo x > /tmp/t && echo y > /var/lib/app/t && {bb} ls -ln /var/lib/app");
+    let r = run(Some(&bb), &["sh", "-c", &script]).success();
+    let line = r.stdout.lines().find(|l| l.ends_with(" t")).unwrap_or("");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        fields.get(2..4),
+        Some(&["1000", "1000"][..]),
+        "{what}: {}",
+        r.describe()
+    );
+    let r = run(Some("/bin/sh"), &["-c", "echo sh works"]).success();
+    assert_eq!(r.stdout.trim(), "sh works", "{what}: {}", r.describe());
+}
+
+#[test]
+fn podman_runs_an_image_with_a_root_layer() {
+    if !require(&["nix", "busybox"]) {
+        return;
+    }
+    let Some(podman) = Podman::new() else {
+        return;
+    };
+    let dir = tempdir();
+    let layout = rootfs_layout(dir.path());
+    let image = podman.load(&layout, TAG, "nixoci-test/rootfs:1.0");
+    check_rootfs(
+        "podman",
+        |entrypoint, args| podman.run(&image, entrypoint, args),
+        &host_image(hello()),
+    );
+}
+
+#[test]
+fn docker_runs_an_image_with_a_root_layer() {
+    if !require(&["nix", "busybox"]) {
+        return;
+    }
+    let Some(docker) = Docker::start() else {
+        return;
+    };
+    let dir = tempdir();
+    let layout = rootfs_layout(dir.path());
+    let image = "nixoci-test/rootfs:1.0";
+    docker.load(&layout, TAG, image);
+    check_rootfs(
+        "docker",
+        |entrypoint, args| docker.run(image, entrypoint, args),
+        &host_image(hello()),
+    );
+}
