@@ -132,6 +132,7 @@ impl ImageSpec {
                 })
                 .collect(),
             labels: c.labels.clone(),
+            ..RunConfig::default()
         }
     }
 }

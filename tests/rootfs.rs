@@ -55,7 +55,7 @@ fn build(dir: &Path, out: &Path, platforms: &[&str], flags: &[&str]) -> Run {
     run(&mut cmd)
 }
 
-const FLAGS: [&str; 11] = [
+const FLAGS: [&str; 15] = [
     "--dir",
     "/tmp:1777",
     "--dir",
@@ -67,6 +67,10 @@ const FLAGS: [&str; 11] = [
     "--add-group",
     "staff:50",
     "--user=app",
+    "--volume",
+    "/var/lib/app",
+    "--stop-signal",
+    "SIGINT",
 ];
 
 /// One tar entry: type, mode, uid, gid, link target, contents.
@@ -201,6 +205,28 @@ fn the_root_layer_has_owners_modes_links_and_users() {
         .unwrap()
         .clone();
     assert_eq!(last["annotations"]["dev.nixoci.root-layer"], "true");
+    let config: Value = serde_json::from_slice(
+        &fs::read(
+            out.join("blobs/sha256").join(
+                manifest["config"]["digest"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("sha256:"),
+            ),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["config"]["User"], "app");
+    assert_eq!(
+        config["config"]["Volumes"],
+        serde_json::json!({ "/var/lib/app": {} })
+    );
+    assert_eq!(config["config"]["StopSignal"], "SIGINT");
+    assert_eq!(
+        config["history"].as_array().unwrap().last().unwrap()["comment"],
+        "files outside the store"
+    );
 }
 
 #[test]
@@ -216,7 +242,7 @@ fn the_root_layer_is_reproducible_and_shared() {
     for pair in FLAGS[..10].chunks(2).rev() {
         shuffled.extend(pair);
     }
-    shuffled.push(FLAGS[10]);
+    shuffled.extend(&FLAGS[10..]);
     let b = index(&tmp.path().join("b.oci"), &["linux/amd64"], &shuffled);
     assert_eq!(a, b);
     // Two platforms with the same entries share the root layer's blob.

@@ -129,6 +129,15 @@ pub struct Args {
     #[arg(long, value_name = "PORT[/PROTO]", help_heading = CONFIG)]
     pub expose: Vec<ExposedPort>,
 
+    /// A path where a runtime mounts a volume (absolute). Repeatable.
+    #[arg(long = "volume", value_name = "PATH", help_heading = CONFIG)]
+    pub volumes: Vec<String>,
+
+    /// The signal that stops the container: SIGTERM, SIGINT, … or a
+    /// number.
+    #[arg(long, value_name = "SIG", help_heading = CONFIG)]
+    pub stop_signal: Option<String>,
+
     /// KEY=VALUE label in the image config. Repeatable.
     #[arg(long, value_name = "KEY=VALUE", help_heading = CONFIG)]
     pub label: Vec<KeyValue>,

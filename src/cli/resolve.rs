@@ -375,6 +375,10 @@ fn run_config(args: &Args, base: RunConfig, root: &StorePath) -> anyhow::Result<
         run.exposed_ports.insert(p.as_str().to_owned());
     }
     run.labels.extend(key_values("--label", &args.label)?);
+    run.volumes.extend(args.volumes.iter().map(|v| subst(v)));
+    if let Some(s) = &args.stop_signal {
+        run.stop_signal = Some(s.clone());
+    }
     Ok(run)
 }
 

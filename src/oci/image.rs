@@ -49,6 +49,12 @@ pub struct RunConfig {
     /// `PORT/PROTO`.
     pub exposed_ports: BTreeSet<String>,
     pub labels: BTreeMap<String, String>,
+    /// Absolute paths a runtime mounts a volume at.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub volumes: BTreeSet<String>,
+    /// The signal that stops the container (`SIGTERM`, `SIGINT`, `15`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
 }
 
 /// A config or annotation value that no runtime can take.
@@ -108,11 +114,39 @@ impl RunConfig {
                 );
             }
         }
+        for v in &self.volumes {
+            if !v.starts_with('/') || has_control(v) {
+                return bad("--volume", v, "expected an absolute path");
+            }
+        }
+        if let Some(s) = &self.stop_signal {
+            if !valid_signal(s) {
+                return bad(
+                    "--stop-signal",
+                    s,
+                    "expected a signal name such as SIGTERM or SIGINT, or its number",
+                );
+            }
+        }
         let argv = self.entrypoint.iter().chain(&self.cmd).flatten();
         if let Some(arg) = argv.into_iter().find(|a| a.contains('\0')) {
             return bad("--entrypoint/--cmd", arg, "holds a NUL byte");
         }
         check_key_values("--label", &self.labels)
+    }
+}
+
+/// A stop signal runtimes take: `SIGNAME` (upper-case letters, digits and
+/// `+`/`-` as in `SIGRTMIN+3`) or a number from 1 to 64.
+fn valid_signal(s: &str) -> bool {
+    match s.strip_prefix("SIG") {
+        Some(name) => {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'+' || b == b'-')
+        }
+        None => s.parse::<u32>().is_ok_and(|n| (1..=64).contains(&n)),
     }
 }
 
@@ -254,6 +288,12 @@ pub fn config_blob(
     }
     if !run.exposed_ports.is_empty() {
         cb = cb.exposed_ports(run.exposed_ports.iter().cloned().collect::<Vec<_>>());
+    }
+    if !run.volumes.is_empty() {
+        cb = cb.volumes(run.volumes.iter().cloned().collect::<Vec<_>>());
+    }
+    if let Some(s) = &run.stop_signal {
+        cb = cb.stop_signal(s.clone());
     }
     if !run.labels.is_empty() {
         cb = cb.labels(
@@ -608,6 +648,25 @@ mod tests {
             assert_eq!(e.field, field, "{config:?}");
             assert!(!e.to_string().contains('\n'), "one line: {e}");
         }
+        for bad in ["TERM", "SIGterm", "SIG", "0", "65", ""] {
+            let c = RunConfig {
+                stop_signal: Some(bad.into()),
+                ..ok.clone()
+            };
+            assert_eq!(c.check().unwrap_err().field, "--stop-signal", "{bad}");
+        }
+        for good in ["SIGTERM", "SIGRTMIN+3", "9"] {
+            let c = RunConfig {
+                stop_signal: Some(good.into()),
+                ..ok.clone()
+            };
+            assert_eq!(c.check(), Ok(()), "{good}");
+        }
+        let c = RunConfig {
+            volumes: ["data".to_owned()].into(),
+            ..ok.clone()
+        };
+        assert_eq!(c.check().unwrap_err().field, "--volume");
         let annotations = BTreeMap::from([("a\rb".to_owned(), "x".to_owned())]);
         assert!(check_key_values("--annotation", &annotations).is_err());
     }
