@@ -1,7 +1,9 @@
-//! What an image holds outside the store: directories, symbolic links and
-//! the user database, declared on the command line and written as one root
-//! layer on top of the store layers, with owners and modes (no fakeroot).
-//! Pure: flags in, a sorted tree of entries out; `layer::tar` writes it.
+//! What an image holds outside the store: trees of store paths placed at
+//! `/` (`--copy-to-root`), directories, symbolic links and the user
+//! database, declared on the command line and written as one root layer on
+//! top of the store layers, with owners and modes (no fakeroot). Pure but
+//! for [`read_tree`], which lists a store path's tree: flags in, a sorted
+//! tree of entries out; `layer::tar` writes it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -41,6 +43,38 @@ pub enum Kind {
     Directory,
     File(Vec<u8>),
     Symlink(String),
+    /// A file of a store path (`--copy-to-root`), read when the layer is
+    /// written: `source` is its absolute path in the store.
+    StoreFile {
+        source: String,
+        size: u64,
+        executable: bool,
+        /// SHA-256 of the contents, to tell equal files of two trees.
+        sha256: String,
+    },
+}
+
+impl Kind {
+    /// The same thing at one path: store files by contents, not source.
+    fn same(&self, other: &Kind) -> bool {
+        match (self, other) {
+            (
+                Kind::StoreFile {
+                    size: a,
+                    executable: x,
+                    sha256: h,
+                    ..
+                },
+                Kind::StoreFile {
+                    size: b,
+                    executable: y,
+                    sha256: k,
+                    ..
+                },
+            ) => a == b && x == y && h == k,
+            (a, b) => a == b,
+        }
+    }
 }
 
 /// One entry: what it is, its mode (permission bits, setuid/setgid/sticky
@@ -57,7 +91,7 @@ impl Entry {
     fn kind_name(&self) -> &'static str {
         match self.kind {
             Kind::Directory => "directory",
-            Kind::File(_) => "file",
+            Kind::File(_) | Kind::StoreFile { .. } => "file",
             Kind::Symlink(_) => "symbolic link",
         }
     }
@@ -318,6 +352,9 @@ impl fmt::Display for DirSpec {
 /// Everything the command line asks to put outside the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RootSpec {
+    /// Trees placed at `/`, each listed by [`read_tree`], with the flag
+    /// that asked for it.
+    pub trees: Vec<(String, Vec<(String, Entry)>)>,
     pub dirs: Vec<DirSpec>,
     pub symlinks: Vec<SymlinkSpec>,
     pub users: Vec<UserSpec>,
@@ -334,11 +371,16 @@ impl Builder {
     /// one is a conflict naming both.
     fn add(&mut self, path: &str, entry: Entry, by: String) -> Result<(), RootFsError> {
         match self.entries.get(path) {
-            Some((old, first)) if *old != entry => Err(RootFsError::Conflict {
-                path: path.to_owned(),
-                first: first.clone(),
-                second: by,
-            }),
+            Some((old, first))
+                if !(old.kind.same(&entry.kind)
+                    && (old.mode, old.uid, old.gid) == (entry.mode, entry.uid, entry.gid)) =>
+            {
+                Err(RootFsError::Conflict {
+                    path: path.to_owned(),
+                    first: first.clone(),
+                    second: by,
+                })
+            }
             Some(_) => Ok(()),
             None => {
                 self.entries.insert(path.to_owned(), (entry, by));
@@ -391,7 +433,8 @@ impl Builder {
 
 impl RootSpec {
     pub fn is_empty(&self) -> bool {
-        self.dirs.is_empty()
+        self.trees.is_empty()
+            && self.dirs.is_empty()
             && self.symlinks.is_empty()
             && self.users.is_empty()
             && self.groups.is_empty()
@@ -403,6 +446,11 @@ impl RootSpec {
         let mut b = Builder {
             entries: BTreeMap::new(),
         };
+        for (by, tree) in &self.trees {
+            for (path, entry) in tree {
+                b.add(path, entry.clone(), by.clone())?;
+            }
+        }
         for d in &self.dirs {
             let entry = Entry {
                 kind: Kind::Directory,
@@ -496,12 +544,111 @@ impl RootSpec {
     }
 }
 
+/// Why a store path's tree could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("reading {path}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: unsupported file type (only regular files, directories and symlinks belong in the store)")]
+    FileType(std::path::PathBuf),
+    #[error("{0}: a name that is not UTF-8 cannot be placed at /")]
+    Name(std::path::PathBuf),
+}
+
+/// The entries `--copy-to-root STORE_PATH` places at `/`: every file,
+/// directory and symlink under the store path (read from `store_root`),
+/// at the same path below `/`. Directories get 0755, files the store's
+/// 0444 or 0555, symlinks stay symlinks; all owned by root.
+pub fn read_tree(
+    store_root: &std::path::Path,
+    store_path: &str,
+) -> Result<Vec<(String, Entry)>, TreeError> {
+    use sha2::{Digest as _, Sha256};
+    use std::io::Read;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let top = store_root.join(store_path.trim_start_matches('/'));
+    let io = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| TreeError::Io { path, source }
+    };
+    let meta = std::fs::symlink_metadata(&top).map_err(io(&top))?;
+    // A store path that is a file or a symlink has no tree to place.
+    if !meta.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let mut pending = vec![(top.clone(), String::new())];
+    while let Some((dir, image)) = pending.pop() {
+        for child in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let child = child.map_err(io(&dir))?;
+            let disk = child.path();
+            let name = child
+                .file_name()
+                .into_string()
+                .map_err(|_| TreeError::Name(disk.clone()))?;
+            let path = format!("{image}/{name}");
+            let kind = child.file_type().map_err(io(&disk))?;
+            let root = |kind, mode| Entry {
+                kind,
+                mode,
+                uid: 0,
+                gid: 0,
+            };
+            if kind.is_dir() {
+                out.push((path.clone(), root(Kind::Directory, 0o755)));
+                pending.push((disk, path));
+            } else if kind.is_symlink() {
+                let target = std::fs::read_link(&disk).map_err(io(&disk))?;
+                let target = target
+                    .into_os_string()
+                    .into_string()
+                    .map_err(|_| TreeError::Name(disk.clone()))?;
+                out.push((path, root(Kind::Symlink(target), 0o777)));
+            } else if kind.is_file() {
+                let mut file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&disk)
+                    .map_err(io(&disk))?;
+                let meta = file.metadata().map_err(io(&disk))?;
+                let executable = meta.permissions().mode() & 0o111 != 0;
+                let mut hasher = Sha256::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = file.read(&mut buf).map_err(io(&disk))?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                }
+                let source = format!("{store_path}{path}");
+                let entry = Kind::StoreFile {
+                    source,
+                    size: meta.len(),
+                    executable,
+                    sha256: format!("{:x}", hasher.finalize()),
+                };
+                out.push((path, root(entry, if executable { 0o555 } else { 0o444 })));
+            } else {
+                return Err(TreeError::FileType(disk));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn spec(dirs: &[&str], links: &[&str], users: &[&str], groups: &[&str]) -> RootSpec {
         RootSpec {
+            trees: Vec::new(),
             dirs: dirs.iter().map(|d| d.parse().unwrap()).collect(),
             symlinks: links.iter().map(|l| l.parse().unwrap()).collect(),
             users: users.iter().map(|u| u.parse().unwrap()).collect(),

@@ -16,6 +16,10 @@ use serde_json::Value;
 
 const APP: &str = "/nix/store/7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a-app";
 const LIB: &str = "/nix/store/8b8b8b8b8b8b8b8b8b8b8b8b8b8b8b8b-lib";
+/// A buildEnv-like tree: `bin/sh -> APP/bin/sh`, `etc/os-release`.
+const ENV: &str = "/nix/store/9c9c9c9c9c9c9c9c9c9c9c9c9c9c9c9c-env";
+/// Another, whose `etc/os-release` differs.
+const OTHER: &str = "/nix/store/0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d-other";
 
 /// A fake store: APP (with `bin/sh`) refers to LIB.
 fn store(dir: &Path) -> PathBuf {
@@ -30,10 +34,23 @@ fn store(dir: &Path) -> PathBuf {
             serde_json::to_string(refs).unwrap()
         )
     };
+    for (env, release) in [(ENV, "ID=nixoci\n"), (OTHER, "ID=other\n")] {
+        let d = dir.join("root").join(env.trim_start_matches('/'));
+        fs::create_dir_all(d.join("bin")).unwrap();
+        fs::create_dir_all(d.join("etc")).unwrap();
+        std::os::unix::fs::symlink(format!("{APP}/bin/sh"), d.join("bin/sh")).unwrap();
+        fs::write(d.join("etc/os-release"), release).unwrap();
+    }
     let closure = dir.join("closure.json");
     fs::write(
         &closure,
-        format!("[{},{}]", entry(APP, &[LIB]), entry(LIB, &[])),
+        format!(
+            "[{},{},{},{}]",
+            entry(APP, &[LIB]),
+            entry(LIB, &[]),
+            entry(ENV, &[APP]),
+            entry(OTHER, &[APP])
+        ),
     )
     .unwrap();
     closure
@@ -369,4 +386,78 @@ fn bad_root_entries_are_refused_and_nothing_is_written() {
     // A --user no /etc/passwd of the image defines: a warning naming the fix.
     let r = build(tmp.path(), &out, &["linux/amd64"], &["--user", "web"]).success();
     assert!(r.stderr.contains("--add-user web:UID"), "{}", r.stderr);
+}
+
+#[test]
+fn copy_to_root_places_a_tree_at_the_root() {
+    let tmp = common::tempdir();
+    store(tmp.path());
+    let out = tmp.path().join("out.oci");
+    let report = build(
+        tmp.path(),
+        &out,
+        &["linux/amd64"],
+        &["--copy-to-root", ENV, "--dir", "/tmp:1777"],
+    )
+    .success()
+    .json();
+    let blobs = layers(&report, &out);
+    let top = list(blobs.last().unwrap());
+    let names: Vec<&str> = top.keys().map(String::as_str).collect();
+    assert_eq!(names, ["bin", "bin/sh", "etc", "etc/os-release", "tmp"]);
+    assert_eq!((top["bin"].0, top["bin"].1), ('d', 0o755));
+    assert_eq!(top["bin/sh"].4, format!("{APP}/bin/sh"));
+    assert_eq!(
+        (top["etc/os-release"].0, top["etc/os-release"].1),
+        ('f', 0o444)
+    );
+    assert_eq!(top["etc/os-release"].5, b"ID=nixoci\n");
+    // The tree's store path and its closure are in the store layers.
+    let stored: Vec<String> = blobs[..blobs.len() - 1]
+        .iter()
+        .flat_map(|b| list(b).into_keys())
+        .collect();
+    assert!(
+        stored.iter().any(|n| n == ENV.trim_start_matches('/')),
+        "{stored:?}"
+    );
+    run(nixoci().arg("verify").arg(&out)).success();
+
+    // The same tree twice is fine; a tree for one platform only.
+    build(
+        tmp.path(),
+        &tmp.path().join("twice.oci"),
+        &["linux/amd64", "linux/arm64"],
+        &[
+            "--copy-to-root",
+            ENV,
+            "--copy-to-root",
+            &format!("linux/arm64={ENV}"),
+        ],
+    )
+    .success();
+    // Two trees with different files at one path: exit 2, naming both.
+    let bad = tmp.path().join("bad.oci");
+    let r = build(
+        tmp.path(),
+        &bad,
+        &["linux/amd64"],
+        &["--copy-to-root", ENV, "--copy-to-root", OTHER],
+    )
+    .expect_code(2);
+    assert!(
+        r.stderr.contains("/etc/os-release") && r.stderr.contains(ENV) && r.stderr.contains(OTHER),
+        "{}",
+        r.stderr
+    );
+    assert!(!bad.exists());
+    // A tree for a platform the image does not have.
+    let r = build(
+        tmp.path(),
+        &bad,
+        &["linux/amd64"],
+        &["--copy-to-root", &format!("linux/arm64={ENV}")],
+    )
+    .expect_code(2);
+    assert!(r.stderr.contains("no platform linux/arm64"), "{}", r.stderr);
 }

@@ -123,14 +123,19 @@ fn docker_runs_the_hello_image() {
     );
 }
 
-/// The hello image with a root layer: `/bin/sh`, a world-writable `/tmp`,
+/// The hello image with a root layer: its store path's tree at `/`
+/// (`/bin/sh`, `/bin/hello`), a world-writable `/tmp`,
 /// a user `app` whose home is owned by it, and `--user app`.
 fn rootfs_layout(dir: &std::path::Path) -> std::path::PathBuf {
     let out = dir.join("rootfs.oci");
+    let h = hello();
     let mut cmd = nixoci();
-    cmd.args(hello_build_args(hello(), &out)).args([
-        "--symlink",
-        "/bin/sh={root}/bin/sh",
+    // Each hello store path (bin/sh -> its busybox, bin/hello) at /.
+    cmd.args(hello_build_args(h, &out)).args([
+        "--copy-to-root",
+        &format!("linux/amd64={}", h.amd64),
+        "--copy-to-root",
+        &format!("linux/arm64={}", h.arm64),
         "--dir",
         "/tmp:1777",
         "--dir",

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::flags::{human_bytes, ByteSize, Created, ExposedPort, KeyValue, RegistryArgs};
+use super::flags::{
+    human_bytes, ByteSize, CopyToRoot, Created, ExposedPort, KeyValue, RegistryArgs,
+};
 use super::resolve::{apply_structured_attrs, build_request};
 use super::Classify;
 use crate::layer::{CacheStatus, Compression};
@@ -151,6 +153,16 @@ pub struct Args {
     /// spec's, else SOURCE_DATE_EPOCH, else 1970-01-01T00:00:00Z.
     #[arg(long, value_name = "TIME", help_heading = CONFIG)]
     pub created: Option<Created>,
+
+    /// [PLATFORM=]INSTALLABLE whose tree is placed at / (typically a
+    /// buildEnv: its bin/, etc/, lib/ appear at /bin, /etc, /lib), for
+    /// every platform or only PLATFORM; a flake attribute resolves per
+    /// system like the image's own installable. Symlinks stay symlinks; the
+    /// store path and its closure are in the store layers as usual. Trees
+    /// that put different things at one path are an error naming both.
+    /// Repeatable.
+    #[arg(long = "copy-to-root", value_name = "[PLATFORM=]INSTALLABLE", help_heading = ROOT)]
+    pub copy_to_root: Vec<CopyToRoot>,
 
     /// A directory PATH[:MODE[:UID:GID]] in the image (parents 0755 0:0):
     /// --dir /tmp:1777, --dir /var/lib/app:0750:1000:1000. Repeatable.

@@ -281,6 +281,38 @@ impl Default for Timeout {
     }
 }
 
+/// `--copy-to-root [PLATFORM=]INSTALLABLE`: a tree placed at `/`, for
+/// every platform or one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyToRoot {
+    pub platform: Option<crate::platform::Platform>,
+    pub installable: String,
+}
+
+impl FromStr for CopyToRoot {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        // An installable may hold '=' too (path:x?dir=y#env): a platform
+        // only when the part before the first '=' is one.
+        if let Some((p, rest)) = s.split_once('=') {
+            if let Ok(platform) = p.parse() {
+                return Ok(CopyToRoot {
+                    platform: Some(platform),
+                    installable: rest.to_owned(),
+                });
+            }
+        }
+        if s.is_empty() {
+            return Err("expected [PLATFORM=]INSTALLABLE".to_owned());
+        }
+        Ok(CopyToRoot {
+            platform: None,
+            installable: s.to_owned(),
+        })
+    }
+}
+
 /// How to reach a registry: the flags `nixoci push` and `nixoci build
 /// --previous` share, and the credential lookup behind them.
 #[derive(Debug, Clone, Default, clap::Args)]

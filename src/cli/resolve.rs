@@ -129,6 +129,7 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
     }
     let mut layering = layering(args, store_dir)?;
     let root_spec = RootSpec {
+        trees: Vec::new(),
         dirs: args.dirs.clone(),
         symlinks: args.symlinks.clone(),
         users: args.users.clone(),
@@ -137,7 +138,7 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
     // The tree, before Nix builds anything ({root} as a stand-in): a
     // conflict fails now.
     root_spec.tree("/").map_err(|e| usage(e.to_string()))?;
-    if !root_spec.is_empty() {
+    if !root_spec.is_empty() || !args.copy_to_root.is_empty() {
         // The root layer counts in the budget.
         layering.reserve_layers += 1;
     }
@@ -166,27 +167,80 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
     )
     .classify()?;
 
+    // The --copy-to-root installables of each platform, resolved like
+    // the platform's own (a flake attribute for its system).
+    let mut copies: Vec<BTreeMap<Platform, eval::Target>> = Vec::new();
+    for copy in &args.copy_to_root {
+        let installable = Installable::parse(&copy.installable, store_dir)
+            .map_err(|e| usage(format!("--copy-to-root '{}': {e}", copy.installable)))?;
+        if let Some(p) = &copy.platform {
+            if !targets.contains_key(p) {
+                bail!(UsageError(format!(
+                    "--copy-to-root {p}={}: the image has no platform {p}",
+                    copy.installable
+                )));
+            }
+        }
+        copies.push(
+            targets
+                .iter()
+                .filter(|(p, _)| copy.platform.as_ref().is_none_or(|c| c == *p))
+                .map(|(p, t)| {
+                    let target = eval::Target {
+                        installable: installable.clone(),
+                        system: t.system.clone(),
+                    };
+                    (p.clone(), target)
+                })
+                .collect(),
+        );
+    }
+
     // Build the flake outputs with one nix call.
     let mut roots: BTreeMap<Platform, StorePath> = BTreeMap::new();
-    for (platform, target) in &targets {
-        if let Installable::StorePath(p) = &target.installable {
-            roots.insert(platform.clone(), p.clone());
+    let mut copy_paths: Vec<BTreeMap<Platform, StorePath>> = vec![BTreeMap::new(); copies.len()];
+    let mut labelled: Vec<(String, String)> = Vec::new();
+    // Where each built path goes: the image's root, or copy `i`.
+    let mut goes: Vec<(Option<usize>, Platform)> = Vec::new();
+    for (i, group) in std::iter::once(&targets).chain(&copies).enumerate() {
+        let mut flakes = BTreeMap::new();
+        for (platform, target) in group {
+            match (&target.installable, i) {
+                (Installable::StorePath(p), 0) => {
+                    roots.insert(platform.clone(), p.clone());
+                }
+                (Installable::StorePath(p), _) => {
+                    copy_paths[i - 1].insert(platform.clone(), p.clone());
+                }
+                (Installable::Flake { .. }, _) => {
+                    flakes.insert(platform.clone(), target.clone());
+                }
+            }
         }
-    }
-    if roots.len() < targets.len() {
+        if flakes.is_empty() {
+            continue;
+        }
         if args.closure_json.is_some() {
             bail!(UsageError(
                 "--closure-json needs store paths, not flake outputs".into()
             ));
         }
-        let flake_targets = eval::resolve_attrs(&nix, &targets).classify()?;
-        let labelled: Vec<(String, String)> = flake_targets
-            .iter()
-            .map(|(p, t)| (p.to_string(), t.clone()))
-            .collect();
+        for (platform, installable) in eval::resolve_attrs(&nix, &flakes).classify()? {
+            let label = match i {
+                0 => platform.to_string(),
+                _ => format!("{platform} --copy-to-root"),
+            };
+            labelled.push((label, installable));
+            goes.push(((i > 0).then(|| i - 1), platform));
+        }
+    }
+    if !labelled.is_empty() {
         let built = eval::build(&nix, store_dir, &labelled).classify()?;
-        for ((platform, _), path) in flake_targets.into_iter().zip(built) {
-            roots.insert(platform, path);
+        for ((copy, platform), path) in goes.into_iter().zip(built) {
+            match copy {
+                None => roots.insert(platform, path),
+                Some(c) => copy_paths[c].insert(platform, path),
+            };
         }
     }
 
@@ -234,13 +288,25 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
         annotations.entry(k).or_insert(v);
     }
     check_key_values("--annotation", &annotations).map_err(|e| usage(e.to_string()))?;
+    // Each platform's trees for /, and their store paths as roots too.
+    let mut trees: BTreeMap<Platform, Vec<StorePath>> = BTreeMap::new();
+    for paths in &copy_paths {
+        for (p, path) in paths {
+            trees.entry(p.clone()).or_default().push(path.clone());
+        }
+    }
     let image_roots: BTreeMap<Platform, Vec<StorePath>> = roots
         .iter()
         .map(|(p, r)| {
-            let rs = specs
+            let mut rs = specs
                 .get(p)
                 .map(|s| s.roots.clone())
                 .unwrap_or_else(|| vec![r.clone()]);
+            for t in trees.get(p).into_iter().flatten() {
+                if !rs.contains(t) {
+                    rs.push(t.clone());
+                }
+            }
             (p.clone(), rs)
         })
         .collect();
@@ -303,7 +369,13 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
         let run = run_config(args, base, &rs[0])?;
         run.check()
             .map_err(|e| usage(format!("the image config of {platform}: {e}")))?;
-        let rootfs = root_spec
+        let mut spec = root_spec.clone();
+        for path in trees.get(&platform).into_iter().flatten() {
+            let tree = crate::rootfs::read_tree(&args.store_root, path.as_str())
+                .context(format!("--copy-to-root {path}"))?;
+            spec.trees.push((format!("--copy-to-root {path}"), tree));
+        }
+        let rootfs = spec
             .tree(rs[0].as_str())
             .map_err(|e| usage(e.to_string()))?;
         images.insert(

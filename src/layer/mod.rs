@@ -202,7 +202,7 @@ pub fn build_root_layer(
     opts.compression.check()?;
     let workers = Workers::new(1);
     let (diff_id, digest, size) = write_blob(opts, blobs_dir, &workers, |out| {
-        tar::write_root_stream(fs, out)
+        tar::write_root_stream(fs, &opts.store_root, out)
     })?;
     Ok(BuiltLayer {
         store_paths: Vec::new(),

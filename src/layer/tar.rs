@@ -130,17 +130,21 @@ pub(super) fn write_stream<W: Write>(
 /// parents before children (the tree has every parent), names relative
 /// (`tmp/`, `etc/passwd`), with their modes and numeric owners, mtime 1,
 /// uname and gname empty; then the closing zero blocks.
-pub fn write_root_tar<W: Write>(fs: &RootFs, out: W) -> Result<W, LayerError> {
-    write_root_stream(fs, out).map_err(|e| match e {
+pub fn write_root_tar<W: Write>(fs: &RootFs, store_root: &Path, out: W) -> Result<W, LayerError> {
+    write_root_stream(fs, store_root, out).map_err(|e| match e {
         StreamError::Layer(e) => e,
         StreamError::Write(source) => LayerError::WriteStream { source },
     })
 }
 
-pub(super) fn write_root_stream<W: Write>(fs: &RootFs, out: W) -> Result<W, StreamError> {
+pub(super) fn write_root_stream<W: Write>(
+    fs: &RootFs,
+    store_root: &Path,
+    out: W,
+) -> Result<W, StreamError> {
     let mut tar = TarWriter {
         out,
-        buffer: Vec::new(),
+        buffer: vec![0; COPY_BUFFER],
         store_dirs: BTreeSet::new(),
     };
     for (path, entry) in &fs.entries {
@@ -153,6 +157,12 @@ pub(super) fn write_root_stream<W: Write>(fs: &RootFs, out: W) -> Result<W, Stre
             }
             RootKind::Symlink(target) => {
                 tar.owned_entry(&name, TYPE_SYMLINK, entry.mode, owner, 0, target.as_bytes())?;
+            }
+            // A file of a store path, with the store's modes, owned by
+            // root, read as the store layers read it.
+            RootKind::StoreFile { source, .. } => {
+                let disk = store_root.join(source.trim_start_matches('/'));
+                tar.file(&disk, &name)?;
             }
             RootKind::File(bytes) => {
                 let size = bytes.len() as u64;
