@@ -144,6 +144,24 @@ fn nix_sees_the_closure_as_a_valid_store() {
             r.describe()
         );
     }
+
+    // And `store verify` above did check the hashes: a wrong one fails.
+    let db = Connection::open(root.0.path().join(nix_db::DB_PATH)).unwrap();
+    let zeros = format!("sha256:{}", "0".repeat(64));
+    let changed = db
+        .execute(
+            "update ValidPaths set hash = ?1 where path = ?2",
+            (&zeros, &h.amd64),
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+    let r = run(nix()
+        .args(["store", "verify", "--no-trust", "--store"])
+        .arg(store_arg(root.0.path()))
+        .arg(&h.amd64));
+    assert_ne!(r.code, Some(0), "{}", r.describe());
+    assert!(r.stderr.contains(&h.amd64), "{}", r.describe());
 }
 
 #[test]
