@@ -226,8 +226,11 @@ pub fn database(closure: &Closure, registration_time: i64) -> Result<Vec<u8>, Ni
         path: file.clone(),
         source,
     })?;
-    dir.close()
-        .map_err(|source| NixDbError::Io { path: file, source })?;
+    let dir_path = dir.path().to_owned();
+    dir.close().map_err(|source| NixDbError::Io {
+        path: dir_path,
+        source,
+    })?;
     Ok(bytes)
 }
 
