@@ -53,6 +53,29 @@ pub struct PathInfo {
     pub references: BTreeSet<StorePath>,
 }
 
+impl PathInfo {
+    /// The NAR hash as Nix's database stores it, `sha256:<base16>`
+    /// (lowercase). [`PathInfo::nar_hash`] is SRI when parsed by this
+    /// module, but any form Nix prints is accepted, since a `Closure` can
+    /// also be deserialized from its own JSON.
+    pub fn nar_hash_base16(&self) -> Result<String, ClosureError> {
+        let sri = sri_nar_hash(self.path.as_str(), &Value::String(self.nar_hash.clone()))?;
+        let digest = sri.strip_prefix("sha256-").unwrap_or(&sri);
+        let bytes = base64_decode(digest).map_err(|reason| ClosureError::BadNarHash {
+            path: self.path.to_string(),
+            hash: self.nar_hash.clone(),
+            reason,
+        })?;
+        let mut out = String::with_capacity("sha256:".len() + 2 * bytes.len());
+        out.push_str("sha256:");
+        for b in bytes {
+            out.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
+            out.push(char::from(HEX_DIGITS[usize::from(b & 0xf)]));
+        }
+        Ok(out)
+    }
+}
+
 /// A set of store paths closed under references.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -492,6 +515,8 @@ fn sri_nar_hash(path: &str, value: &Value) -> Result<String, ClosureError> {
     Ok(format!("sha256-{}", base64_encode(&bytes)))
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
 fn hex_decode(s: &str) -> Result<Vec<u8>, String> {
     let digit = |c: u8| match c {
         b'0'..=b'9' => Ok(c - b'0'),
@@ -742,6 +767,38 @@ mod tests {
         let attrs: Value = serde_json::from_slice(attrs).unwrap();
         let list = serde_json::to_vec(&attrs["closure"]).unwrap();
         assert_eq!(graph(&list).unwrap(), expected(), "{name}, closure only");
+    }
+
+    #[test]
+    fn nar_hash_base16_is_the_database_form() {
+        for (sri, hex, nix32) in HASHES {
+            for form in [
+                sri.to_owned(),
+                format!("sha256:{nix32}"),
+                format!("sha256:{}", hex.to_uppercase()),
+            ] {
+                let info = PathInfo {
+                    path: sp(BUSYBOX),
+                    nar_hash: form.clone(),
+                    nar_size: 1,
+                    references: BTreeSet::new(),
+                };
+                assert_eq!(
+                    info.nar_hash_base16().unwrap(),
+                    format!("sha256:{hex}"),
+                    "{form}"
+                );
+            }
+        }
+        for bad in ["sha512-AAAA", "sha256-AAAA", "nonsense"] {
+            let info = PathInfo {
+                path: sp(BUSYBOX),
+                nar_hash: bad.to_owned(),
+                nar_size: 1,
+                references: BTreeSet::new(),
+            };
+            assert!(info.nar_hash_base16().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@
 
 pub mod cache;
 pub mod compress;
+pub mod nix_db;
 pub mod tar;
 
 use std::collections::BTreeMap;
