@@ -191,3 +191,63 @@ fn schema_is_the_one_nix_creates() {
     fs::write(&file, nix_db::database(&empty, TIME).unwrap()).unwrap();
     assert_eq!(schema_of(&file), schema_of(&db_dir.join("db.sqlite")));
 }
+
+/// `nixoci build --nix-db`: unpacked by umoci, the image is a store Nix
+/// reads: the closure listed with its hashes, registered at time 1; two
+/// builds give the same root layer.
+#[test]
+fn build_with_nix_db_gives_an_image_nix_reads() {
+    if !require(&["nix", "umoci", "root", "busybox"]) {
+        return;
+    }
+    let h = hello();
+    let work = Root(tempfile::tempdir().unwrap());
+    let build = |name: &str| {
+        let out = work.0.path().join(name);
+        let report = run(common::nixoci()
+            .args(["build", "--nix-db", "--json", "--tag", "t"])
+            .arg("--platform")
+            .arg(format!("linux/amd64={}", h.amd64))
+            .arg("-o")
+            .arg(&out))
+        .success()
+        .json();
+        (out, report)
+    };
+    let (out, report) = build("a.oci");
+    let (_, again) = build("b.oci");
+    let top = |r: &serde_json::Value| {
+        r["platforms"][0]["layers"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(top(&report), top(&again), "the root layer is reproducible");
+
+    let manifest = &report["platforms"][0]["manifest"];
+    let descriptor = serde_json::json!({
+        "mediaType": manifest["mediaType"],
+        "digest": manifest["digest"],
+        "size": manifest["size"],
+    });
+    let bundle = common::umoci_unpack(&out, &descriptor, work.0.path(), "db");
+    let rootfs = bundle.join("rootfs");
+    let r = run(nix()
+        .args(["path-info", "--json", "--recursive", "--store"])
+        .arg(store_arg(&rootfs))
+        .arg(&h.amd64));
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let seen = Closure::from_path_info_json(&StoreDir::default(), r.stdout.as_bytes()).unwrap();
+    assert_eq!(seen, closure_of(&h.amd64));
+    let value: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    for entry in value.as_array().unwrap() {
+        assert_eq!(entry["registrationTime"], 1, "{entry}");
+    }
+    let r = run(nix()
+        .args(["store", "verify", "--no-trust", "--recursive", "--store"])
+        .arg(store_arg(&rootfs))
+        .arg(&h.amd64));
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+}

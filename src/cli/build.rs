@@ -164,6 +164,13 @@ pub struct Args {
     #[arg(long = "copy-to-root", value_name = "[PLATFORM=]INSTALLABLE", help_heading = ROOT)]
     pub copy_to_root: Vec<CopyToRoot>,
 
+    /// Register the closure in /nix/var/nix/db/db.sqlite (Nix's schema,
+    /// registration time 1) with a garbage collector root per image root,
+    /// so that nix inside the image sees a valid store. Byte for byte
+    /// reproducible.
+    #[arg(long, help_heading = ROOT)]
+    pub nix_db: bool,
+
     /// A directory PATH[:MODE[:UID:GID]] in the image (parents 0755 0:0):
     /// --dir /tmp:1777, --dir /var/lib/app:0750:1000:1000. Repeatable.
     #[arg(long = "dir", value_name = "PATH[:MODE[:UID:GID]]", help_heading = ROOT)]

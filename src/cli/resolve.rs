@@ -138,7 +138,7 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
     // The tree, before Nix builds anything ({root} as a stand-in): a
     // conflict fails now.
     root_spec.tree("/").map_err(|e| usage(e.to_string()))?;
-    if !root_spec.is_empty() || !args.copy_to_root.is_empty() {
+    if !root_spec.is_empty() || !args.copy_to_root.is_empty() || args.nix_db {
         // The root layer counts in the budget.
         layering.reserve_layers += 1;
     }
@@ -375,9 +375,12 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
                 .context(format!("--copy-to-root {path}"))?;
             spec.trees.push((format!("--copy-to-root {path}"), tree));
         }
-        let rootfs = spec
+        let mut rootfs = spec
             .tree(rs[0].as_str())
             .map_err(|e| usage(e.to_string()))?;
+        if args.nix_db {
+            add_nix_db(&mut rootfs, &closure, &rs)?;
+        }
         images.insert(
             platform,
             ImageRequest {
@@ -398,6 +401,44 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
         created,
         annotations,
     })
+}
+
+/// The registration time of `--nix-db`: the store's mtime, as every entry.
+const NIX_DB_TIME: i64 = 1;
+
+/// Adds the Nix database of `closure` (`--nix-db`) to the root layer's
+/// tree, under `/nix/var/nix`, where no flag may put anything.
+fn add_nix_db(
+    rootfs: &mut crate::rootfs::RootFs,
+    closure: &Closure,
+    roots: &[StorePath],
+) -> anyhow::Result<()> {
+    use crate::layer::nix_db::{self, EntryKind};
+    use crate::rootfs::{Entry, Kind};
+    let entries = nix_db::root_entries(closure, roots, NIX_DB_TIME)
+        .context("writing the Nix database (--nix-db)")?;
+    let dir = Entry {
+        kind: Kind::Directory,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    };
+    rootfs.entries.insert("/nix".to_owned(), dir);
+    for e in entries {
+        let kind = match e.kind {
+            EntryKind::Directory => Kind::Directory,
+            EntryKind::File(bytes) => Kind::File(bytes),
+            EntryKind::Symlink(target) => Kind::Symlink(target),
+        };
+        let entry = Entry {
+            kind,
+            mode: e.mode,
+            uid: 0,
+            gid: 0,
+        };
+        rootfs.entries.insert(format!("/{}", e.path), entry);
+    }
+    Ok(())
 }
 
 /// `KEY=VALUE` flags as a map; a key given twice is an error.
