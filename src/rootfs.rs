@@ -544,6 +544,121 @@ impl RootSpec {
     }
 }
 
+/// `--chmod REGEX=MODE` or `--chown REGEX=UID:GID`: a rule over every path
+/// of the image (absolute, store paths included), the pattern anchored at
+/// both ends.
+#[derive(Debug, Clone)]
+pub struct PermRule {
+    /// What the user gave, for messages and cache keys.
+    pub given: String,
+    pub flag: &'static str,
+    pattern: regex::Regex,
+    pub mode: Option<u32>,
+    pub owner: Option<(u32, u32)>,
+}
+
+impl PermRule {
+    fn parse<'s>(flag: &'static str, s: &'s str) -> Result<(regex::Regex, &'s str), RootFsError> {
+        let bad = |problem: String| RootFsError::Syntax {
+            flag,
+            given: s.to_owned(),
+            problem,
+        };
+        // The pattern may hold '=' itself: the value is after the last one.
+        let (pattern, value) = s
+            .rsplit_once('=')
+            .ok_or_else(|| bad("expected REGEX=VALUE".to_owned()))?;
+        let regex = regex::Regex::new(&format!("^(?:{pattern})$"))
+            .map_err(|e| bad(format!("not a regular expression ({e})").replace('\n', " ")))?;
+        Ok((regex, value))
+    }
+
+    /// `--chmod REGEX=MODE`.
+    pub fn chmod(s: &str) -> Result<PermRule, RootFsError> {
+        const FLAG: &str = "--chmod";
+        let (pattern, mode) = PermRule::parse(FLAG, s)?;
+        let mode = u32::from_str_radix(mode, 8)
+            .ok()
+            .filter(|&m| m <= 0o7777 && !mode.is_empty())
+            .ok_or_else(|| RootFsError::Syntax {
+                flag: FLAG,
+                given: s.to_owned(),
+                problem: format!("mode '{mode}' is not an octal mode such as 0755 or 4755"),
+            })?;
+        Ok(PermRule {
+            given: s.to_owned(),
+            flag: FLAG,
+            pattern,
+            mode: Some(mode),
+            owner: None,
+        })
+    }
+
+    /// `--chown REGEX=UID:GID`.
+    pub fn chown(s: &str) -> Result<PermRule, RootFsError> {
+        const FLAG: &str = "--chown";
+        let (pattern, owner) = PermRule::parse(FLAG, s)?;
+        let (uid, gid) = owner.split_once(':').ok_or_else(|| RootFsError::Syntax {
+            flag: FLAG,
+            given: s.to_owned(),
+            problem: "expected REGEX=UID:GID".to_owned(),
+        })?;
+        Ok(PermRule {
+            given: s.to_owned(),
+            flag: FLAG,
+            pattern,
+            mode: None,
+            owner: Some((number(FLAG, s, "UID", uid)?, number(FLAG, s, "GID", gid)?)),
+        })
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        self.pattern.is_match(path)
+    }
+}
+
+/// The `--chmod` and `--chown` rules of an image, applied in order to every
+/// entry of every layer; later rules win.
+#[derive(Debug, Clone, Default)]
+pub struct Perms {
+    pub rules: Vec<PermRule>,
+}
+
+impl Perms {
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The mode and owner of the entry at `path` (absolute, no trailing
+    /// `/`) that had `mode` and `owner`. A symlink's mode stays.
+    pub fn apply(
+        &self,
+        path: &str,
+        symlink: bool,
+        mode: u32,
+        owner: (u32, u32),
+    ) -> (u32, (u32, u32)) {
+        let (mut mode, mut owner) = (mode, owner);
+        for rule in self.rules.iter().filter(|r| r.matches(path)) {
+            if let (Some(m), false) = (rule.mode, symlink) {
+                mode = m;
+            }
+            if let Some(o) = rule.owner {
+                owner = o;
+            }
+        }
+        (mode, owner)
+    }
+
+    /// The rules as text, for the layer cache's key.
+    pub fn key_text(&self) -> String {
+        self.rules
+            .iter()
+            .map(|r| format!("{} {}\n", r.flag, r.given))
+            .collect()
+    }
+}
+
 /// Why a store path's tree could not be listed.
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
@@ -760,6 +875,44 @@ mod tests {
         };
         assert!(String::from_utf8_lossy(group).contains("app:x:1000:\n"));
         assert!(s.defines_user("app") && s.defines_user("1000:1000") && !s.defines_user("web"));
+    }
+
+    #[test]
+    fn perms_apply_in_order_and_are_anchored() {
+        let perms = Perms {
+            rules: vec![
+                PermRule::chmod("/nix/store/[^/]+-app/bin/helper=4755").unwrap(),
+                PermRule::chown("/var/.*=1000:1000").unwrap(),
+                PermRule::chmod("/var/lib=0700").unwrap(),
+            ],
+        };
+        let helper = "/nix/store/abc-app/bin/helper";
+        assert_eq!(perms.apply(helper, false, 0o555, (0, 0)), (0o4755, (0, 0)));
+        // Anchored: a prefix or a longer path does not match.
+        assert_eq!(
+            perms
+                .apply("/x/nix/store/abc-app/bin/helper", false, 0o555, (0, 0))
+                .0,
+            0o555
+        );
+        assert_eq!(
+            perms.apply("/var/lib", false, 0o755, (0, 0)),
+            (0o700, (1000, 1000))
+        );
+        assert_eq!(perms.apply("/var", false, 0o755, (0, 0)).1, (0, 0));
+        // A symlink keeps its mode, not its owner.
+        assert_eq!(
+            perms.apply("/var/l", true, 0o777, (0, 0)),
+            (0o777, (1000, 1000))
+        );
+        for bad in ["/x", "/x=rwx", "/x=99999", "(=0755"] {
+            assert!(PermRule::chmod(bad).is_err(), "{bad}");
+        }
+        for bad in ["/x=1000", "/x=a:b", "/x"] {
+            assert!(PermRule::chown(bad).is_err(), "{bad}");
+        }
+        // '=' in the pattern: the value is after the last one.
+        assert!(PermRule::chmod("/a=b=0644").unwrap().matches("/a=b"));
     }
 
     #[test]

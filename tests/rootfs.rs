@@ -461,3 +461,93 @@ fn copy_to_root_places_a_tree_at_the_root() {
     .expect_code(2);
     assert!(r.stderr.contains("no platform linux/arm64"), "{}", r.stderr);
 }
+
+#[test]
+fn chmod_and_chown_reach_store_paths_and_the_root_layer() {
+    let tmp = common::tempdir();
+    store(tmp.path());
+    let out = tmp.path().join("out.oci");
+    let report = build(
+        tmp.path(),
+        &out,
+        &["linux/amd64"],
+        &[
+            "--chmod",
+            "/nix/store/[^/]+-app/bin/sh=4755",
+            "--chown",
+            "/nix/store/[^/]+-lib/lib(/.*)?=0:50",
+            "--dir",
+            "/srv",
+            "--chown",
+            "/srv=1000:1000",
+        ],
+    )
+    .success()
+    .json();
+    let blobs = layers(&report, &out);
+    let mut all = BTreeMap::new();
+    for b in &blobs {
+        all.extend(list(b));
+    }
+    let sh = &all[&format!("{}/bin/sh", APP.trim_start_matches('/'))];
+    assert_eq!((sh.1, sh.2, sh.3), (0o4755, 0, 0));
+    let lib = &all[&format!("{}/lib/libx.so", LIB.trim_start_matches('/'))];
+    assert_eq!((lib.2, lib.3), (0, 50));
+    let srv = &all["srv"];
+    assert_eq!((srv.1, srv.2, srv.3), (0o755, 1000, 1000));
+    // Untouched entries keep the store's modes and root.
+    let app_dir = &all[APP.trim_start_matches('/')];
+    assert_eq!((app_dir.1, app_dir.2), (0o555, 0));
+    run(nixoci().arg("verify").arg(&out)).success();
+
+    for (flags, says) in [
+        (vec!["--chmod", "/nope/.*=0755"], "matches no path"),
+        (vec!["--chown", "/nix/store/x=1:1"], "matches no path"),
+        (vec!["--chmod", "(=0755"], "regular expression"),
+        (vec!["--chmod", "/tmp=rwx"], "octal"),
+        (vec!["--chown", "/tmp=1000"], "UID:GID"),
+    ] {
+        let bad = tmp.path().join("bad.oci");
+        let r = build(tmp.path(), &bad, &["linux/amd64"], &flags).expect_code(2);
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{flags:?}: {}", r.stderr);
+        assert!(lines[0].contains(says), "{flags:?}: {}", lines[0]);
+        assert!(!bad.exists());
+    }
+}
+
+/// The layer cache keys name the rules: a layer built with --chmod is not
+/// reused without it, nor the other way round.
+#[test]
+fn the_layer_cache_tells_rules_apart() {
+    let tmp = common::tempdir();
+    store(tmp.path());
+    let cache = tmp.path().join("cache");
+    let sh_mode = |name: &str, flags: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut cmd = nixoci();
+        cmd.args(["build", "--json", "--platform"])
+            .arg(format!("linux/amd64={APP}"))
+            .arg("--closure-json")
+            .arg(tmp.path().join("closure.json"))
+            .arg("--store-root")
+            .arg(tmp.path().join("root"))
+            .arg("--cache-dir")
+            .arg(&cache)
+            .arg("-o")
+            .arg(&out)
+            .args(flags);
+        let report = run(&mut cmd).success().json();
+        let mut all = BTreeMap::new();
+        for b in layers(&report, &out) {
+            all.extend(list(&b));
+        }
+        all[&format!("{}/bin/sh", APP.trim_start_matches('/'))].1
+    };
+    assert_eq!(sh_mode("a.oci", &[]), 0o444);
+    assert_eq!(
+        sh_mode("b.oci", &["--chmod", "/nix/store/[^/]+-app/bin/sh=4755"]),
+        0o4755
+    );
+    assert_eq!(sh_mode("c.oci", &[]), 0o444);
+}

@@ -16,7 +16,15 @@ use super::resolve::{apply_structured_attrs, build_request};
 use super::Classify;
 use crate::layer::{CacheStatus, Compression};
 use crate::pipeline;
-use crate::rootfs::{DirSpec, GroupSpec, SymlinkSpec, UserSpec};
+use crate::rootfs::{DirSpec, GroupSpec, PermRule, SymlinkSpec, UserSpec};
+
+fn chmod_rule(s: &str) -> Result<PermRule, crate::rootfs::RootFsError> {
+    PermRule::chmod(s)
+}
+
+fn chown_rule(s: &str) -> Result<PermRule, crate::rootfs::RootFsError> {
+    PermRule::chown(s)
+}
 
 const INPUT: &str = "Input";
 const CONFIG: &str = "Image config";
@@ -170,6 +178,19 @@ pub struct Args {
     /// reproducible.
     #[arg(long, help_heading = ROOT)]
     pub nix_db: bool,
+
+    /// REGEX=MODE: every path of the image the regular expression matches
+    /// whole (absolute, store paths included) gets MODE (octal, e.g. 4755
+    /// for a setuid helper). A rule that matches nothing is an error.
+    /// Repeatable; later rules win.
+    #[arg(long, value_name = "REGEX=MODE", value_parser = chmod_rule, help_heading = ROOT)]
+    pub chmod: Vec<PermRule>,
+
+    /// REGEX=UID:GID: every path of the image the regular expression
+    /// matches whole gets that owner. A rule that matches nothing is an
+    /// error. Repeatable; later rules win.
+    #[arg(long, value_name = "REGEX=UID:GID", value_parser = chown_rule, help_heading = ROOT)]
+    pub chown: Vec<PermRule>,
 
     /// A directory PATH[:MODE[:UID:GID]] in the image (parents 0755 0:0):
     /// --dir /tmp:1777, --dir /var/lib/app:0750:1000:1000. Repeatable.

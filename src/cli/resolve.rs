@@ -25,7 +25,7 @@ use crate::pipeline::{BuildRequest, ImageRequest, PlanRequest};
 use crate::plan::{Layering, DEFAULT_MAX_LAYERS};
 use crate::platform::Platform;
 use crate::publish::previous::{read_previous, PreviousRequest};
-use crate::rootfs::RootSpec;
+use crate::rootfs::{Perms, RootSpec};
 use crate::spec::{self, ImageSpec, Overrides};
 use crate::store_path::{StoreDir, StorePath};
 
@@ -65,6 +65,7 @@ pub fn build_request(args: &Args) -> anyhow::Result<BuildRequest> {
             store_root: args.store_root.clone(),
             compression,
             cache: cache(args),
+            perms: resolved.perms,
         },
     })
 }
@@ -82,6 +83,7 @@ fn store_dir(args: &Args) -> anyhow::Result<StoreDir> {
 /// What the flags and the image specs say for the whole image.
 struct Resolved {
     plan: PlanRequest,
+    perms: Perms,
     tag: String,
     created: Created,
     annotations: BTreeMap<String, String>,
@@ -391,7 +393,9 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
             },
         );
     }
+    let perms = perms(args, &images)?;
     Ok(Resolved {
+        perms,
         plan: PlanRequest {
             images,
             max_layers,
@@ -401,6 +405,67 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
         created,
         annotations,
     })
+}
+
+/// The `--chmod` and `--chown` rules, in the order given (chmod rules
+/// first, then chown: they set different things). Each must match some
+/// path of some image: the store paths' trees are listed (names only) to
+/// check.
+fn perms(args: &Args, images: &BTreeMap<Platform, ImageRequest>) -> anyhow::Result<Perms> {
+    let perms = Perms {
+        rules: args.chmod.iter().chain(&args.chown).cloned().collect(),
+    };
+    if perms.is_empty() {
+        return Ok(perms);
+    }
+    let mut matched = vec![false; perms.rules.len()];
+    let mut note = |path: &str| {
+        for (i, rule) in perms.rules.iter().enumerate() {
+            matched[i] = matched[i] || rule.matches(path);
+        }
+    };
+    let mut stores = BTreeSet::new();
+    for image in images.values() {
+        for path in image.rootfs.entries.keys() {
+            note(path);
+        }
+        for path in image.closure.paths.keys() {
+            stores.insert(path.store_dir().to_owned());
+            let disk = args.store_root.join(path.as_str().trim_start_matches('/'));
+            let mut pending = vec![(disk, path.as_str().to_owned())];
+            while let Some((disk, name)) = pending.pop() {
+                note(&name);
+                let is_dir = std::fs::symlink_metadata(&disk).is_ok_and(|m| m.is_dir());
+                if !is_dir {
+                    continue;
+                }
+                let entries = std::fs::read_dir(&disk)
+                    .with_context(|| format!("reading {}", disk.display()))?;
+                for e in entries {
+                    let e = e.with_context(|| format!("reading {}", disk.display()))?;
+                    let child = format!("{name}/{}", e.file_name().to_string_lossy());
+                    pending.push((e.path(), child));
+                }
+            }
+        }
+    }
+    // The store directory and its parents are entries too (`/nix`, `/nix/store`).
+    for store in stores {
+        let mut prefix = String::new();
+        for part in store.split('/').filter(|p| !p.is_empty()) {
+            prefix.push('/');
+            prefix.push_str(part);
+            note(&prefix);
+        }
+    }
+    if let Some(i) = matched.iter().position(|m| !m) {
+        let rule = &perms.rules[i];
+        bail!(UsageError(format!(
+            "{} '{}': matches no path of the image (patterns match whole absolute paths, such as /nix/store/…-app/bin/helper or /var/lib/app)",
+            rule.flag, rule.given
+        )));
+    }
+    Ok(perms)
 }
 
 /// The registration time of `--nix-db`: the store's mtime, as every entry.

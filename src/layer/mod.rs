@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::closure::PathInfo;
 use crate::oci::{temp, Digest, DigestWriter};
-use crate::rootfs::RootFs;
+use crate::rootfs::{Perms, RootFs};
 use crate::store_path::StorePath;
 
 pub use self::cache::{Cache, CacheStatus};
@@ -64,6 +64,8 @@ pub struct LayerOptions {
     /// The layer cache, opened once for the whole build; `None` builds every
     /// layer.
     pub cache: Option<Cache>,
+    /// `--chmod`/`--chown` rules, applied to every entry of every layer.
+    pub perms: Perms,
 }
 
 /// A layer written to `blobs/sha256/`.
@@ -181,7 +183,7 @@ fn write_layer(
     store_paths.sort();
     store_paths.dedup();
     let (diff_id, digest, size) = write_blob(opts, blobs_dir, workers, |out| {
-        tar::write_stream(&store_paths, &opts.store_root, out)
+        tar::write_stream(&store_paths, &opts.store_root, &opts.perms, out)
     })?;
     Ok(BuiltLayer {
         store_paths,
@@ -203,7 +205,7 @@ pub fn build_root_layer(
     opts.compression.check()?;
     let workers = Workers::new(1);
     let (diff_id, digest, size) = write_blob(opts, blobs_dir, &workers, |out| {
-        tar::write_root_stream(fs, &opts.store_root, out)
+        tar::write_root_stream(fs, &opts.store_root, &opts.perms, out)
     })?;
     Ok(BuiltLayer {
         store_paths: Vec::new(),
@@ -332,14 +334,17 @@ pub fn build_layers(
     let keys: Vec<Option<Digest>> = match cache {
         Some(_) => {
             let engine = opts.compression.engine();
-            let fingerprint = Digest::of(
-                format!(
-                    "{} {}",
-                    compress::fingerprint(opts.compression, &workers)?,
-                    cache::code_fingerprint()
-                )
-                .as_bytes(),
+            let mut text = format!(
+                "{} {}",
+                compress::fingerprint(opts.compression, &workers)?,
+                cache::code_fingerprint()
             );
+            // Rules that change entries change the bytes (none: the text,
+            // and so every key, as before).
+            if !opts.perms.is_empty() {
+                text.push_str(&format!("\nperms\n{}", opts.perms.key_text()));
+            }
+            let fingerprint = Digest::of(text.as_bytes());
             distinct
                 .iter()
                 .map(|paths| cache::key(paths, infos, &engine, &fingerprint))
@@ -505,6 +510,7 @@ mod tests {
             store_root: fixture.root.path().to_owned(),
             compression: Compression::default(),
             cache: None,
+            perms: Perms::default(),
         }
     }
 
@@ -567,6 +573,7 @@ mod tests {
             store_root: root.path().to_owned(),
             compression: Compression::default(),
             cache: None,
+            perms: Perms::default(),
         };
         let gone = StorePath::from_absolute(&format!("/nix/store/{H1}-gone")).unwrap();
         let err = build_layer(&[gone], &opts, blobs.path()).unwrap_err();

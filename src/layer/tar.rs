@@ -40,7 +40,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::LayerError;
-use crate::rootfs::{Kind as RootKind, RootFs};
+use crate::rootfs::{Kind as RootKind, Perms, RootFs};
 use crate::store_path::StorePath;
 
 /// Version of the rules above: bump it with any change to the bytes a layer
@@ -81,7 +81,7 @@ pub fn write_tar<W: Write>(
     store_root: &Path,
     out: W,
 ) -> Result<W, LayerError> {
-    write_stream(paths, store_root, out).map_err(|e| match e {
+    write_stream(paths, store_root, &Perms::default(), out).map_err(|e| match e {
         StreamError::Layer(e) => e,
         StreamError::Write(source) => LayerError::WriteStream { source },
     })
@@ -105,6 +105,7 @@ impl From<LayerError> for StreamError {
 pub(super) fn write_stream<W: Write>(
     paths: &[StorePath],
     store_root: &Path,
+    perms: &Perms,
     out: W,
 ) -> Result<W, StreamError> {
     let mut sorted: Vec<&StorePath> = paths.iter().collect();
@@ -114,6 +115,7 @@ pub(super) fn write_stream<W: Write>(
         out,
         buffer: vec![0; COPY_BUFFER],
         store_dirs: BTreeSet::new(),
+        perms: perms.clone(),
     };
     for path in sorted {
         tar.store_dir(path.store_dir())?;
@@ -131,7 +133,7 @@ pub(super) fn write_stream<W: Write>(
 /// (`tmp/`, `etc/passwd`), with their modes and numeric owners, mtime 1,
 /// uname and gname empty; then the closing zero blocks.
 pub fn write_root_tar<W: Write>(fs: &RootFs, store_root: &Path, out: W) -> Result<W, LayerError> {
-    write_root_stream(fs, store_root, out).map_err(|e| match e {
+    write_root_stream(fs, store_root, &Perms::default(), out).map_err(|e| match e {
         StreamError::Layer(e) => e,
         StreamError::Write(source) => LayerError::WriteStream { source },
     })
@@ -140,12 +142,14 @@ pub fn write_root_tar<W: Write>(fs: &RootFs, store_root: &Path, out: W) -> Resul
 pub(super) fn write_root_stream<W: Write>(
     fs: &RootFs,
     store_root: &Path,
+    perms: &Perms,
     out: W,
 ) -> Result<W, StreamError> {
     let mut tar = TarWriter {
         out,
         buffer: vec![0; COPY_BUFFER],
         store_dirs: BTreeSet::new(),
+        perms: perms.clone(),
     };
     for (path, entry) in &fs.entries {
         let mut name = path.trim_start_matches('/').as_bytes().to_vec();
@@ -183,6 +187,8 @@ struct TarWriter<W> {
     buffer: Vec<u8>,
     /// Entry names of store directories (and ancestors) already written.
     store_dirs: BTreeSet<Vec<u8>>,
+    /// `--chmod`/`--chown` rules over the entries' paths.
+    perms: Perms,
 }
 
 impl<W: Write> TarWriter<W> {
@@ -313,6 +319,15 @@ impl<W: Write> TarWriter<W> {
         size: u64,
         link: &[u8],
     ) -> Result<(), StreamError> {
+        let (mode, owner) = if self.perms.is_empty() {
+            (mode, owner)
+        } else {
+            // The entry's path in the image: `/` and the name, no trailing `/`.
+            let trimmed = name.strip_suffix(b"/").unwrap_or(name);
+            let path = format!("/{}", String::from_utf8_lossy(trimmed));
+            self.perms
+                .apply(&path, typeflag == TYPE_SYMLINK, mode, owner)
+        };
         if let Some(records) = pax_records(name, link, size) {
             let pax_name = pax_header_name(name);
             let header = ustar_header(
@@ -903,6 +918,7 @@ pub(super) mod tests {
             out: Vec::new(),
             buffer: Vec::new(),
             store_dirs: BTreeSet::new(),
+            perms: Perms::default(),
         };
         assert!(tar
             .entry(b"nix/store/big", TYPE_REGULAR, 0o444, size, b"")
