@@ -551,3 +551,30 @@ fn the_layer_cache_tells_rules_apart() {
     );
     assert_eq!(sh_mode("c.oci", &[]), 0o444);
 }
+
+#[test]
+fn plan_shows_the_root_layer() {
+    let tmp = common::tempdir();
+    store(tmp.path());
+    let r = run(nixoci()
+        .args(["plan", "--max-layers", "3", "--dir", "/tmp:1777"])
+        .arg("--platform")
+        .arg(format!("linux/amd64={APP}"))
+        .arg("--closure-json")
+        .arg(tmp.path().join("closure.json"))
+        .arg("--store-root")
+        .arg(tmp.path().join("root")))
+    .success();
+    let last = r.stdout.lines().last().unwrap_or_default().to_owned();
+    assert!(
+        last.contains("root") && last.contains("1 entry outside the store"),
+        "{}",
+        r.stdout
+    );
+    // Two store paths, a budget of 3 with the root layer: two store layers.
+    assert!(
+        r.stdout.starts_with("linux/amd64: 2 layers"),
+        "{}",
+        r.stdout
+    );
+}

@@ -5,6 +5,8 @@
 
 use anyhow::Context;
 use clap::builder::Resettable;
+use std::collections::BTreeMap;
+
 use clap::{ArgMatches, Command, FromArgMatches, Id};
 
 use super::build;
@@ -120,12 +122,46 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         b.push(b'\n');
         b
     } else {
-        table(&plan).into_bytes()
+        let roots: BTreeMap<_, usize> = req
+            .images
+            .iter()
+            .map(|(p, i)| (p.clone(), i.rootfs.entries.len()))
+            .collect();
+        with_root_layers(&table(&plan), &roots).into_bytes()
     };
     if bytes.is_empty() {
         bytes.push(b'\n');
     }
     super::print_stdout(&bytes)
+}
+
+/// `table` with a last line per platform whose image has a root layer
+/// (built on top of the planned layers): how many entries it holds.
+fn with_root_layers(table: &str, roots: &BTreeMap<crate::platform::Platform, usize>) -> String {
+    let mut out = String::new();
+    let mut platforms = roots.iter();
+    let mut current = platforms.next();
+    for (n, block) in table.split("\n\n").enumerate() {
+        if n > 0 {
+            out.push('\n');
+        }
+        out.push_str(block.trim_end_matches('\n'));
+        out.push('\n');
+        if let Some((_, &entries)) = current {
+            if entries > 0 {
+                out.push_str(&format!(
+                    "{:>5}  {:>10}  {:<8}  {:<6}  {entries} entr{} outside the store\n",
+                    "top",
+                    "-",
+                    "root",
+                    "-",
+                    if entries == 1 { "y" } else { "ies" }
+                ));
+            }
+        }
+        current = platforms.next();
+    }
+    out
 }
 
 /// The plan as text: per platform, a line per layer (bottom first) and a
