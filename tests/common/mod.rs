@@ -348,6 +348,24 @@ impl Run {
     }
 }
 
+impl Run {
+    /// Checks a usage error (exit 2) whose one line on stderr says `says`,
+    /// and returns that line.
+    #[track_caller]
+    pub fn refused(&self, says: &str) -> &str {
+        assert_eq!(
+            self.code,
+            Some(2),
+            "expected exit code 2: {}",
+            self.describe()
+        );
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one error line: {}", self.describe());
+        assert!(lines[0].contains(says), "expected '{says}': {}", lines[0]);
+        lines[0]
+    }
+}
+
 /// Runs `cmd` to completion, capturing its output.
 pub fn run(cmd: &mut Command) -> Run {
     let command = format!(
