@@ -15,6 +15,11 @@
 //! - One header format for all entries: ustar (`ustar\0` magic, version
 //!   `00`), the prefix field left empty. Owner 0:0, uname and gname empty,
 //!   mtime 1 (the Nix store's own), devmajor and devminor 0.
+//! - The root layer ([`write_root_tar`]: what `crate::rootfs` puts outside
+//!   the store) follows the same rules, with each entry's own mode and
+//!   numeric owner. `--chmod`/`--chown` rules ([`Perms`]) change the mode
+//!   (not of symlinks) and owner of any entry whose absolute path they
+//!   match, in store layers too; without rules the bytes are as above.
 //! - Modes as a NAR defines them, whatever the files on disk say (the store
 //!   already holds exactly these; trees checked out of git become
 //!   reproducible under any umask): directories 0555, regular files 0555
