@@ -138,16 +138,10 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
     // The tree, before Nix builds anything ({root} as a stand-in): a
     // conflict fails now.
     root_spec.tree("/").map_err(|e| usage(e.to_string()))?;
-    if !root_spec.is_empty() || !args.copy_to_root.is_empty() || args.nix_db {
+    let flags_root_layer = !root_spec.is_empty() || !args.copy_to_root.is_empty() || args.nix_db;
+    if flags_root_layer {
         // The root layer counts in the budget.
         layering.reserve_layers += 1;
-    }
-    if let Some(user) = args.user.as_deref() {
-        if !root_spec.defines_user(user) {
-            eprintln!(
-                "nixoci: warning: --user {user}: no --add-user defines it, so the image's /etc/passwd has no such user (runtimes refuse to start it); add --add-user {user}:UID, or give a numeric --user UID:GID"
-            );
-        }
     }
     if !args.store_root.is_dir() {
         bail!(UsageError(format!(
@@ -260,6 +254,33 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
         },
     )
     .map_err(|e| usage(e.to_string()))?;
+    // The specs' directories, links, users and groups, per platform.
+    let mut spec_roots: BTreeMap<Platform, (String, RootSpec)> = BTreeMap::new();
+    for (platform, s) in &specs {
+        if s.has_root_entries() {
+            let root = s.root_spec().map_err(|e| usage(e.to_string()))?;
+            spec_roots.insert(
+                platform.clone(),
+                (format!("the image spec '{}'", s.name), root),
+            );
+        }
+    }
+    if !flags_root_layer && !spec_roots.is_empty() {
+        // The root layer counts in the budget.
+        layering.reserve_layers += 1;
+    }
+    if let Some(user) = args.user.as_deref() {
+        let in_specs = !specs.is_empty()
+            && specs.values().all(|s| {
+                let name = user.split(':').next().unwrap_or(user);
+                s.users.iter().any(|u| u.name == name)
+            });
+        if !root_spec.defines_user(user) && !in_specs {
+            eprintln!(
+                "nixoci: warning: --user {user}: no --add-user defines it, so the image's /etc/passwd has no such user (runtimes refuse to start it); add --add-user {user}:UID, or give a numeric --user UID:GID"
+            );
+        }
+    }
     let tag = match (&args.tag, merged.tag) {
         (Some(t), _) => t.clone(),
         (None, Some(t)) => {
@@ -302,7 +323,8 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
                 .get(p)
                 .map(|s| s.roots.clone())
                 .unwrap_or_else(|| vec![r.clone()]);
-            for t in trees.get(p).into_iter().flatten() {
+            let spec_trees = specs.get(p).map(|s| &s.copy_to_root);
+            for t in trees.get(p).into_iter().chain(spec_trees).flatten() {
                 if !rs.contains(t) {
                     rs.push(t.clone());
                 }
@@ -375,10 +397,22 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
                 .context(format!("--copy-to-root {path}"))?;
             spec.trees.push((format!("--copy-to-root {path}"), tree));
         }
+        let mut from_spec = spec_roots.remove(&platform);
+        if let (Some((label, root)), Some(s)) = (&mut from_spec, specs.get(&platform)) {
+            for path in &s.copy_to_root {
+                let tree = crate::rootfs::read_tree(&args.store_root, path.as_str())
+                    .context(format!("{label}: copyToRoot {path}"))?;
+                root.trees
+                    .push((format!("{label} (copyToRoot {path})"), tree));
+            }
+        }
         let mut rootfs = spec
-            .tree(rs[0].as_str())
+            .tree_with(
+                rs[0].as_str(),
+                from_spec.as_ref().map(|(l, r)| (l.as_str(), r)),
+            )
             .map_err(|e| usage(e.to_string()))?;
-        if args.nix_db {
+        if args.nix_db || specs.get(&platform).is_some_and(|s| s.include_nix_db) {
             add_nix_db(&mut rootfs, &closure, &rs)?;
         }
         images.insert(
