@@ -668,6 +668,53 @@ pub fn apply_structured_attrs(args: &mut Args) -> anyhow::Result<()> {
             );
         }
     }
+    // The build options: ociLayout passes only those given.
+    if let Some(c) = attrs.get("compression") {
+        let c = c
+            .as_str()
+            .ok_or_else(|| bad("compression is not a string"))?;
+        args.compression = c.to_owned();
+    }
+    if let Some(level) = attrs.get("level") {
+        let level = level
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .ok_or_else(|| bad("level is not an integer"))?;
+        args.level = Some(level);
+    }
+    if let Some(layers) = attrs.get("layers") {
+        let groups = layers
+            .as_array()
+            .ok_or_else(|| bad("layers is not a list of lists of store paths"))?;
+        for group in groups {
+            let paths = group
+                .as_array()
+                .and_then(|g| g.iter().map(|p| p.as_str()).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| bad("layers is not a list of lists of store paths"))?;
+            args.layer.push(paths.join(","));
+        }
+    }
+    if let Some(size) = attrs.get("minLayerSize") {
+        let text = match size {
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            _ => {
+                return Err(bad(
+                    "minLayerSize is not a number of bytes or a size such as 64K",
+                ))
+            }
+        };
+        args.min_layer_size = text
+            .parse()
+            .map_err(|e| bad(&format!("minLayerSize '{text}': {e}")))?;
+    }
+    if let Some(n) = attrs.get("reserveLayers") {
+        let n = n
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| bad("reserveLayers is not a non-negative integer"))?;
+        args.reserve_layers = n;
+    }
     let out = attrs["outputs"]["out"]
         .as_str()
         .ok_or_else(|| bad("no outputs.out"))?;
