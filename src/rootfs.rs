@@ -361,6 +361,9 @@ pub struct RootSpec {
     pub groups: Vec<GroupSpec>,
 }
 
+/// How a source of entries names one (`--dir`, `/tmp`): `--dir /tmp`.
+type Label = Box<dyn Fn(&str, &str) -> String>;
+
 /// The entries the tree gets, each with what asked for it.
 struct Builder {
     entries: BTreeMap<String, (Entry, String)>,
@@ -443,95 +446,146 @@ impl RootSpec {
     /// The tree for the platform whose root store path is `root` (`{root}`
     /// in symlink targets).
     pub fn tree(&self, root: &str) -> Result<RootFs, RootFsError> {
+        self.tree_with(root, None)
+    }
+
+    /// The tree of these flags and of `other`'s entries (an image spec's,
+    /// named by `label`): entries of both merge (the same entry twice is
+    /// fine), users and groups go into one user database, and a conflict
+    /// names both.
+    pub fn tree_with(
+        &self,
+        root: &str,
+        other: Option<(&str, &RootSpec)>,
+    ) -> Result<RootFs, RootFsError> {
         let mut b = Builder {
             entries: BTreeMap::new(),
         };
-        for (by, tree) in &self.trees {
-            for (path, entry) in tree {
-                b.add(path, entry.clone(), by.clone())?;
+        // Each source with how it names what it asks for.
+        let mut sources: Vec<(&RootSpec, Label)> = vec![(
+            self,
+            Box::new(|flag: &str, what: &str| format!("{flag} {what}")),
+        )];
+        if let Some((label, spec)) = other {
+            let label = label.to_owned();
+            let name = move |flag: &str, what: &str| {
+                let field = match flag {
+                    "--dir" => "dirs",
+                    "--symlink" => "symlinks",
+                    "--add-user" => "users",
+                    _ => "groups",
+                };
+                format!("{label} ({field} {what})")
+            };
+            sources.push((spec, Box::new(name)));
+        }
+        for (spec, _) in &sources {
+            for (by, tree) in &spec.trees {
+                for (path, entry) in tree {
+                    b.add(path, entry.clone(), by.clone())?;
+                }
             }
         }
-        for d in &self.dirs {
-            let entry = Entry {
-                kind: Kind::Directory,
-                mode: d.mode,
-                uid: d.uid,
-                gid: d.gid,
-            };
-            b.add(&d.path, entry, format!("--dir {}", d.path))?;
+        for (spec, by) in &sources {
+            for d in &spec.dirs {
+                let entry = Entry {
+                    kind: Kind::Directory,
+                    mode: d.mode,
+                    uid: d.uid,
+                    gid: d.gid,
+                };
+                b.add(&d.path, entry, by("--dir", &d.path))?;
+            }
         }
-        for l in &self.symlinks {
-            let entry = Entry {
-                kind: Kind::Symlink(l.target.replace("{root}", root)),
-                mode: 0o777,
-                uid: 0,
-                gid: 0,
-            };
-            b.add(&l.path, entry, format!("--symlink {}", l.path))?;
+        for (spec, by) in &sources {
+            for l in &spec.symlinks {
+                let entry = Entry {
+                    kind: Kind::Symlink(l.target.replace("{root}", root)),
+                    mode: 0o777,
+                    uid: 0,
+                    gid: 0,
+                };
+                b.add(&l.path, entry, by("--symlink", &l.path))?;
+            }
         }
-        if !self.users.is_empty() || !self.groups.is_empty() {
-            for (path, bytes) in self.user_database() {
+        // Each user and group once; the same name given differently by
+        // two sources is a conflict.
+        let mut users: BTreeMap<&str, (&UserSpec, String)> = BTreeMap::new();
+        let mut groups: BTreeMap<&str, (&GroupSpec, String)> = BTreeMap::new();
+        for (spec, by) in &sources {
+            for u in &spec.users {
+                let label = by("--add-user", &u.name);
+                match users.get(u.name.as_str()) {
+                    Some((old, first)) if *old != u => {
+                        return Err(RootFsError::Conflict {
+                            path: format!("user {}", u.name),
+                            first: first.clone(),
+                            second: label,
+                        })
+                    }
+                    Some(_) => {}
+                    None => {
+                        users.insert(&u.name, (u, label));
+                    }
+                }
+            }
+            for g in &spec.groups {
+                let label = by("--add-group", &g.name);
+                match groups.get(g.name.as_str()) {
+                    Some((old, first)) if *old != g => {
+                        return Err(RootFsError::Conflict {
+                            path: format!("group {}", g.name),
+                            first: first.clone(),
+                            second: label,
+                        })
+                    }
+                    Some(_) => {}
+                    None => {
+                        groups.insert(&g.name, (g, label));
+                    }
+                }
+            }
+        }
+        if !users.is_empty() || !groups.is_empty() {
+            let users: Vec<&UserSpec> = users.values().map(|(u, _)| *u).collect();
+            let groups: Vec<&GroupSpec> = groups.values().map(|(g, _)| *g).collect();
+            let database_by = if other.is_some() {
+                "--add-user/--add-group and the image spec's users/groups"
+            } else {
+                "--add-user/--add-group"
+            };
+            for (path, bytes) in user_database(&users, &groups) {
                 let file = Entry {
                     kind: Kind::File(bytes),
                     mode: 0o644,
                     uid: 0,
                     gid: 0,
                 };
-                b.add(path, file, "--add-user/--add-group".to_owned())?;
+                b.add(path, file, database_by.to_owned())?;
             }
             // A home a --dir declares is as that says.
-            let declared: Vec<&str> = self.dirs.iter().map(|d| d.path.as_str()).collect();
-            for u in self
-                .users
+            let declared: Vec<&str> = sources
                 .iter()
-                .filter(|u| !declared.contains(&u.home.as_str()))
-            {
-                let home = Entry {
-                    kind: Kind::Directory,
-                    mode: 0o755,
-                    uid: u.uid,
-                    gid: u.gid,
-                };
-                b.add(&u.home, home, format!("the home of --add-user {}", u.name))?;
+                .flat_map(|(s, _)| s.dirs.iter().map(|d| d.path.as_str()))
+                .collect();
+            for (spec, by) in &sources {
+                for u in spec
+                    .users
+                    .iter()
+                    .filter(|u| !declared.contains(&u.home.as_str()))
+                {
+                    let home = Entry {
+                        kind: Kind::Directory,
+                        mode: 0o755,
+                        uid: u.uid,
+                        gid: u.gid,
+                    };
+                    let label = format!("the home of {}", by("--add-user", &u.name));
+                    b.add(&u.home, home, label)?;
+                }
             }
         }
         b.parents()
-    }
-
-    /// `/etc/passwd`, `/etc/group` (with `root` and `nobody`, as
-    /// dockerTools' fakeNss) and `/etc/nsswitch.conf`. A user whose group
-    /// no `--add-group` names gets a group of its own name.
-    fn user_database(&self) -> [(&'static str, Vec<u8>); 3] {
-        let mut passwd = String::from(
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/var/empty:/bin/false\n",
-        );
-        // In id order, whatever the order of the flags.
-        let mut users: Vec<&UserSpec> = self.users.iter().collect();
-        users.sort_by(|a, b| (a.uid, &a.name).cmp(&(b.uid, &b.name)));
-        for u in &users {
-            passwd.push_str(&format!(
-                "{}:x:{}:{}::{}:{}\n",
-                u.name, u.uid, u.gid, u.home, u.shell
-            ));
-        }
-        let mut groups: Vec<(String, u32)> =
-            vec![("root".to_owned(), 0), ("nobody".to_owned(), 65534)];
-        groups.extend(self.groups.iter().map(|g| (g.name.clone(), g.gid)));
-        for u in &users {
-            if !groups.iter().any(|(_, gid)| *gid == u.gid) {
-                groups.push((u.name.clone(), u.gid));
-            }
-        }
-        groups[2..].sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
-        let group: String = groups
-            .iter()
-            .map(|(name, gid)| format!("{name}:x:{gid}:\n"))
-            .collect();
-        [
-            ("/etc/group", group.into_bytes()),
-            ("/etc/nsswitch.conf", b"hosts: files dns\n".to_vec()),
-            ("/etc/passwd", passwd.into_bytes()),
-        ]
     }
 
     /// Names the user database defines, for the `--user` check.
@@ -542,6 +596,41 @@ impl RootSpec {
             || name.bytes().all(|b| b.is_ascii_digit())
             || self.users.iter().any(|u| u.name == name)
     }
+}
+
+/// `/etc/passwd`, `/etc/group` (with `root` and `nobody`, as
+/// dockerTools' fakeNss) and `/etc/nsswitch.conf`. A user whose group
+/// no `--add-group` names gets a group of its own name.
+fn user_database(users: &[&UserSpec], groups_given: &[&GroupSpec]) -> [(&'static str, Vec<u8>); 3] {
+    let mut passwd = String::from(
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/var/empty:/bin/false\n",
+    );
+    // In id order, whatever the order of the flags.
+    let mut users: Vec<&UserSpec> = users.to_vec();
+    users.sort_by(|a, b| (a.uid, &a.name).cmp(&(b.uid, &b.name)));
+    for u in &users {
+        passwd.push_str(&format!(
+            "{}:x:{}:{}::{}:{}\n",
+            u.name, u.uid, u.gid, u.home, u.shell
+        ));
+    }
+    let mut groups: Vec<(String, u32)> = vec![("root".to_owned(), 0), ("nobody".to_owned(), 65534)];
+    groups.extend(groups_given.iter().map(|g| (g.name.clone(), g.gid)));
+    for u in &users {
+        if !groups.iter().any(|(_, gid)| *gid == u.gid) {
+            groups.push((u.name.clone(), u.gid));
+        }
+    }
+    groups[2..].sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    let group: String = groups
+        .iter()
+        .map(|(name, gid)| format!("{name}:x:{gid}:\n"))
+        .collect();
+    [
+        ("/etc/group", group.into_bytes()),
+        ("/etc/nsswitch.conf", b"hosts: files dns\n".to_vec()),
+        ("/etc/passwd", passwd.into_bytes()),
+    ]
 }
 
 /// `--chmod REGEX=MODE` or `--chown REGEX=UID:GID`: a rule over every path
@@ -932,6 +1021,52 @@ mod tests {
             .tree("/r")
             .unwrap_err();
         assert!(e.to_string().contains("/etc/passwd"), "{e}");
+    }
+
+    #[test]
+    fn flags_and_an_image_spec_merge() {
+        let flags = spec(&["/tmp:1777"], &[], &["app:1000"], &[]);
+        let from_spec = spec(
+            &["/tmp:1777", "/data"],
+            &["/bin/sh=/b"],
+            &["app:1000"],
+            &["staff:50"],
+        );
+        let both = flags
+            .tree_with("/r", Some(("the image spec 'x'", &from_spec)))
+            .unwrap();
+        let one = spec(
+            &["/tmp:1777", "/data"],
+            &["/bin/sh=/b"],
+            &["app:1000"],
+            &["staff:50"],
+        );
+        assert_eq!(both, one.tree("/r").unwrap());
+        let Kind::File(passwd) = &both.entries["/etc/passwd"].kind else {
+            panic!("passwd")
+        };
+        assert_eq!(String::from_utf8_lossy(passwd).matches("app:x:").count(), 1);
+
+        let e = flags
+            .tree_with(
+                "/r",
+                Some(("the image spec 'x'", &spec(&["/tmp"], &[], &[], &[]))),
+            )
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/tmp is given twice, differently: by --dir /tmp and by the image spec 'x' (dirs /tmp)"
+        );
+        let e = flags
+            .tree_with(
+                "/r",
+                Some(("the image spec 'x'", &spec(&[], &[], &["app:1001"], &[]))),
+            )
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "user app is given twice, differently: by --add-user app and by the image spec 'x' (users app)"
+        );
     }
 
     #[test]

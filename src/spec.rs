@@ -4,16 +4,24 @@
 //! `nixoci build` treats a root that is such a file as "this image": it
 //! images the spec's roots with the spec's config. Pure: parsing and
 //! validation only.
+//!
+//! Version 2 adds what the image holds outside the store (`copyToRoot`,
+//! `dirs`, `symlinks`, `users`, `groups`, `includeNixDB`) and the config's
+//! `volumes` and `stopSignal`; version 1 specs are still read.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::oci::image::RunConfig;
+use crate::rootfs::{DirSpec, GroupSpec, RootFsError, RootSpec, SymlinkSpec, UserSpec};
 use crate::store_path::StorePath;
 
-/// The spec version this nixoci reads and writes.
-pub const SPEC_VERSION: u32 = 1;
+/// The spec version this nixoci writes (the Nix library's `image`).
+pub const SPEC_VERSION: u32 = 2;
+
+/// The spec versions this nixoci reads.
+pub const SPEC_VERSIONS: [u32; 2] = [1, 2];
 
 /// The key that marks a JSON file as an image spec; its value is the version.
 pub const SPEC_MARKER: &str = "nixociImageSpec";
@@ -36,9 +44,56 @@ pub struct SpecConfig {
     pub exposed_ports: Vec<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Absolute paths a runtime mounts a volume at (version 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// The signal that stops the container (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
 }
 
-/// An image spec, version 1.
+/// A directory of the image (version 2), as `--dir PATH:MODE:UID:GID`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecDir {
+    pub path: String,
+    /// Octal, as a string: `"0755"`, `"1777"`.
+    #[serde(default = "default_dir_mode")]
+    pub mode: String,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+}
+
+fn default_dir_mode() -> String {
+    "0755".to_owned()
+}
+
+/// A user of `/etc/passwd` (version 2), as `--add-user`; `gid` defaults to
+/// `uid`, `home` to `/home/NAME`, `shell` to `/bin/sh`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecUser {
+    pub name: String,
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: Option<u32>,
+    #[serde(default)]
+    pub home: Option<String>,
+    #[serde(default)]
+    pub shell: Option<String>,
+}
+
+/// A group of `/etc/group` (version 2), as `--add-group`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
+/// An image spec, version 1 or 2.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImageSpec {
@@ -56,6 +111,26 @@ pub struct ImageSpec {
     pub annotations: BTreeMap<String, String>,
     #[serde(default)]
     pub created: Option<String>,
+    /// Store paths whose trees are placed at `/` (version 2), as
+    /// `--copy-to-root`; they are roots too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copy_to_root: Vec<StorePath>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dirs: Vec<SpecDir>,
+    /// Link path to absolute target.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub symlinks: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<SpecUser>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<SpecGroup>,
+    /// The closure registered in the image's Nix database, as `--nix-db`.
+    #[serde(
+        default,
+        rename = "includeNixDB",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub include_nix_db: bool,
 }
 
 /// Why bytes are not a usable image spec.
@@ -63,10 +138,15 @@ pub struct ImageSpec {
 pub enum SpecError {
     #[error("image spec is not valid JSON of the expected form")]
     Json(#[from] serde_json::Error),
-    #[error(
-        "image spec version {found} is not supported (this nixoci reads version {SPEC_VERSION})"
-    )]
+    #[error("image spec version {found} is not supported (this nixoci reads versions 1 and 2)")]
     Version { found: u64 },
+    #[error("image spec '{name}': {field} needs image spec version 2, the spec says 1")]
+    NeedsVersion2 { name: String, field: &'static str },
+    #[error("image spec '{name}': {problem}")]
+    Root {
+        name: String,
+        problem: Box<RootFsError>,
+    },
     #[error("image spec '{0}' has no roots")]
     NoRoots(String),
     #[error("image spec '{name}': port '{port}' is not PORT/tcp, PORT/udp or PORT/sctp")]
@@ -87,13 +167,22 @@ impl ImageSpec {
     pub fn parse(bytes: &[u8]) -> Result<ImageSpec, SpecError> {
         let value: serde_json::Value = serde_json::from_slice(bytes)?;
         let found = value.get(SPEC_MARKER).and_then(|v| v.as_u64()).unwrap_or(0);
-        if found != u64::from(SPEC_VERSION) {
+        if !SPEC_VERSIONS.iter().any(|&v| u64::from(v) == found) {
             return Err(SpecError::Version { found });
         }
         let spec: ImageSpec = serde_json::from_value(value)?;
         if spec.roots.is_empty() {
             return Err(SpecError::NoRoots(spec.name));
         }
+        if spec.version == 1 {
+            if let Some(field) = spec.version_2_field() {
+                return Err(SpecError::NeedsVersion2 {
+                    name: spec.name,
+                    field,
+                });
+            }
+        }
+        spec.root_spec()?;
         for port in &spec.config.exposed_ports {
             let ok = match port.split_once('/') {
                 Some((p, proto)) => {
@@ -109,6 +198,103 @@ impl ImageSpec {
             }
         }
         Ok(spec)
+    }
+
+    /// The first version 2 field the spec sets, if any.
+    fn version_2_field(&self) -> Option<&'static str> {
+        [
+            ("copyToRoot", !self.copy_to_root.is_empty()),
+            ("dirs", !self.dirs.is_empty()),
+            ("symlinks", !self.symlinks.is_empty()),
+            ("users", !self.users.is_empty()),
+            ("groups", !self.groups.is_empty()),
+            ("includeNixDB", self.include_nix_db),
+            ("config.volumes", !self.config.volumes.is_empty()),
+            ("config.stopSignal", self.config.stop_signal.is_some()),
+        ]
+        .into_iter()
+        .find(|(_, set)| *set)
+        .map(|(field, _)| field)
+    }
+
+    /// True when the image has a root layer: copyToRoot, dirs, symlinks,
+    /// users, groups or includeNixDB.
+    pub fn has_root_entries(&self) -> bool {
+        !self.copy_to_root.is_empty()
+            || !self.dirs.is_empty()
+            || !self.symlinks.is_empty()
+            || !self.users.is_empty()
+            || !self.groups.is_empty()
+            || self.include_nix_db
+    }
+
+    /// The directories, symbolic links, users and groups the spec asks
+    /// for, checked as the flags `--dir`, `--symlink`, `--add-user` and
+    /// `--add-group` are (`copyToRoot` trees are read from the store by
+    /// the caller).
+    pub fn root_spec(&self) -> Result<RootSpec, SpecError> {
+        // Named by the spec's field, not the flag.
+        let root = |problem| SpecError::Root {
+            name: self.name.clone(),
+            problem: Box::new(match problem {
+                RootFsError::Syntax {
+                    flag,
+                    given,
+                    problem,
+                } => RootFsError::Syntax {
+                    flag: match flag {
+                        "--dir" => "dirs",
+                        "--symlink" => "symlinks",
+                        "--add-user" => "users",
+                        _ => "groups",
+                    },
+                    given,
+                    problem,
+                },
+                other => other,
+            }),
+        };
+        let dirs = self
+            .dirs
+            .iter()
+            .map(|d| format!("{}:{}:{}:{}", d.path, d.mode, d.uid, d.gid).parse::<DirSpec>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(root)?;
+        let symlinks = self
+            .symlinks
+            .iter()
+            .map(|(path, target)| format!("{path}={target}").parse::<SymlinkSpec>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(root)?;
+        let users = self
+            .users
+            .iter()
+            .map(|u| {
+                format!(
+                    "{}:{}:{}:{}:{}",
+                    u.name,
+                    u.uid,
+                    u.gid.unwrap_or(u.uid),
+                    u.home.as_deref().unwrap_or(""),
+                    u.shell.as_deref().unwrap_or("")
+                )
+                .parse::<UserSpec>()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(root)?;
+        let groups = self
+            .groups
+            .iter()
+            .map(|g| format!("{}:{}", g.name, g.gid).parse::<GroupSpec>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(root)?;
+        Ok(RootSpec {
+            trees: Vec::new(),
+            dirs,
+            symlinks,
+            users,
+            groups,
+        })
     }
 
     /// The OCI runtime config the spec asks for.
@@ -132,7 +318,8 @@ impl ImageSpec {
                 })
                 .collect(),
             labels: c.labels.clone(),
-            ..RunConfig::default()
+            volumes: c.volumes.iter().cloned().collect(),
+            stop_signal: c.stop_signal.clone(),
         }
     }
 }
@@ -245,10 +432,10 @@ mod tests {
     fn rejects_bad_specs() {
         assert!(!is_spec(b"#!/bin/sh\necho hi"));
         assert!(!is_spec(b"{\"other\": 1}"));
-        let v2 = format!(r#"{{"nixociImageSpec":2,"name":"x","roots":["{ROOT}"]}}"#);
+        let v3 = format!(r#"{{"nixociImageSpec":3,"name":"x","roots":["{ROOT}"]}}"#);
         assert!(matches!(
-            ImageSpec::parse(v2.as_bytes()),
-            Err(SpecError::Version { found: 2 })
+            ImageSpec::parse(v3.as_bytes()),
+            Err(SpecError::Version { found: 3 })
         ));
         let none = r#"{"nixociImageSpec":1,"name":"x","roots":[]}"#;
         assert!(matches!(
@@ -267,6 +454,125 @@ mod tests {
             ImageSpec::parse(port.as_bytes()),
             Err(SpecError::Port { .. })
         ));
+    }
+
+    fn v2(fields: &str) -> String {
+        format!(r#"{{"nixociImageSpec":2,"name":"x","roots":["{ROOT}"]{fields}}}"#)
+    }
+
+    #[test]
+    fn parses_a_version_2_spec() {
+        let text = v2(&format!(
+            r#","copyToRoot":["{ROOT}"],
+               "dirs":[{{"path":"/tmp","mode":"1777"}},{{"path":"/var/lib/app","mode":"0750","uid":1000,"gid":1000}}],
+               "symlinks":{{"/bin/sh":"{ROOT}/bin/sh"}},
+               "users":[{{"name":"app","uid":1000,"home":"/var/lib/app"}}],
+               "groups":[{{"name":"staff","gid":50}}],
+               "includeNixDB":true,
+               "config":{{"volumes":["/data"],"stopSignal":"SIGINT"}}"#
+        ));
+        let spec = ImageSpec::parse(text.as_bytes()).unwrap();
+        assert!(spec.has_root_entries() && spec.include_nix_db);
+        assert_eq!(spec.copy_to_root[0].as_str(), ROOT);
+        let root = spec.root_spec().unwrap();
+        let dirs: Vec<(&str, u32, u32, u32)> = root
+            .dirs
+            .iter()
+            .map(|d| (d.path.as_str(), d.mode, d.uid, d.gid))
+            .collect();
+        assert_eq!(
+            dirs,
+            [("/tmp", 0o1777, 0, 0), ("/var/lib/app", 0o750, 1000, 1000)]
+        );
+        assert_eq!(root.symlinks[0].target, format!("{ROOT}/bin/sh"));
+        let u = &root.users[0];
+        assert_eq!(
+            (
+                u.name.as_str(),
+                u.uid,
+                u.gid,
+                u.home.as_str(),
+                u.shell.as_str()
+            ),
+            ("app", 1000, 1000, "/var/lib/app", "/bin/sh")
+        );
+        assert_eq!(
+            (root.groups[0].name.as_str(), root.groups[0].gid),
+            ("staff", 50)
+        );
+        let run = spec.run_config();
+        assert_eq!(run.volumes.into_iter().collect::<Vec<_>>(), ["/data"]);
+        assert_eq!(run.stop_signal.as_deref(), Some("SIGINT"));
+
+        // Written back, the defaults of version 1 fields stay out.
+        let plain = ImageSpec::parse(v2("").as_bytes()).unwrap();
+        assert!(!plain.has_root_entries());
+        let json = serde_json::to_value(&plain).unwrap();
+        for key in [
+            "copyToRoot",
+            "dirs",
+            "symlinks",
+            "users",
+            "groups",
+            "includeNixDB",
+        ] {
+            assert!(json.get(key).is_none(), "{key}: {json}");
+        }
+        assert!(json["config"].get("volumes").is_none(), "{json}");
+    }
+
+    #[test]
+    fn version_1_still_parses_but_not_with_version_2_fields() {
+        let v1 = format!(r#"{{"nixociImageSpec":1,"name":"x","roots":["{ROOT}"]}}"#);
+        let spec = ImageSpec::parse(v1.as_bytes()).unwrap();
+        assert_eq!(spec.version, 1);
+        assert!(!spec.has_root_entries());
+        let v1_dirs = format!(
+            r#"{{"nixociImageSpec":1,"name":"x","roots":["{ROOT}"],"dirs":[{{"path":"/tmp"}}]}}"#
+        );
+        let e = ImageSpec::parse(v1_dirs.as_bytes()).unwrap_err();
+        assert!(
+            matches!(e, SpecError::NeedsVersion2 { field: "dirs", .. }),
+            "{e}"
+        );
+        let v1_volumes = format!(
+            r#"{{"nixociImageSpec":1,"name":"x","roots":["{ROOT}"],"config":{{"volumes":["/v"]}}}}"#
+        );
+        assert!(matches!(
+            ImageSpec::parse(v1_volumes.as_bytes()),
+            Err(SpecError::NeedsVersion2 {
+                field: "config.volumes",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn bad_root_entries_name_the_field() {
+        for (fields, field) in [
+            (
+                r#","dirs":[{"path":"/tmp","mode":"999"}]"#,
+                "dirs '/tmp:999:0:0'",
+            ),
+            (r#","dirs":[{"path":"tmp"}]"#, "dirs 'tmp:0755:0:0'"),
+            (
+                r#","symlinks":{"/bin/sh":"bin/busybox"}"#,
+                "symlinks '/bin/sh=bin/busybox'",
+            ),
+            (r#","users":[{"name":"a b","uid":1}]"#, "users 'a b:1:1::'"),
+            (r#","groups":[{"name":"-g","gid":1}]"#, "groups '-g:1'"),
+        ] {
+            let e = ImageSpec::parse(v2(fields).as_bytes()).unwrap_err();
+            assert!(matches!(e, SpecError::Root { .. }), "{fields}: {e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("image spec 'x': {field}")),
+                "{fields}: {e}"
+            );
+        }
+        // A uid that is not a number is not the JSON of a spec.
+        let e = ImageSpec::parse(v2(r#","users":[{"name":"a","uid":"x"}]"#).as_bytes());
+        assert!(matches!(e, Err(SpecError::Json(_))));
     }
 
     fn spec(

@@ -40,13 +40,16 @@ fn nixoci_package(dir: &Path) -> PathBuf {
 }
 
 /// Every attribute of `nix/checks` (all derivations).
-const CHECKS: [&str; 10] = [
+const CHECKS: [&str; 13] = [
     "hello-amd64",
     "hello-arm64",
     "spec-amd64",
     "spec-arm64",
     "layout",
     "layout-plain",
+    "spec-rootfs-amd64",
+    "spec-rootfs-arm64",
+    "layout-rootfs",
     "spec-contents",
     "layout-verified",
     "layout-plain-verified",
@@ -271,6 +274,168 @@ fn oci_layout_derivation_equals_the_cli_output() {
 }
 
 #[test]
+fn oci_layout_with_root_entries_equals_the_cli_with_the_same_flags() {
+    if !require(&["nix", "busybox"]) {
+        return;
+    }
+    let tmp = tempdir();
+    let (amd64, arm64) = (check("hello-amd64"), check("hello-arm64"));
+    let data = closure_of(amd64)
+        .into_iter()
+        .find(|p| p.ends_with("-nixoci-check-data"))
+        .expect("the data path in hello's closure");
+    let flags: Vec<String> = [
+        "--copy-to-root",
+        &format!("x86_64-linux={amd64}"),
+        "--copy-to-root",
+        &format!("aarch64-linux={arm64}"),
+        "--dir",
+        "/tmp:1777",
+        "--dir",
+        "/var/lib/app:0750:1000:1000",
+        "--symlink",
+        "/usr/bin/hello={root}/bin/hello",
+        "--add-user",
+        "app:1000:1000:/var/lib/app",
+        "--add-group",
+        "staff:50",
+        "--nix-db",
+        "--entrypoint",
+        "/bin/hello",
+        "--user",
+        "app",
+        "--volume",
+        "/data",
+        "--stop-signal",
+        "SIGINT",
+        "--compression",
+        "zstd",
+        "--level",
+        "5",
+        "--layer",
+        &data,
+        "--min-layer-size",
+        "1K",
+        "--reserve-layers",
+        "1",
+        "--tag",
+        TAG,
+        "--no-cache",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut args = vec![
+        "--platform".to_string(),
+        format!("x86_64-linux={amd64}"),
+        "--platform".to_string(),
+        format!("aarch64-linux={arm64}"),
+    ];
+    args.extend(flags);
+    let (cli, _) = cli_build(tmp.path(), "flags.oci", &args);
+    let drv = Path::new(check("layout-rootfs"));
+    assert_eq!(
+        fs::read(cli.join("index.json")).expect("CLI index.json"),
+        fs::read(drv.join("index.json")).expect("derivation index.json"),
+        "index.json"
+    );
+    assert_eq!(layout_files(&cli), layout_files(drv), "every blob");
+
+    // The specs themselves, with the build options as flags, too.
+    let (cli_specs, _) = cli_build(
+        tmp.path(),
+        "specs.oci",
+        &[
+            "--platform",
+            &format!("x86_64-linux={}", check("spec-rootfs-amd64")),
+            "--platform",
+            &format!("aarch64-linux={}", check("spec-rootfs-arm64")),
+            "--compression",
+            "zstd",
+            "--level",
+            "5",
+            "--layer",
+            &data,
+            "--min-layer-size",
+            "1K",
+            "--reserve-layers",
+            "1",
+            "--no-cache",
+        ]
+        .map(String::from),
+    );
+    assert_eq!(
+        layout_files(&cli_specs),
+        layout_files(drv),
+        "specs: every blob"
+    );
+
+    // What the image holds: the config and the root layer's entries.
+    let (_, images) = Layout(drv.to_path_buf()).image(TAG);
+    for image in &images {
+        let config = &image.config["config"];
+        assert_eq!(config["Volumes"], json!({"/data": {}}), "{config}");
+        assert_eq!(config["StopSignal"], "SIGINT", "{config}");
+        assert_eq!(config["User"], "app", "{config}");
+    }
+}
+
+/// `nix eval` of `expr` with `lib` bound to the library and `hello` to a
+/// store path; returns the failure's stderr.
+fn eval_error(expr: &str) -> String {
+    let tmp = tempdir();
+    let pkg = nixoci_package(&tmp.path().join("nixoci"));
+    let full = format!(
+        "let lib = import {} {{ nixoci = builtins.path {{ path = {}; name = \"nixoci\"; }}; system = \"x86_64-linux\"; }}; \
+         hello = {}; in builtins.toJSON ({expr})",
+        nix_string(&repo().join("nix/lib")),
+        nix_string(&pkg),
+        nix_string(Path::new(check("hello-amd64"))).replacen('"', "builtins.storePath \"", 1),
+    );
+    let r = run(nix().args(["eval", "--impure", "--raw", "--expr", &full]));
+    assert_ne!(r.code, Some(0), "{expr}: evaluates: {}", r.stdout);
+    r.stderr
+}
+
+#[test]
+fn image_mistakes_fail_at_evaluation_naming_the_argument() {
+    if !require(&["nix", "busybox"]) {
+        return;
+    }
+    let image =
+        |args: &str| format!(r#"lib.imageSpec {{ name = "x"; roots = [ hello ]; {args} }}"#);
+    for (args, expected) in [
+        (
+            r#"dirs = [ { path = "/tmp"; mode = "0788"; } ];"#,
+            r#"image "x": dirs.0.mode: expected an octal mode as a string"#,
+        ),
+        (
+            r#"users = [ { name = "app"; uid = "app"; } ];"#,
+            r#"image "x": users.0.uid: expected a number"#,
+        ),
+        (
+            r#"symlinks."/bin/sh" = "busybox";"#,
+            r#"image "x": symlinks."/bin/sh": the target must be an absolute path"#,
+        ),
+        (
+            r#"perms = [ { regex = ".*"; mode = "0755"; } ];"#,
+            "perms: perms is not supported yet",
+        ),
+        (
+            "contents = [ hello ];",
+            "contents: nixoci has no `contents`",
+        ),
+    ] {
+        let stderr = eval_error(&image(args));
+        assert!(stderr.contains(expected), "{args}: {stderr}");
+    }
+    let stderr = eval_error("lib.imageSpec { name = \"x\"; contents = [ hello ]; }");
+    assert!(
+        stderr.contains("roots = [") && stderr.contains("copyToRoot = ["),
+        "contents explains roots and copyToRoot: {stderr}"
+    );
+}
+
+#[test]
 fn image_spec_config_is_the_image_config() {
     if !require(&["nix", "busybox"]) {
         return;
@@ -280,7 +445,7 @@ fn image_spec_config_is_the_image_config() {
 
     let spec: Value = serde_json::from_slice(&fs::read(spec_path).expect("reading the spec"))
         .expect("the spec is JSON");
-    assert_eq!(spec["nixociImageSpec"], 1, "{spec}");
+    assert_eq!(spec["nixociImageSpec"], 2, "{spec}");
     assert_eq!(spec["name"], "nixoci-check-hello");
     assert_eq!(spec["tag"], TAG);
     assert_eq!(spec["roots"], json!([hello]));
@@ -469,12 +634,19 @@ fn flake_check_passes_with_a_stub_nixpkgs() {
                 "annotations",
                 "config",
                 "contents",
+                "copyToRoot",
                 "created",
+                "dirs",
+                "groups",
+                "includeNixDB",
                 "maxLayers",
                 "name",
+                "perms",
                 "roots",
+                "symlinks",
                 "system",
-                "tag"
+                "tag",
+                "users"
             ]
             .map(String::from)
             .to_vec()

@@ -23,6 +23,13 @@
 #                             tagged with the specs' tag
 #   layout-plain              `ociLayout` of the plain store paths, with OCI
 #                             platform keys, maxLayers, created, annotations
+#   spec-rootfs-amd64, spec-rootfs-arm64
+#                             `image` specs with every root filesystem argument
+#                             (copyToRoot, dirs, symlinks, users, groups,
+#                             includeNixDB) and config volumes and stopSignal
+#   layout-rootfs             `ociLayout` of them with every build option
+#                             (compression, level, layers, minLayerSize,
+#                             reserveLayers)
 #   spec-contents             the spec holds the roots and the config
 #   layout-verified           `nixoci verify`, hydra-build-products, image configs
 #   layout-plain-verified     the same for layout-plain
@@ -161,6 +168,66 @@ let
   specAmd64 = mkSpec helloAmd64;
   specArm64 = mkSpec helloArm64;
 
+  # Every root filesystem argument; tests/nix_lib.rs builds the same with
+  # the command line's flags and compares blob for blob.
+  mkRootfsSpec =
+    hello:
+    lib.image {
+      name = "nixoci-check-rootfs";
+      inherit tag;
+      roots = [ hello ];
+      copyToRoot = [ hello ];
+      dirs = [
+        {
+          path = "/tmp";
+          mode = "1777";
+        }
+        {
+          path = "/var/lib/app";
+          mode = "0750";
+          uid = 1000;
+          gid = 1000;
+        }
+      ];
+      symlinks."/usr/bin/hello" = "${hello}/bin/hello";
+      users = [
+        {
+          name = "app";
+          uid = 1000;
+          home = "/var/lib/app";
+        }
+      ];
+      groups = [
+        {
+          name = "staff";
+          gid = 50;
+        }
+      ];
+      includeNixDB = true;
+      config = {
+        entrypoint = [ "/bin/hello" ];
+        user = "app";
+        Volumes."/data" = { };
+        stopSignal = "SIGINT";
+      };
+    };
+
+  rootfsAmd64 = mkRootfsSpec helloAmd64;
+  rootfsArm64 = mkRootfsSpec helloArm64;
+
+  layoutRootfs = lib.ociLayout {
+    name = "nixoci-check-rootfs-oci";
+    images = {
+      x86_64-linux = rootfsAmd64;
+      aarch64-linux = rootfsArm64;
+    };
+    compression = "zstd";
+    level = 5;
+    layers = [ [ data ] ];
+    minLayerSize = "1K";
+    reserveLayers = 1;
+  };
+
   # No tag: the specs' tag is used, as by `nixoci build` without --tag.
   layout = lib.ociLayout {
     name = "nixoci-check-hello-oci";
@@ -239,7 +306,79 @@ let
           "81/tcp"
           "82/udp"
         ];
-      "contents is another name for roots" = (spec { name = "x"; contents = hello; }).roots == [ "${hello}" ];
+      "contents fails (roots or copyToRoot)" = fails (spec {
+        name = "x";
+        contents = [ hello ];
+      });
+      "perms fails: not supported yet" = fails (spec (base // { perms = [ { regex = ".*"; mode = "0755"; } ]; }));
+      "copyToRoot paths are roots" =
+        let
+          s = spec {
+            name = "x";
+            copyToRoot = [ hello ];
+          };
+        in
+        s.roots == [ "${hello}" ] && s.copyToRoot == [ "${hello}" ];
+      "a symlink target in the store becomes a root" =
+        (spec (base // { symlinks."/bin/x" = "${data}/bin/x"; })).roots == [
+          "${hello}"
+          "${data}"
+        ];
+      "root filesystem defaults" =
+        let
+          s = spec (
+            base
+            // {
+              dirs = [ "/tmp" ];
+              users = [
+                {
+                  name = "app";
+                  uid = 1000;
+                }
+              ];
+            }
+          );
+        in
+        s.dirs == [
+          {
+            path = "/tmp";
+            mode = "0755";
+            uid = 0;
+            gid = 0;
+          }
+        ]
+        && s.users == [
+          {
+            name = "app";
+            uid = 1000;
+            gid = 1000;
+            home = "/home/app";
+            shell = "/bin/sh";
+          }
+        ];
+      "volumes and stopSignal, under either name" =
+        (spec (base // { config = { volumes = [ "/a" ]; StopSignal = 2; }; })).config.volumes == [ "/a" ]
+        && (spec (base // { config.Volumes."/b" = { }; })).config.volumes == [ "/b" ]
+        && (spec (base // { config.StopSignal = 2; })).config.stopSignal == "2";
+      "a mode that is not octal fails" = fails (spec (base // { dirs = [ { path = "/tmp"; mode = "0788"; } ]; }));
+      "a mode as a number fails" = fails (spec (base // { dirs = [ { path = "/tmp"; mode = 755; } ]; }));
+      "a uid that is not a number fails" = fails (spec (base // { users = [ { name = "app"; uid = "app"; } ]; }));
+      "a relative symlink target fails" = fails (spec (base // { symlinks."/bin/sh" = "busybox"; }));
+      "a relative dir fails" = fails (spec (base // { dirs = [ "tmp" ]; }));
+      "a dir in /nix fails" = fails (spec (base // { dirs = [ "/nix/var" ]; }));
+      "a relative volume fails" = fails (spec (base // { config.volumes = [ "data" ]; }));
+      "includeNixDB must be a bool" = fails (spec (base // { includeNixDB = "yes"; }));
+      "ociLayout passes the build options" =
+        layoutRootfs.compression == "zstd"
+        && layoutRootfs.level == 5
+        && layoutRootfs.layers == [ [ "${data}" ] ]
+        && layoutRootfs.minLayerSize == "1K"
+        && layoutRootfs.reserveLayers == 1;
+      "an unknown compression fails" = fails (lib.ociLayout {
+        name = "x";
+        images.x86_64-linux = hello;
+        compression = "xz";
+      }).drvPath;
       "a path the entrypoint names becomes a root" =
         (spec (base // { config.entrypoint = [ "${data}/bin/x" ]; })).roots == [
           "${hello}"
@@ -249,7 +388,7 @@ let
         (spec (base // { config.cmd = [ "${hello}/bin/hello" ]; })).roots == [ "${hello}" ];
       "defaults" =
         spec base == {
-          nixociImageSpec = 1;
+          nixociImageSpec = 2;
           name = "x";
           tag = null;
           roots = [ "${hello}" ];
@@ -304,7 +443,12 @@ let
         images = hello;
       }).drvPath;
       "ociLayout passes only the options given" =
-        !(layout ? tag) && !(layout ? maxLayers) && !(layout ? created) && layoutPlain.maxLayers == 2;
+        !(layout ? tag)
+        && !(layout ? maxLayers)
+        && !(layout ? created)
+        && !(layout ? compression)
+        && !(layout ? layers)
+        && layoutPlain.maxLayers == 2;
       "a platform that is neither a system nor os/arch fails" = fails (lib.ociLayout {
         name = "x";
         images."linux amd64" = hello;
@@ -325,6 +469,9 @@ in
   spec-arm64 = specArm64;
   inherit layout;
   layout-plain = layoutPlain;
+  spec-rootfs-amd64 = rootfsAmd64;
+  spec-rootfs-arm64 = rootfsArm64;
+  layout-rootfs = layoutRootfs;
 
   spec-contents = run "nixoci-check-spec-contents" ''
     s=${specAmd64}

@@ -8,7 +8,8 @@
 #                                  images = { x86_64-linux = spec; aarch64-linux = specArm; }; };
 #
 # `image` is a cheap derivation whose output is a small JSON file, the image
-# spec (version 1): roots, config, options; no tarballs. `nixoci build`
+# spec (version 2): roots, config, what goes outside the store (copyToRoot,
+# dirs, symlinks, users, groups, includeNixDB), options; no tarballs. `nixoci build`
 # images a spec's roots with its config, and so does `ociLayout`, a
 # derivation whose output is the multi-platform OCI image layout itself,
 # bit-identical to `nixoci build` for the same inputs, with
@@ -228,7 +229,161 @@ let
     user = "User";
     exposedPorts = "ExposedPorts";
     labels = "Labels";
+    volumes = "Volumes";
+    stopSignal = "StopSignal";
   };
+
+  # An absolute path in the image, outside /nix.
+  imagePath =
+    where: p:
+    if !isString p || match "(/[^/]+)+/?" p == null then
+      fail where "expected an absolute path such as /var/lib/app, found ${show p}"
+    else if match "/nix(/.*)?" p != null then
+      fail where "${show p} is in /nix, which the store layers and the Nix database own"
+    else if match ".*/\\.\\.?(/.*)?" p != null then
+      fail where "${show p} holds a '.' or '..' part"
+    else
+      p;
+
+  # A uid or gid: what a tar header holds.
+  checkId =
+    where: n:
+    if isInt n && n >= 0 && n <= 2097151 then
+      n
+    else
+      fail where "expected a number from 0 to 2097151, found ${show n}";
+
+  # A user or group name.
+  checkAccount =
+    where: n:
+    if isString n && match "[A-Za-z0-9._][A-Za-z0-9._-]{0,31}" n != null then
+      n
+    else
+      fail where "expected a user or group name (letters, digits, '.', '_', '-'), found ${show n}";
+
+  # Checks that an attrset has only `known` keys and every key of `required`.
+  checkKeys =
+    where: known: required: a:
+    let
+      unknown = filter (k: !elem k known) (attrNames a);
+      missing = filter (k: !(a ? ${k})) required;
+    in
+    if !isAttrs a || a ? outPath then
+      fail where "expected an attribute set { ${concatStringsSep "; " known}; }, found ${show a}"
+    else if unknown != [ ] then
+      fail where "unknown ${concatStringsSep ", " unknown} (known: ${concatStringsSep ", " known})"
+    else if missing != [ ] then
+      fail where "${concatStringsSep ", " missing} is missing"
+    else
+      a;
+
+  # dirs: [ "/tmp" { path = "/tmp"; mode = "1777"; } { path; mode; uid; gid; } ].
+  checkDir =
+    where: d:
+    let
+      a = checkKeys where [ "path" "mode" "uid" "gid" ] [ "path" ] (if isString d then { path = d; } else d);
+      w = k: "${where}.${k}";
+      mode = a.mode or "0755";
+    in
+    {
+      path = imagePath (w "path") a.path;
+      mode =
+        if isString mode && match "[0-7]{3,4}" mode != null then
+          mode
+        else
+          fail (w "mode") "expected an octal mode as a string, such as \"0755\" or \"1777\", found ${show mode}";
+      uid = checkId (w "uid") (a.uid or 0);
+      gid = checkId (w "gid") (a.gid or 0);
+    };
+
+  # users: [ { name; uid; gid ? uid; home ? "/home/${name}"; shell ? "/bin/sh"; } ].
+  checkUser =
+    where: u:
+    let
+      a = checkKeys where [ "name" "uid" "gid" "home" "shell" ] [ "name" "uid" ] u;
+      w = k: "${where}.${k}";
+      uid = checkId (w "uid") a.uid;
+      shell = a.shell or "/bin/sh";
+    in
+    {
+      name = checkAccount (w "name") a.name;
+      inherit uid;
+      gid = checkId (w "gid") (a.gid or uid);
+      home = imagePath (w "home") (a.home or "/home/${a.name}");
+      shell =
+        if isString shell && match "/.*" shell != null then
+          shell
+        else
+          fail (w "shell") "expected an absolute path such as /bin/sh, found ${show shell}";
+    };
+
+  # groups: [ { name; gid; } ].
+  checkGroup =
+    where: g:
+    let
+      a = checkKeys where [ "name" "gid" ] [ "name" "gid" ] g;
+    in
+    {
+      name = checkAccount "${where}.name" a.name;
+      gid = checkId "${where}.gid" a.gid;
+    };
+
+  # symlinks: { "/bin/sh" = "${busybox}/bin/sh"; }, targets absolute.
+  checkSymlinks =
+    where: ls:
+    if !isAttrs ls || ls ? outPath then
+      fail where "expected an attribute set of link = target, such as { \"/bin/sh\" = \"\${busybox}/bin/sh\"; }, found ${show ls}"
+    else
+      listToAttrs (
+        map (
+          k:
+          let
+            t = stringValue "${where}.${show k}" ls.${k};
+          in
+          {
+            name = imagePath "${where}: link ${show k}" k;
+            value =
+              if match "/.*" t != null then
+                t
+              else
+                fail "${where}.${show k}" "the target must be an absolute path, found ${show t}";
+          }
+        ) (attrNames ls)
+      );
+
+  # volumes: [ "/data" ] or, as in Docker, { "/data" = { }; }.
+  volumeList =
+    where: v:
+    let
+      vs =
+        if v == null then
+          [ ]
+        else if isList v then
+          v
+        else if isAttrs v && !(v ? outPath) then
+          attrNames v
+        else
+          fail where "expected a list of absolute paths, found ${show v}";
+    in
+    map (
+      p:
+      if isString p && match "/.*" p != null then
+        p
+      else
+        fail where "expected an absolute path, found ${show p}"
+    ) vs;
+
+  # stopSignal: "SIGTERM", "SIGINT", … or a number.
+  stopSignal =
+    where: v:
+    if v == null then
+      null
+    else if isInt v && v > 0 then
+      toString v
+    else if isString v && match "(SIG)?[A-Z][A-Z0-9+-]*|[0-9]+" v != null then
+      v
+    else
+      fail where "expected a signal name such as SIGTERM or a number, found ${show v}";
 
   normalizeConfig =
     where: c:
@@ -254,7 +409,10 @@ let
         user = optionalString (w "user") (get "user");
         exposedPorts = portList (w "exposedPorts") (get "exposedPorts");
         labels = stringMap (w "labels") (get "labels");
-      };
+      }
+      # Left out when not given, as in a version 1 spec.
+      // optionalAttrs (get "volumes" != null) { volumes = volumeList (w "volumes") (get "volumes"); }
+      // optionalAttrs (get "stopSignal" != null) { stopSignal = stopSignal (w "stopSignal") (get "stopSignal"); };
 
   checkMaxLayers =
     where: n:
@@ -310,13 +468,20 @@ let
       ++ (if c.workingDir == null then [ ] else [ c.workingDir ])
     );
 
-  # The image spec (version 1) of `image`'s arguments, as nixoci reads it.
+  # The image spec (version 2) of `image`'s arguments, as nixoci reads it.
   mkSpec =
     {
       name,
       tag ? null,
       roots ? [ ],
-      contents ? [ ],
+      contents ? null,
+      copyToRoot ? [ ],
+      dirs ? [ ],
+      symlinks ? { },
+      users ? [ ],
+      groups ? [ ],
+      perms ? [ ],
+      includeNixDB ? false,
       config ? { },
       maxLayers ? 100,
       annotations ? { },
@@ -325,31 +490,66 @@ let
     }:
     let
       where = "image ${show name}";
-      allRoots = asList roots ++ asList contents;
       config' = normalizeConfig where config;
+      copies = map (storePathOf "${where}: copyToRoot") (asList copyToRoot);
+      dirs' = genList (i: checkDir "${where}: dirs.${toString i}" (builtins.elemAt dirs i)) (
+        if isList dirs then builtins.length dirs else fail "${where}: dirs" "expected a list, found ${show dirs}"
+      );
+      users' = genList (i: checkUser "${where}: users.${toString i}" (builtins.elemAt users i)) (
+        if isList users then builtins.length users else fail "${where}: users" "expected a list, found ${show users}"
+      );
+      groups' = genList (i: checkGroup "${where}: groups.${toString i}" (builtins.elemAt groups i)) (
+        if isList groups then builtins.length groups else fail "${where}: groups" "expected a list, found ${show groups}"
+      );
+      symlinks' = checkSymlinks "${where}: symlinks" symlinks;
     in
     if !isString name || name == "" then
       fail "image" "name must be a non-empty string, found ${show name}"
-    else if allRoots == [ ] then
-      fail where "roots (or contents) is empty: give the store paths to put in the image"
+    else if contents != null then
+      fail "${where}: contents" "nixoci has no `contents`: dockerTools links `contents` into /, nixoci does not guess. Give the store paths to put in the image's store as `roots = [ … ];`, and those whose trees (bin/, etc/, …) belong at / as `copyToRoot = [ … ];` (they are in the image's store too)"
+    else if perms != [ ] then
+      fail "${where}: perms" "perms is not supported yet (nixoci has no way to set the mode or owner of store paths in an image); for directories outside the store, use dirs = [ { path; mode; uid; gid; } ]"
+    else if !builtins.isBool includeNixDB then
+      fail "${where}: includeNixDB" "expected true or false, found ${show includeNixDB}"
+    else if asList roots == [ ] && copies == [ ] then
+      fail where "roots is empty: give the store paths to put in the image"
     else
       {
-        nixociImageSpec = 1;
+        nixociImageSpec = 2;
         inherit name;
         tag = if tag == null then null else checkTag where tag;
-        roots = unique (map (storePathOf "${where}: roots") allRoots ++ configPaths config');
+        roots = unique (
+          map (storePathOf "${where}: roots") (asList roots)
+          ++ copies
+          ++ configPaths config'
+          ++ concatMap storePathsIn (attrValues symlinks')
+        );
         config = config';
         maxLayers = checkMaxLayers where maxLayers;
         annotations = stringMap "${where}.annotations" annotations;
         created = checkCreated where created;
-      };
+      }
+      # Left out when not given, as in a version 1 spec.
+      // optionalAttrs (copies != [ ]) { copyToRoot = copies; }
+      // optionalAttrs (dirs' != [ ]) { dirs = dirs'; }
+      // optionalAttrs (symlinks' != { }) { symlinks = symlinks'; }
+      // optionalAttrs (users' != [ ]) { users = users'; }
+      // optionalAttrs (groups' != [ ]) { groups = groups'; }
+      // optionalAttrs includeNixDB { includeNixDB = true; };
 
   image =
     args@{
       name,
       tag ? null,
       roots ? [ ],
-      contents ? [ ],
+      contents ? null,
+      copyToRoot ? [ ],
+      dirs ? [ ],
+      symlinks ? { },
+      users ? [ ],
+      groups ? [ ],
+      perms ? [ ],
+      includeNixDB ? false,
       config ? { },
       maxLayers ? 100,
       annotations ? { },
@@ -378,10 +578,29 @@ let
       maxLayers ? null,
       annotations ? { },
       created ? null,
+      compression ? null,
+      level ? null,
+      layers ? [ ],
+      minLayerSize ? null,
+      reserveLayers ? null,
       system ? hostSystem,
     }:
     let
       where = "ociLayout ${show name}";
+      layerGroups =
+        if isList layers then
+          genList (
+            i:
+            let
+              g = asList (builtins.elemAt layers i);
+            in
+            if g == [ ] then
+              fail "${where}: layers.${toString i}" "an empty group"
+            else
+              map (storePathOf "${where}: layers.${toString i}") g
+          ) (builtins.length layers)
+        else
+          fail "${where}: layers" "expected a list of lists of store paths (each list one layer), found ${show layers}";
       paths = mapAttrs (
         platform: v:
         if match "[a-z0-9_]+-[a-z0-9]+|[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?" platform == null then
@@ -418,6 +637,31 @@ let
         // optionalAttrs (tag != null) { tag = checkTag where tag; }
         // optionalAttrs (maxLayers != null) { maxLayers = checkMaxLayers where maxLayers; }
         // optionalAttrs (created != null) { created = checkCreated where created; }
+        // optionalAttrs (compression != null) {
+          compression =
+            if elem compression [ "gzip" "zstd" "none" ] then
+              compression
+            else
+              fail "${where}: compression" "expected \"gzip\", \"zstd\" or \"none\", found ${show compression}";
+        }
+        // optionalAttrs (level != null) {
+          level = if isInt level then level else fail "${where}: level" "expected an integer, found ${show level}";
+        }
+        // optionalAttrs (layerGroups != [ ]) { layers = layerGroups; }
+        // optionalAttrs (minLayerSize != null) {
+          minLayerSize =
+            if (isInt minLayerSize && minLayerSize >= 0) || (isString minLayerSize && match "[0-9]+([KkMmGg]([Ii]?[Bb])?|[Bb])?" minLayerSize != null) then
+              minLayerSize
+            else
+              fail "${where}: minLayerSize" "expected bytes, or a number with K, M or G (powers of 1024) such as \"64K\", found ${show minLayerSize}";
+        }
+        // optionalAttrs (reserveLayers != null) {
+          reserveLayers =
+            if isInt reserveLayers && reserveLayers >= 0 then
+              reserveLayers
+            else
+              fail "${where}: reserveLayers" "expected a non-negative integer, found ${show reserveLayers}";
+        }
       );
 in
 {

@@ -140,16 +140,10 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
     // The tree, before Nix builds anything ({root} as a stand-in): a
     // conflict fails now.
     root_spec.tree("/").map_err(|e| usage(e.to_string()))?;
-    if !root_spec.is_empty() || !args.copy_to_root.is_empty() || args.nix_db {
+    let flags_root_layer = !root_spec.is_empty() || !args.copy_to_root.is_empty() || args.nix_db;
+    if flags_root_layer {
         // The root layer counts in the budget.
         layering.reserve_layers += 1;
-    }
-    if let Some(user) = args.user.as_deref() {
-        if !root_spec.defines_user(user) {
-            eprintln!(
-                "nixoci: warning: --user {user}: no --add-user defines it, so the image's /etc/passwd has no such user (runtimes refuse to start it); add --add-user {user}:UID, or give a numeric --user UID:GID"
-            );
-        }
     }
     if !args.store_root.is_dir() {
         bail!(UsageError(format!(
@@ -262,6 +256,33 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
         },
     )
     .map_err(|e| usage(e.to_string()))?;
+    // The specs' directories, links, users and groups, per platform.
+    let mut spec_roots: BTreeMap<Platform, (String, RootSpec)> = BTreeMap::new();
+    for (platform, s) in &specs {
+        if s.has_root_entries() {
+            let root = s.root_spec().map_err(|e| usage(e.to_string()))?;
+            spec_roots.insert(
+                platform.clone(),
+                (format!("the image spec '{}'", s.name), root),
+            );
+        }
+    }
+    if !flags_root_layer && !spec_roots.is_empty() {
+        // The root layer counts in the budget.
+        layering.reserve_layers += 1;
+    }
+    if let Some(user) = args.user.as_deref() {
+        let in_specs = !specs.is_empty()
+            && specs.values().all(|s| {
+                let name = user.split(':').next().unwrap_or(user);
+                s.users.iter().any(|u| u.name == name)
+            });
+        if !root_spec.defines_user(user) && !in_specs {
+            eprintln!(
+                "nixoci: warning: --user {user}: no --add-user defines it, so the image's /etc/passwd has no such user (runtimes refuse to start it); add --add-user {user}:UID, or give a numeric --user UID:GID"
+            );
+        }
+    }
     let tag = match (&args.tag, merged.tag) {
         (Some(t), _) => t.clone(),
         (None, Some(t)) => {
@@ -304,7 +325,8 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
                 .get(p)
                 .map(|s| s.roots.clone())
                 .unwrap_or_else(|| vec![r.clone()]);
-            for t in trees.get(p).into_iter().flatten() {
+            let spec_trees = specs.get(p).map(|s| &s.copy_to_root);
+            for t in trees.get(p).into_iter().chain(spec_trees).flatten() {
                 if !rs.contains(t) {
                     rs.push(t.clone());
                 }
@@ -377,10 +399,22 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
                 .context(format!("--copy-to-root {path}"))?;
             spec.trees.push((format!("--copy-to-root {path}"), tree));
         }
+        let mut from_spec = spec_roots.remove(&platform);
+        if let (Some((label, root)), Some(s)) = (&mut from_spec, specs.get(&platform)) {
+            for path in &s.copy_to_root {
+                let tree = crate::rootfs::read_tree(&args.store_root, path.as_str())
+                    .context(format!("{label}: copyToRoot {path}"))?;
+                root.trees
+                    .push((format!("{label} (copyToRoot {path})"), tree));
+            }
+        }
         let mut rootfs = spec
-            .tree(rs[0].as_str())
+            .tree_with(
+                rs[0].as_str(),
+                from_spec.as_ref().map(|(l, r)| (l.as_str(), r)),
+            )
             .map_err(|e| usage(e.to_string()))?;
-        if args.nix_db {
+        if args.nix_db || specs.get(&platform).is_some_and(|s| s.include_nix_db) {
             add_nix_db(&mut rootfs, &closure, &rs)?;
         }
         images.insert(
@@ -698,6 +732,53 @@ pub fn apply_structured_attrs(args: &mut Args) -> anyhow::Result<()> {
                     .map_err(|e| bad(&format!("annotations.{k}: {e}")))?,
             );
         }
+    }
+    // The build options: ociLayout passes only those given.
+    if let Some(c) = attrs.get("compression") {
+        let c = c
+            .as_str()
+            .ok_or_else(|| bad("compression is not a string"))?;
+        args.compression = c.to_owned();
+    }
+    if let Some(level) = attrs.get("level") {
+        let level = level
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .ok_or_else(|| bad("level is not an integer"))?;
+        args.level = Some(level);
+    }
+    if let Some(layers) = attrs.get("layers") {
+        let groups = layers
+            .as_array()
+            .ok_or_else(|| bad("layers is not a list of lists of store paths"))?;
+        for group in groups {
+            let paths = group
+                .as_array()
+                .and_then(|g| g.iter().map(|p| p.as_str()).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| bad("layers is not a list of lists of store paths"))?;
+            args.layer.push(paths.join(","));
+        }
+    }
+    if let Some(size) = attrs.get("minLayerSize") {
+        let text = match size {
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            _ => {
+                return Err(bad(
+                    "minLayerSize is not a number of bytes or a size such as 64K",
+                ))
+            }
+        };
+        args.min_layer_size = text
+            .parse()
+            .map_err(|e| bad(&format!("minLayerSize '{text}': {e}")))?;
+    }
+    if let Some(n) = attrs.get("reserveLayers") {
+        let n = n
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| bad("reserveLayers is not a non-negative integer"))?;
+        args.reserve_layers = n;
     }
     let out = attrs["outputs"]["out"]
         .as_str()
