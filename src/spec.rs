@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::oci::image::RunConfig;
-use crate::rootfs::{DirSpec, GroupSpec, RootFsError, RootSpec, SymlinkSpec, UserSpec};
+use crate::rootfs::{DirSpec, GroupSpec, PermRule, RootFsError, RootSpec, SymlinkSpec, UserSpec};
 use crate::store_path::StorePath;
 
 /// The spec version this nixoci writes (the Nix library's `image`).
@@ -93,6 +93,20 @@ pub struct SpecGroup {
     pub gid: u32,
 }
 
+/// A mode and/or owner rule over the image's paths (version 2), as
+/// `--chmod REGEX=MODE` and `--chown REGEX=UID:GID`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecPerm {
+    pub regex: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+}
+
 /// An image spec, version 1 or 2.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -124,6 +138,10 @@ pub struct ImageSpec {
     pub users: Vec<SpecUser>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<SpecGroup>,
+    /// Mode and owner rules, applied to every image of the build (as the
+    /// flags are).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub perms: Vec<SpecPerm>,
     /// The closure registered in the image's Nix database, as `--nix-db`.
     #[serde(
         default,
@@ -183,6 +201,7 @@ impl ImageSpec {
             }
         }
         spec.root_spec()?;
+        spec.perm_rules()?;
         for port in &spec.config.exposed_ports {
             let ok = match port.split_once('/') {
                 Some((p, proto)) => {
@@ -208,6 +227,7 @@ impl ImageSpec {
             ("symlinks", !self.symlinks.is_empty()),
             ("users", !self.users.is_empty()),
             ("groups", !self.groups.is_empty()),
+            ("perms", !self.perms.is_empty()),
             ("includeNixDB", self.include_nix_db),
             ("config.volumes", !self.config.volumes.is_empty()),
             ("config.stopSignal", self.config.stop_signal.is_some()),
@@ -232,6 +252,45 @@ impl ImageSpec {
     /// for, checked as the flags `--dir`, `--symlink`, `--add-user` and
     /// `--add-group` are (`copyToRoot` trees are read from the store by
     /// the caller).
+    /// The spec's `perms` as the rules `--chmod`/`--chown` make: a rule
+    /// with a mode and an owner is one of each.
+    pub fn perm_rules(&self) -> Result<Vec<PermRule>, SpecError> {
+        let root = |problem| SpecError::Root {
+            name: self.name.clone(),
+            problem: Box::new(problem),
+        };
+        let mut rules = Vec::new();
+        for (i, p) in self.perms.iter().enumerate() {
+            let mut any = false;
+            if let Some(mode) = &p.mode {
+                rules.push(PermRule::chmod(&format!("{}={mode}", p.regex)).map_err(root)?);
+                any = true;
+            }
+            match (p.uid, p.gid) {
+                (Some(uid), Some(gid)) => {
+                    rules.push(PermRule::chown(&format!("{}={uid}:{gid}", p.regex)).map_err(root)?);
+                    any = true;
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(root(RootFsError::Syntax {
+                        flag: "perms",
+                        given: format!("{i}"),
+                        problem: "give uid and gid together".to_owned(),
+                    }))
+                }
+            }
+            if !any {
+                return Err(root(RootFsError::Syntax {
+                    flag: "perms",
+                    given: format!("{i}"),
+                    problem: "give a mode, or uid and gid".to_owned(),
+                }));
+            }
+        }
+        Ok(rules)
+    }
+
     pub fn root_spec(&self) -> Result<RootSpec, SpecError> {
         // Named by the spec's field, not the flag.
         let root = |problem| SpecError::Root {
@@ -645,5 +704,29 @@ mod tests {
             (merged.tag, merged.created, merged.max_layers),
             (None, None, None)
         );
+    }
+
+    #[test]
+    fn perms_are_chmod_and_chown_rules() {
+        let mut spec = ImageSpec::parse(
+            format!(r#"{{"nixociImageSpec":2,"name":"x","roots":["{ROOT}"],"perms":[{{"regex":"/a","mode":"4755","uid":1,"gid":2}},{{"regex":"/b","uid":3,"gid":4}}]}}"#).as_bytes(),
+        )
+        .unwrap();
+        let rules = spec.perm_rules().unwrap();
+        let flags: Vec<&str> = rules.iter().map(|r| r.flag).collect();
+        assert_eq!(flags, ["--chmod", "--chown", "--chown"]);
+        assert_eq!(rules[0].mode, Some(0o4755));
+        assert_eq!(rules[2].owner, Some((3, 4)));
+        spec.perms[1].gid = None;
+        assert!(spec.perm_rules().is_err());
+        spec.perms[1].uid = None;
+        assert!(spec.perm_rules().is_err(), "neither mode nor owner");
+        let v1 = format!(
+            r#"{{"nixociImageSpec":1,"name":"x","roots":["{ROOT}"],"perms":[{{"regex":"/a","mode":"0755"}}]}}"#
+        );
+        assert!(matches!(
+            ImageSpec::parse(v1.as_bytes()),
+            Err(SpecError::NeedsVersion2 { field: "perms", .. })
+        ));
     }
 }

@@ -308,6 +308,8 @@ fn oci_layout_with_root_entries_equals_the_cli_with_the_same_flags() {
         "/data",
         "--stop-signal",
         "SIGINT",
+        "--chmod",
+        "/var/lib/app=0700",
         "--compression",
         "zstd",
         "--level",
@@ -417,8 +419,8 @@ fn image_mistakes_fail_at_evaluation_naming_the_argument() {
             r#"image "x": symlinks."/bin/sh": the target must be an absolute path"#,
         ),
         (
-            r#"perms = [ { regex = ".*"; mode = "0755"; } ];"#,
-            "perms: perms is not supported yet",
+            r#"perms = [ { regex = ".*"; mode = "rwx"; } ];"#,
+            r#"image "x": perms.0.mode: expected an octal mode"#,
         ),
         (
             "contents = [ hello ];",

@@ -204,6 +204,12 @@ let
         }
       ];
       includeNixDB = true;
+      perms = [
+        {
+          regex = "/var/lib/app";
+          mode = "0700";
+        }
+      ];
       config = {
         entrypoint = [ "/bin/hello" ];
         user = "app";
@@ -310,7 +316,8 @@ let
         name = "x";
         contents = [ hello ];
       });
-      "perms fails: not supported yet" = fails (spec (base // { perms = [ { regex = ".*"; mode = "0755"; } ]; }));
+      "perms mode must be octal" = fails (spec (base // { perms = [ { regex = ".*"; mode = "0788"; } ]; }));
+      "perms needs uid and gid together" = fails (spec (base // { perms = [ { regex = ".*"; uid = 1; } ]; }));
       "copyToRoot paths are roots" =
         let
           s = spec {

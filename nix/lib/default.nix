@@ -318,6 +318,32 @@ let
     };
 
   # groups: [ { name; gid; } ].
+  # perms: [ { regex; mode ? null; uid ? null; gid ? null; } ], as
+  # --chmod REGEX=MODE and --chown REGEX=UID:GID.
+  checkPerm =
+    where: p:
+    let
+      a = checkKeys where [ "regex" "mode" "uid" "gid" ] [ "regex" ] p;
+      w = k: "${where}.${k}";
+      mode = a.mode or null;
+      hasOwner = a ? uid || a ? gid;
+    in
+    if !isString a.regex || a.regex == "" then
+      fail (w "regex") "expected a regular expression over absolute image paths, found ${show a.regex}"
+    else if mode != null && !(isString mode && match "[0-7]{3,4}" mode != null) then
+      fail (w "mode") "expected an octal mode as a string such as \"4755\", found ${show mode}"
+    else if hasOwner && !(a ? uid && a ? gid) then
+      fail where "give uid and gid together"
+    else if mode == null && !hasOwner then
+      fail where "give a mode, or uid and gid"
+    else
+      { inherit (a) regex; }
+      // optionalAttrs (mode != null) { inherit mode; }
+      // optionalAttrs hasOwner {
+        uid = checkId (w "uid") a.uid;
+        gid = checkId (w "gid") a.gid;
+      };
+
   checkGroup =
     where: g:
     let
@@ -502,13 +528,14 @@ let
         if isList groups then builtins.length groups else fail "${where}: groups" "expected a list, found ${show groups}"
       );
       symlinks' = checkSymlinks "${where}: symlinks" symlinks;
+      perms' = genList (i: checkPerm "${where}: perms.${toString i}" (builtins.elemAt perms i)) (
+        if isList perms then builtins.length perms else fail "${where}: perms" "expected a list, found ${show perms}"
+      );
     in
     if !isString name || name == "" then
       fail "image" "name must be a non-empty string, found ${show name}"
     else if contents != null then
       fail "${where}: contents" "nixoci has no `contents`: dockerTools links `contents` into /, nixoci does not guess. Give the store paths to put in the image's store as `roots = [ … ];`, and those whose trees (bin/, etc/, …) belong at / as `copyToRoot = [ … ];` (they are in the image's store too)"
-    else if perms != [ ] then
-      fail "${where}: perms" "perms is not supported yet (nixoci has no way to set the mode or owner of store paths in an image); for directories outside the store, use dirs = [ { path; mode; uid; gid; } ]"
     else if !builtins.isBool includeNixDB then
       fail "${where}: includeNixDB" "expected true or false, found ${show includeNixDB}"
     else if asList roots == [ ] && copies == [ ] then
@@ -535,6 +562,7 @@ let
       // optionalAttrs (symlinks' != { }) { symlinks = symlinks'; }
       // optionalAttrs (users' != [ ]) { users = users'; }
       // optionalAttrs (groups' != [ ]) { groups = groups'; }
+      // optionalAttrs (perms' != [ ]) { perms = perms'; }
       // optionalAttrs includeNixDB { includeNixDB = true; };
 
   image =

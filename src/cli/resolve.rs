@@ -427,7 +427,17 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
             },
         );
     }
-    let perms = perms(args, &images)?;
+    // The flags' rules, then each spec's (the same spec of several
+    // platforms once).
+    let mut spec_rules = Vec::new();
+    let mut seen: Vec<&Vec<crate::spec::SpecPerm>> = Vec::new();
+    for spec in specs.values() {
+        if !seen.contains(&&spec.perms) {
+            seen.push(&spec.perms);
+            spec_rules.extend(spec.perm_rules().map_err(|e| usage(e.to_string()))?);
+        }
+    }
+    let perms = perms(args, spec_rules, &images)?;
     Ok(Resolved {
         perms,
         plan: PlanRequest {
@@ -445,9 +455,19 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
 /// first, then chown: they set different things). Each must match some
 /// path of some image: the store paths' trees are listed (names only) to
 /// check.
-fn perms(args: &Args, images: &BTreeMap<Platform, ImageRequest>) -> anyhow::Result<Perms> {
+fn perms(
+    args: &Args,
+    spec_rules: Vec<crate::rootfs::PermRule>,
+    images: &BTreeMap<Platform, ImageRequest>,
+) -> anyhow::Result<Perms> {
     let perms = Perms {
-        rules: args.chmod.iter().chain(&args.chown).cloned().collect(),
+        rules: args
+            .chmod
+            .iter()
+            .chain(&args.chown)
+            .cloned()
+            .chain(spec_rules)
+            .collect(),
     };
     if perms.is_empty() {
         return Ok(perms);
