@@ -294,14 +294,9 @@ pub fn build(req: &BuildRequest, events: &Events) -> Result<BuildReport, BuildEr
         if image.rootfs.is_empty() || root_layers.contains_key(&image.rootfs) {
             continue;
         }
-        let layer = layer::build_root_layer(&image.rootfs, &req.layer_options, &blobs_dir)
+        let outcome = layer::build_root_layer(&image.rootfs, &req.layer_options, &blobs_dir)
             .map_err(BuildError::RootLayer)?;
-        on_layer(&layer);
-        let outcome = LayerOutcome {
-            layer,
-            cache: layer::CacheStatus::Miss,
-            cache_problem: None,
-        };
+        on_layer(&outcome.layer);
         root_layers.insert(&image.rootfs, outcome);
     }
 

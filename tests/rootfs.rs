@@ -572,3 +572,50 @@ fn plan_shows_the_root_layer() {
         r.stdout
     );
 }
+
+/// The root layer goes through the layer cache like any layer.
+#[test]
+fn the_root_layer_is_cached() {
+    let tmp = common::tempdir();
+    store(tmp.path());
+    let cache = tmp.path().join("cache");
+    let root_status = |name: &str| {
+        let out = tmp.path().join(name);
+        let mut cmd = nixoci();
+        cmd.args([
+            "build",
+            "--json",
+            "--dir",
+            "/tmp:1777",
+            "--copy-to-root",
+            ENV,
+        ])
+        .arg("--platform")
+        .arg(format!("linux/amd64={APP}"))
+        .arg("--closure-json")
+        .arg(tmp.path().join("closure.json"))
+        .arg("--store-root")
+        .arg(tmp.path().join("root"))
+        .arg("--cache-dir")
+        .arg(&cache)
+        .arg("-o")
+        .arg(&out);
+        let report = run(&mut cmd).success().json();
+        let root = report["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["storePaths"].as_array().unwrap().is_empty())
+            .unwrap()
+            .clone();
+        (
+            root["cache"].as_str().unwrap().to_owned(),
+            root["digest"].clone(),
+        )
+    };
+    let (first, digest) = root_status("a.oci");
+    assert_eq!(first, "miss");
+    let (second, again) = root_status("b.oci");
+    assert_eq!(second, "hit");
+    assert_eq!(digest, again);
+}

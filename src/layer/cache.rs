@@ -166,6 +166,23 @@ pub fn key(
     Some(Digest::of(text.as_bytes()))
 }
 
+/// The cache key of a root layer: as [`key`], over the tree's entries (a
+/// store file by its contents' SHA-256, as the tree records it) instead of
+/// store paths. `None` when the tree cannot be written down.
+pub fn root_key(fs: &crate::rootfs::RootFs, engine: &str, fingerprint: &Digest) -> Option<Digest> {
+    let mut text = format!(
+        "{KEY_HEADER}
+root layer
+tar {}
+compression {engine}
+fingerprint {fingerprint}
+",
+        super::tar::FORMAT_VERSION
+    );
+    text.push_str(&serde_json::to_string(fs).ok()?);
+    Some(Digest::of(text.as_bytes()))
+}
+
 /// An index entry as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

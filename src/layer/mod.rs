@@ -195,25 +195,77 @@ fn write_layer(
 }
 
 /// Builds the root layer of `fs` into `blobs_dir` (the entries outside the
-/// store: `crate::rootfs`), with `opts`' compression. It holds no store
-/// path.
+/// store: `crate::rootfs`), with `opts`' compression, through the layer
+/// cache like any layer. It holds no store path.
 pub fn build_root_layer(
     fs: &RootFs,
     opts: &LayerOptions,
     blobs_dir: &Path,
-) -> Result<BuiltLayer, LayerError> {
+) -> Result<LayerOutcome, LayerError> {
     opts.compression.check()?;
     let workers = Workers::new(1);
+    let cache = opts.cache.as_ref();
+    let key = match cache {
+        Some(_) => cache::root_key(
+            fs,
+            &opts.compression.engine(),
+            &fingerprint(opts, &workers)?,
+        ),
+        None => None,
+    };
+    let mut problem = None;
+    if let (Some(cache), Some(key)) = (cache, &key) {
+        match cache.reuse(key, &[], opts.compression.media_type(), blobs_dir) {
+            cache::Reuse::Found(layer, status) => {
+                return Ok(LayerOutcome {
+                    layer,
+                    cache: status,
+                    cache_problem: None,
+                })
+            }
+            cache::Reuse::Build { problem: p } => problem = p,
+        }
+    }
     let (diff_id, digest, size) = write_blob(opts, blobs_dir, &workers, |out| {
         tar::write_root_stream(fs, &opts.store_root, &opts.perms, out)
     })?;
-    Ok(BuiltLayer {
+    let layer = BuiltLayer {
         store_paths: Vec::new(),
         diff_id,
         digest,
         size,
         media_type: opts.compression.media_type().to_owned(),
+    };
+    if let (Some(cache), Some(key)) = (cache, &key) {
+        if let Err(e) = cache.store(key, &layer, blobs_dir) {
+            let note = format!(
+                "could not store the root layer in cache {}: {e}",
+                cache.dir().display()
+            );
+            problem = Some(problem.map_or(note.clone(), |p| format!("{p}; {note}")));
+        }
+    }
+    Ok(LayerOutcome {
+        layer,
+        cache: CacheStatus::Miss,
+        cache_problem: problem,
     })
+}
+
+/// What goes into every cache key besides the layer's own content: the
+/// compressor's fingerprint, the code's, and the `--chmod`/`--chown` rules.
+fn fingerprint(opts: &LayerOptions, workers: &Workers) -> Result<Digest, LayerError> {
+    let mut text = format!(
+        "{} {}",
+        compress::fingerprint(opts.compression, workers)?,
+        cache::code_fingerprint()
+    );
+    // Rules that change entries change the bytes (none: the text, and so
+    // every key, as before).
+    if !opts.perms.is_empty() {
+        text.push_str(&format!("\nperms\n{}", opts.perms.key_text()));
+    }
+    Ok(Digest::of(text.as_bytes()))
 }
 
 /// Where a layer's tar stream goes: hashed, compressed, hashed, buffered
@@ -334,17 +386,7 @@ pub fn build_layers(
     let keys: Vec<Option<Digest>> = match cache {
         Some(_) => {
             let engine = opts.compression.engine();
-            let mut text = format!(
-                "{} {}",
-                compress::fingerprint(opts.compression, &workers)?,
-                cache::code_fingerprint()
-            );
-            // Rules that change entries change the bytes (none: the text,
-            // and so every key, as before).
-            if !opts.perms.is_empty() {
-                text.push_str(&format!("\nperms\n{}", opts.perms.key_text()));
-            }
-            let fingerprint = Digest::of(text.as_bytes());
+            let fingerprint = fingerprint(opts, &workers)?;
             distinct
                 .iter()
                 .map(|paths| cache::key(paths, infos, &engine, &fingerprint))
