@@ -236,3 +236,57 @@ fn a_failing_derivation_names_its_platform() {
     );
     assert!(!last.contains("linux/arm64"), "{}", r.describe());
 }
+
+/// `--copy-to-root .#hello` resolves per system like the image's own
+/// installable, in the same nix build: each platform's root layer holds
+/// its own hello's tree.
+#[test]
+fn copy_to_root_resolves_flake_attributes_per_system() {
+    if !require(&["nix", "busybox"]) {
+        return;
+    }
+    let h = hello();
+    let tmp = tempdir();
+    let flake = test_flake(tmp.path());
+    let out = tmp.path().join("copy.oci");
+    let r = build_in(
+        &flake,
+        &[
+            ".#hello",
+            "--system",
+            "x86_64-linux",
+            "--system",
+            "aarch64-linux",
+            "--copy-to-root",
+            ".#hello",
+            "--json",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    )
+    .success();
+    let report = r.json();
+    for (platform, root) in [("linux/amd64", &h.amd64), ("linux/arm64/v8", &h.arm64)] {
+        let image = array_of(&report["platforms"])
+            .iter()
+            .find(|p| p["platform"].as_str() == Some(platform))
+            .unwrap_or_else(|| panic!("no {platform}: {}", r.describe()));
+        let top = str_of(array_of(&image["layers"]).last().unwrap());
+        let blob = out
+            .join("blobs/sha256")
+            .join(top.trim_start_matches("sha256:"));
+        let listing = run(std::process::Command::new("tar").arg("-tvzf").arg(&blob)).success();
+        // bin/sh is the hello store path's own symlink to its busybox.
+        let sh = listing
+            .stdout
+            .lines()
+            .find(|l| l.contains(" bin/sh -> "))
+            .unwrap_or_else(|| panic!("{platform}: {}", listing.stdout));
+        let hello_dir = fs::read_link(Path::new(root).join("bin/sh")).unwrap();
+        assert!(
+            sh.ends_with(&hello_dir.to_string_lossy().into_owned()),
+            "{sh}"
+        );
+        assert!(listing.stdout.contains(" bin/hello"), "{}", listing.stdout);
+    }
+}
