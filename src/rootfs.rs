@@ -587,15 +587,6 @@ impl RootSpec {
         }
         b.parents()
     }
-
-    /// Names the user database defines, for the `--user` check.
-    pub fn defines_user(&self, user: &str) -> bool {
-        let name = user.split(':').next().unwrap_or(user);
-        name == "root"
-            || name == "nobody"
-            || name.bytes().all(|b| b.is_ascii_digit())
-            || self.users.iter().any(|u| u.name == name)
-    }
 }
 
 /// `/etc/passwd`, `/etc/group` (with `root` and `nobody`, as
@@ -963,7 +954,6 @@ mod tests {
             panic!("group")
         };
         assert!(String::from_utf8_lossy(group).contains("app:x:1000:\n"));
-        assert!(s.defines_user("app") && s.defines_user("1000:1000") && !s.defines_user("web"));
     }
 
     #[test]

@@ -34,6 +34,19 @@ fn store(dir: &Path) -> PathBuf {
             serde_json::to_string(refs).unwrap()
         )
     };
+    fs::create_dir_all(
+        dir.join("root")
+            .join(ENV.trim_start_matches('/'))
+            .join("etc"),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("root")
+            .join(ENV.trim_start_matches('/'))
+            .join("etc/passwd"),
+        "svc:x:5:5::/:/bin/sh\n",
+    )
+    .unwrap();
     for (env, release) in [(ENV, "ID=nixoci\n"), (OTHER, "ID=other\n")] {
         let d = dir.join("root").join(env.trim_start_matches('/'));
         fs::create_dir_all(d.join("bin")).unwrap();
@@ -401,7 +414,17 @@ fn copy_to_root_places_a_tree_at_the_root() {
     let blobs = layers(&report, &out);
     let top = list(blobs.last().unwrap());
     let names: Vec<&str> = top.keys().map(String::as_str).collect();
-    assert_eq!(names, ["bin", "bin/sh", "etc", "etc/os-release", "tmp"]);
+    assert_eq!(
+        names,
+        [
+            "bin",
+            "bin/sh",
+            "etc",
+            "etc/os-release",
+            "etc/passwd",
+            "tmp"
+        ]
+    );
     assert_eq!((top["bin"].0, top["bin"].1), ('d', 0o755));
     assert_eq!(top["bin/sh"].4, format!("{APP}/bin/sh"));
     assert_eq!(
@@ -419,6 +442,37 @@ fn copy_to_root_places_a_tree_at_the_root() {
         "{stored:?}"
     );
     run(nixoci().arg("verify").arg(&out)).success();
+
+    // A --user the tree's /etc/passwd defines: no warning; another: one.
+    let r = build(
+        tmp.path(),
+        &tmp.path().join("svc.oci"),
+        &["linux/amd64"],
+        &["--copy-to-root", ENV, "--user", "svc"],
+    )
+    .success();
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+    let r = build(
+        tmp.path(),
+        &tmp.path().join("web.oci"),
+        &["linux/amd64"],
+        &["--copy-to-root", ENV, "--user", "web"],
+    )
+    .success();
+    assert!(r.stderr.contains("has no user web"), "{}", r.stderr);
+
+    // An /etc/passwd from a tree and one from --add-user: exit 2, naming both.
+    let bad = tmp.path().join("passwd.oci");
+    let line = build(
+        tmp.path(),
+        &bad,
+        &["linux/amd64"],
+        &["--copy-to-root", ENV, "--add-user", "app:1000"],
+    )
+    .refused("/etc/passwd")
+    .to_owned();
+    assert!(line.contains(ENV) && line.contains("--add-user"), "{line}");
+    assert!(!bad.exists());
 
     // The same tree twice is fine; a tree for one platform only.
     build(

@@ -271,18 +271,6 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
         // The root layer counts in the budget.
         layering.reserve_layers += 1;
     }
-    if let Some(user) = args.user.as_deref() {
-        let in_specs = !specs.is_empty()
-            && specs.values().all(|s| {
-                let name = user.split(':').next().unwrap_or(user);
-                s.users.iter().any(|u| u.name == name)
-            });
-        if !root_spec.defines_user(user) && !in_specs {
-            eprintln!(
-                "nixoci: warning: --user {user}: no --add-user defines it, so the image's /etc/passwd has no such user (runtimes refuse to start it); add --add-user {user}:UID, or give a numeric --user UID:GID"
-            );
-        }
-    }
     let tag = match (&args.tag, merged.tag) {
         (Some(t), _) => t.clone(),
         (None, Some(t)) => {
@@ -427,6 +415,9 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
             },
         );
     }
+    if let Some(user) = args.user.as_deref() {
+        warn_unknown_user(user, &images, &args.store_root);
+    }
     // The flags' rules, then each spec's (the same spec of several
     // platforms once).
     let mut spec_rules = Vec::new();
@@ -520,6 +511,34 @@ fn perms(
         )));
     }
     Ok(perms)
+}
+
+/// Warns when `--user NAME` names a user that some image's /etc/passwd
+/// (made by --add-user, or from a --copy-to-root tree) does not define:
+/// runtimes refuse to start such an image. Numeric users need no entry.
+fn warn_unknown_user(user: &str, images: &BTreeMap<Platform, ImageRequest>, store_root: &Path) {
+    use crate::rootfs::Kind;
+    let name = user.split(':').next().unwrap_or(user);
+    if name.is_empty() || name == "root" || name.bytes().all(|b| b.is_ascii_digit()) {
+        return;
+    }
+    let defines = |image: &ImageRequest| {
+        let passwd = match image.rootfs.entries.get("/etc/passwd").map(|e| &e.kind) {
+            Some(Kind::File(bytes)) => bytes.clone(),
+            Some(Kind::StoreFile { source, .. }) => {
+                std::fs::read(store_root.join(source.trim_start_matches('/'))).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        String::from_utf8_lossy(&passwd)
+            .lines()
+            .any(|l| l.split(':').next() == Some(name))
+    };
+    if let Some(platform) = images.iter().find(|(_, i)| !defines(i)).map(|(p, _)| p) {
+        eprintln!(
+            "nixoci: warning: --user {user}: the {platform} image's /etc/passwd has no user {name} (runtimes refuse to start it); add --add-user {name}:UID, or give a numeric --user UID:GID"
+        );
+    }
 }
 
 /// The registration time of `--nix-db`: the store's mtime, as every entry.
