@@ -69,9 +69,34 @@ fn store(dir: &Path) -> PathBuf {
     closure
 }
 
+/// A temporary directory with the fake store, and `out.oci` in it.
+fn fixture() -> (tempfile::TempDir, PathBuf) {
+    let tmp = common::tempdir();
+    store(tmp.path());
+    let out = tmp.path().join("out.oci");
+    (tmp, out)
+}
+
+/// `nixoci build --no-cache --json` of APP for `platforms` into `out`.
 fn build(dir: &Path, out: &Path, platforms: &[&str], flags: &[&str]) -> Run {
+    let mut flags = flags.to_vec();
+    flags.push("--no-cache");
+    build_with(dir, out, platforms, &flags)
+}
+
+/// [`build`] through the layer cache `dir/cache`.
+fn build_cached(dir: &Path, out: &Path, flags: &[&str]) -> Value {
+    let cache = dir.join("cache");
+    let mut all = vec!["--cache-dir", cache.to_str().unwrap()];
+    all.extend(flags);
+    build_with(dir, out, &["linux/amd64"], &all)
+        .success()
+        .json()
+}
+
+fn build_with(dir: &Path, out: &Path, platforms: &[&str], flags: &[&str]) -> Run {
     let mut cmd = nixoci();
-    cmd.args(["build", "--no-cache", "--json"])
+    cmd.args(["build", "--json"])
         .arg("--closure-json")
         .arg(dir.join("closure.json"))
         .arg("--store-root")
@@ -162,9 +187,7 @@ fn layers(report: &Value, out: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn the_root_layer_has_owners_modes_links_and_users() {
-    let tmp = common::tempdir();
-    store(tmp.path());
-    let out = tmp.path().join("out.oci");
+    let (tmp, out) = fixture();
     let r = build(tmp.path(), &out, &["linux/amd64"], &FLAGS).success();
     let report = r.json();
     let blobs = layers(&report, &out);
@@ -333,9 +356,7 @@ fn umoci_unpacks_owners_and_modes() {
     if !require(&["umoci", "root"]) {
         return;
     }
-    let tmp = common::tempdir();
-    store(tmp.path());
-    let out = tmp.path().join("out.oci");
+    let (tmp, out) = fixture();
     let report = build(tmp.path(), &out, &["linux/amd64"], &FLAGS)
         .success()
         .json();
@@ -371,9 +392,7 @@ fn umoci_unpacks_owners_and_modes() {
 
 #[test]
 fn bad_root_entries_are_refused_and_nothing_is_written() {
-    let tmp = common::tempdir();
-    store(tmp.path());
-    let out = tmp.path().join("out.oci");
+    let (tmp, out) = fixture();
     for (flags, says) in [
         (vec!["--dir", "/tmp:rwx"], "octal"),
         (vec!["--dir", "/tmp:999"], "octal"),
@@ -400,9 +419,7 @@ fn bad_root_entries_are_refused_and_nothing_is_written() {
 
 #[test]
 fn copy_to_root_places_a_tree_at_the_root() {
-    let tmp = common::tempdir();
-    store(tmp.path());
-    let out = tmp.path().join("out.oci");
+    let (tmp, out) = fixture();
     let report = build(
         tmp.path(),
         &out,
@@ -515,9 +532,7 @@ fn copy_to_root_places_a_tree_at_the_root() {
 
 #[test]
 fn chmod_and_chown_reach_store_paths_and_the_root_layer() {
-    let tmp = common::tempdir();
-    store(tmp.path());
-    let out = tmp.path().join("out.oci");
+    let (tmp, out) = fixture();
     let report = build(
         tmp.path(),
         &out,
@@ -570,22 +585,9 @@ fn chmod_and_chown_reach_store_paths_and_the_root_layer() {
 fn the_layer_cache_tells_rules_apart() {
     let tmp = common::tempdir();
     store(tmp.path());
-    let cache = tmp.path().join("cache");
     let sh_mode = |name: &str, flags: &[&str]| {
         let out = tmp.path().join(name);
-        let mut cmd = nixoci();
-        cmd.args(["build", "--json", "--platform"])
-            .arg(format!("linux/amd64={APP}"))
-            .arg("--closure-json")
-            .arg(tmp.path().join("closure.json"))
-            .arg("--store-root")
-            .arg(tmp.path().join("root"))
-            .arg("--cache-dir")
-            .arg(&cache)
-            .arg("-o")
-            .arg(&out)
-            .args(flags);
-        let report = run(&mut cmd).success().json();
+        let report = build_cached(tmp.path(), &out, flags);
         let mut all = BTreeMap::new();
         for b in layers(&report, &out) {
             all.extend(list(&b));
@@ -632,29 +634,13 @@ fn plan_shows_the_root_layer() {
 fn the_root_layer_is_cached() {
     let tmp = common::tempdir();
     store(tmp.path());
-    let cache = tmp.path().join("cache");
     let root_status = |name: &str| {
         let out = tmp.path().join(name);
-        let mut cmd = nixoci();
-        cmd.args([
-            "build",
-            "--json",
-            "--dir",
-            "/tmp:1777",
-            "--copy-to-root",
-            ENV,
-        ])
-        .arg("--platform")
-        .arg(format!("linux/amd64={APP}"))
-        .arg("--closure-json")
-        .arg(tmp.path().join("closure.json"))
-        .arg("--store-root")
-        .arg(tmp.path().join("root"))
-        .arg("--cache-dir")
-        .arg(&cache)
-        .arg("-o")
-        .arg(&out);
-        let report = run(&mut cmd).success().json();
+        let report = build_cached(
+            tmp.path(),
+            &out,
+            &["--dir", "/tmp:1777", "--copy-to-root", ENV],
+        );
         let root = report["layers"]
             .as_array()
             .unwrap()
