@@ -247,6 +247,15 @@ fn a_rebuild_replaces_a_symlinked_layer_blob() {
 }
 
 #[test]
+fn build_to_stdout_points_to_save() {
+    let tmp = common::tempdir();
+    let store = Store::new(tmp.path());
+    let r = run(&mut store.build(Path::new("-"), &[]));
+    assert!(r.refused("nixoci save").contains("-o -"));
+    assert!(!Path::new("-").exists());
+}
+
+#[test]
 fn a_closure_path_missing_on_disk_is_a_usage_error() {
     let tmp = common::tempdir();
     let store = Store::new(tmp.path());

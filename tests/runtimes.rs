@@ -207,3 +207,70 @@ fn docker_runs_an_image_with_a_root_layer() {
         &host_image(hello()),
     );
 }
+
+/// `nixoci save -o - | docker load`: no temporary file, the loaded image
+/// carries the layout's tag and runs.
+#[test]
+fn docker_loads_a_saved_image_from_a_pipe() {
+    if !require(&["nix", "busybox"]) {
+        return;
+    }
+    let Some(docker) = Docker::start() else {
+        return;
+    };
+    let dir = tempdir();
+    let layout = hello_layout(dir.path());
+    let mut save = nixoci()
+        .args(["save", "-o", "-"])
+        .arg(format!("oci:{}:{TAG}", layout.display()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = save.stdout.take().unwrap();
+    let mut load = docker.command();
+    load.arg("load").stdin(stdout);
+    let loaded = run(&mut load).success();
+    assert!(save.wait().unwrap().success());
+    assert!(loaded.stdout.contains(TAG), "{}", loaded.describe());
+    let host = host_image(hello());
+    check_runs(
+        "docker load",
+        docker.platform(TAG),
+        |entrypoint, args| docker.run(TAG, entrypoint, args),
+        &host,
+    );
+}
+
+/// `podman load` takes both archives and keeps the tag.
+#[test]
+fn podman_loads_both_archives_with_their_tag() {
+    if !require(&["nix", "busybox"]) {
+        return;
+    }
+    let Some(podman) = Podman::new() else {
+        return;
+    };
+    let dir = tempdir();
+    let layout = hello_layout(dir.path());
+    for format in ["docker-archive", "oci-archive"] {
+        let archive = dir.path().join(format!("{format}.tar"));
+        run(nixoci()
+            .args(["save", "--format", format, "-o"])
+            .arg(&archive)
+            .arg(format!("{}:{TAG}", layout.display())))
+        .success();
+        let mut load = podman.command();
+        load.args(["load", "-i"]).arg(&archive);
+        let loaded = run(&mut load).success();
+        assert!(
+            loaded.stdout.contains(TAG),
+            "{format}: {}",
+            loaded.describe()
+        );
+        let r = podman.run(TAG, None, &[]).success();
+        assert!(r.stdout.starts_with(GREETING), "{format}: {}", r.describe());
+        let mut rm = podman.command();
+        rm.args(["rmi", TAG]);
+        run(&mut rm).success();
+    }
+}

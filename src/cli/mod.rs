@@ -15,6 +15,7 @@ pub mod gc;
 pub mod plan;
 pub mod push;
 pub mod resolve;
+pub mod save;
 pub mod verify;
 pub mod write_spec;
 
@@ -40,6 +41,7 @@ pub enum Command {
     #[command(hide = true)]
     WriteSpec(write_spec::Args),
     Push(push::Args),
+    Save(save::Args),
     ExportStatic(export_static::Args),
     Cache(cache::Args),
     Gc(gc::Args),
@@ -91,6 +93,7 @@ macro_rules! user_fault {
 }
 
 user_fault!(
+    crate::publish::archive::SaveError,
     crate::eval::EvalError,
     crate::eval::TargetError,
     crate::oci::gc::GcError,
@@ -303,6 +306,7 @@ pub fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::WriteSpec(args) => write_spec::run(args),
         Command::Push(args) => push::run(args),
+        Command::Save(args) => save::run(args),
         Command::ExportStatic(args) => export_static::run(args),
         Command::Cache(args) => cache::run(args),
         Command::Gc(args) => gc::run(args),

@@ -36,6 +36,11 @@ pub fn build_request(args: &Args) -> anyhow::Result<BuildRequest> {
         .output
         .clone()
         .ok_or_else(|| usage("--output is required"))?;
+    if output == Path::new("-") {
+        bail!(UsageError(
+            "-o -: build writes a layout directory; to stream an image, build into one and run `nixoci save LAYOUT -o -` (| docker load)".into()
+        ));
+    }
     let stores = super::store_dirs(&args.store_dir, &args.store_root);
     // The ociLayout builder writes its own $out, a store path.
     if !args.structured_attrs {

@@ -187,6 +187,59 @@ pub(super) fn write_root_stream<W: Write>(
     Ok(tar.out)
 }
 
+/// A tar of whole files, with the layer rules (sorted by the caller, owner
+/// 0:0, mtime 1, PAX where ustar runs out): `nixoci save`'s archives.
+pub struct ArchiveWriter<W: Write>(TarWriter<W>);
+
+impl<W: Write> ArchiveWriter<W> {
+    pub fn new(out: W) -> Self {
+        ArchiveWriter(TarWriter {
+            out,
+            buffer: vec![0; COPY_BUFFER],
+            store_dirs: BTreeSet::new(),
+            perms: Perms::default(),
+        })
+    }
+
+    /// A directory entry (`name` ends in `/`).
+    pub fn directory(&mut self, name: &str) -> Result<(), LayerError> {
+        self.0
+            .owned_entry(name.as_bytes(), TYPE_DIRECTORY, 0o755, (0, 0), 0, b"")
+            .map_err(stream_error)
+    }
+
+    /// A file holding `bytes`, mode 0644.
+    pub fn bytes(&mut self, name: &str, bytes: &[u8]) -> Result<(), LayerError> {
+        let size = bytes.len() as u64;
+        self.0
+            .owned_entry(name.as_bytes(), TYPE_REGULAR, 0o644, (0, 0), size, b"")
+            .and_then(|()| self.0.out.write_all(bytes).map_err(StreamError::Write))
+            .and_then(|()| self.0.pad(size))
+            .map_err(stream_error)
+    }
+
+    /// The file at `disk` (never through a symlink), mode 0444.
+    pub fn file(&mut self, name: &str, disk: &Path) -> Result<(), LayerError> {
+        self.0.file(disk, name.as_bytes()).map_err(stream_error)
+    }
+
+    /// Writes the closing zero blocks and returns the output.
+    pub fn finish(mut self) -> Result<W, LayerError> {
+        self.0
+            .out
+            .write_all(&[0; 2 * BLOCK])
+            .map_err(|source| LayerError::WriteStream { source })?;
+        Ok(self.0.out)
+    }
+}
+
+fn stream_error(e: StreamError) -> LayerError {
+    match e {
+        StreamError::Layer(e) => e,
+        StreamError::Write(source) => LayerError::WriteStream { source },
+    }
+}
+
 struct TarWriter<W> {
     out: W,
     buffer: Vec<u8>,

@@ -486,10 +486,15 @@ impl TopIndex {
     /// Points `tag` at `target`: replaces the entry with that tag in place,
     /// or appends one. Other tags stay as they were.
     pub fn set_tag(&mut self, tag: &str, target: &Blob) {
+        self.set_tag_to(tag, target.media_type, &target.digest, target.size());
+    }
+
+    /// [`TopIndex::set_tag`] with the target's descriptor fields.
+    pub fn set_tag_to(&mut self, tag: &str, media_type: &str, digest: &Digest, size: u64) {
         let entry = IndexEntry {
-            media_type: target.media_type.to_owned(),
-            digest: target.digest.clone(),
-            size: target.size(),
+            media_type: media_type.to_owned(),
+            digest: digest.clone(),
+            size,
             annotations: BTreeMap::from([(ANNOTATION_REF_NAME.to_owned(), tag.to_owned())]),
             other: BTreeMap::new(),
         };

@@ -17,6 +17,7 @@
 //! check names and tags with the pure [`reference`] grammar, so nothing a
 //! user types reaches a URL or a file name unchecked.
 
+pub mod archive;
 pub mod auth;
 pub mod client;
 pub mod fetch;
