@@ -369,3 +369,40 @@ fn a_full_cache_disk_is_reported_once() {
     assert!(warnings[0].contains("No space left"), "{}", warnings[0]);
     verify(&out).success();
 }
+
+#[test]
+fn save_refuses_what_it_cannot_write_and_writes_nothing() {
+    let tmp = common::tempdir();
+    let store = Store::new(tmp.path());
+    let out = tmp.path().join("out.oci");
+    run(&mut store.build(&out, &["--tag", "example.org/app:1.0"])).success();
+    let archive = tmp.path().join("app.tar");
+    let save = |extra: &[&str]| {
+        run(nixoci()
+            .arg("save")
+            .arg(&out)
+            .arg("-o")
+            .arg(&archive)
+            .args(extra))
+    };
+    let line = save(&["--platform", "linux/arm64"])
+        .refused("no linux/arm64/v8 manifest")
+        .to_owned();
+    assert!(line.contains("linux/amd64"), "{line}");
+    save(&["--tag", "plain"]).refused("--tag");
+    assert!(!archive.exists());
+    // What it writes: manifest.json naming the config and layers, tagged.
+    save(&["--platform", "linux/amd64"]).success();
+    let r = run(std::process::Command::new("tar")
+        .arg("-xOf")
+        .arg(&archive)
+        .arg("manifest.json"))
+    .success();
+    let manifest: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(manifest[0]["RepoTags"][0], "example.org/app:1.0");
+    assert!(!manifest[0]["Layers"].as_array().unwrap().is_empty());
+    // The same image, the same bytes.
+    let first = fs::read(&archive).unwrap();
+    save(&["--platform", "linux/amd64"]).success();
+    assert_eq!(fs::read(&archive).unwrap(), first);
+}
