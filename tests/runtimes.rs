@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::runtime::{Docker, Podman};
+use common::runtime::{Docker, Podman, Runtime};
 use common::*;
 
 /// The image of the hello layout the host runs.
@@ -47,13 +47,14 @@ fn hello_layout(dir: &std::path::Path) -> std::path::PathBuf {
 /// What every runtime must show of the hello image: its entrypoint
 /// (`{root}/bin/sh {root}/bin/hello`) greets from the host's platform, and
 /// a process runs as root (uid 0, the image sets no user).
-fn check_runs(
-    what: &str,
-    platform: String,
-    run: impl Fn(Option<&str>, &[&str]) -> Run,
-    host: &HostImage,
-) {
-    assert_eq!(platform, host.platform, "{what}: the platform it picked");
+fn check_runs(rt: &impl Runtime, image: &str, host: &HostImage) {
+    let what = rt.name();
+    let run = |entrypoint, args: &[&str]| rt.run(image, entrypoint, args);
+    assert_eq!(
+        rt.platform(image),
+        host.platform,
+        "{what}: the platform it picked"
+    );
 
     let r = run(None, &[]).success();
     let mut lines = r.stdout.lines();
@@ -82,45 +83,33 @@ fn check_runs(
 
 #[test]
 fn podman_runs_the_hello_image() {
-    if !require(&["nix", "busybox"]) {
-        return;
+    if let Some(podman) = needs(Podman::new) {
+        hello_runs_in(&podman);
     }
-    let Some(podman) = Podman::new() else {
-        return;
-    };
-    let dir = tempdir();
-    let layout = hello_layout(dir.path());
-    let host = host_image(hello());
-
-    let image = podman.load(&layout, TAG, "nixoci-test/hello:1.0");
-    check_runs(
-        "podman",
-        podman.platform(&image),
-        |entrypoint, args| podman.run(&image, entrypoint, args),
-        &host,
-    );
 }
 
 #[test]
 fn docker_runs_the_hello_image() {
-    if !require(&["nix", "busybox"]) {
-        return;
+    if let Some(docker) = needs(Docker::start) {
+        hello_runs_in(&docker);
     }
-    let Some(docker) = Docker::start() else {
-        return;
-    };
+}
+
+/// The hello image, loaded into `rt`, runs there (see [`check_runs`]).
+fn hello_runs_in(rt: &impl Runtime) {
     let dir = tempdir();
     let layout = hello_layout(dir.path());
-    let host = host_image(hello());
+    let image = rt.load(&layout, TAG, "nixoci-test/hello:1.0");
+    check_runs(rt, &image, &host_image(hello()));
+}
 
-    let image = "nixoci-test/hello:1.0";
-    docker.load(&layout, TAG, image);
-    check_runs(
-        "docker",
-        docker.platform(image),
-        |entrypoint, args| docker.run(image, entrypoint, args),
-        &host,
-    );
+/// The runtime `start` gives, when Nix and the test busybox are there
+/// too; `None` after printing why (a failure under `CI=true`).
+fn needs<R>(start: impl FnOnce() -> Option<R>) -> Option<R> {
+    if !require(&["nix", "busybox"]) {
+        return None;
+    }
+    start()
 }
 
 /// The hello image with a root layer: its store path's tree at `/`
@@ -153,7 +142,9 @@ fn rootfs_layout(dir: &std::path::Path) -> std::path::PathBuf {
 /// What every runtime must show of the root layer: the process runs as
 /// `app`, writes to `/tmp` and to its home, which belongs to it, and
 /// `/bin/sh` resolves.
-fn check_rootfs(what: &str, run: impl Fn(Option<&str>, &[&str]) -> Run, host: &HostImage) {
+fn check_rootfs(rt: &impl Runtime, image: &str, host: &HostImage) {
+    let what = rt.name();
+    let run = |entrypoint, args: &[&str]| rt.run(image, entrypoint, args);
     let bb = format!("{}/busybox", host.busybox);
     let r = run(Some(&bb), &["id", "-un"]).success();
     assert_eq!(r.stdout.trim(), "app", "{what}: {}", r.describe());
@@ -173,49 +164,32 @@ fn check_rootfs(what: &str, run: impl Fn(Option<&str>, &[&str]) -> Run, host: &H
 
 #[test]
 fn podman_runs_an_image_with_a_root_layer() {
-    if !require(&["nix", "busybox"]) {
-        return;
+    if let Some(podman) = needs(Podman::new) {
+        rootfs_runs_in(&podman);
     }
-    let Some(podman) = Podman::new() else {
-        return;
-    };
-    let dir = tempdir();
-    let layout = rootfs_layout(dir.path());
-    let image = podman.load(&layout, TAG, "nixoci-test/rootfs:1.0");
-    check_rootfs(
-        "podman",
-        |entrypoint, args| podman.run(&image, entrypoint, args),
-        &host_image(hello()),
-    );
 }
 
 #[test]
 fn docker_runs_an_image_with_a_root_layer() {
-    if !require(&["nix", "busybox"]) {
-        return;
+    if let Some(docker) = needs(Docker::start) {
+        rootfs_runs_in(&docker);
     }
-    let Some(docker) = Docker::start() else {
-        return;
-    };
+}
+
+/// The image with a root layer, loaded into `rt`, runs there as its user
+/// (see [`check_rootfs`]).
+fn rootfs_runs_in(rt: &impl Runtime) {
     let dir = tempdir();
     let layout = rootfs_layout(dir.path());
-    let image = "nixoci-test/rootfs:1.0";
-    docker.load(&layout, TAG, image);
-    check_rootfs(
-        "docker",
-        |entrypoint, args| docker.run(image, entrypoint, args),
-        &host_image(hello()),
-    );
+    let image = rt.load(&layout, TAG, "nixoci-test/rootfs:1.0");
+    check_rootfs(rt, &image, &host_image(hello()));
 }
 
 /// `nixoci save -o - | docker load`: no temporary file, the loaded image
 /// carries the layout's tag and runs.
 #[test]
 fn docker_loads_a_saved_image_from_a_pipe() {
-    if !require(&["nix", "busybox"]) {
-        return;
-    }
-    let Some(docker) = Docker::start() else {
+    let Some(docker) = needs(Docker::start) else {
         return;
     };
     let dir = tempdir();
@@ -232,22 +206,13 @@ fn docker_loads_a_saved_image_from_a_pipe() {
     let loaded = run(&mut load).success();
     assert!(save.wait().unwrap().success());
     assert!(loaded.stdout.contains(TAG), "{}", loaded.describe());
-    let host = host_image(hello());
-    check_runs(
-        "docker load",
-        docker.platform(TAG),
-        |entrypoint, args| docker.run(TAG, entrypoint, args),
-        &host,
-    );
+    check_runs(&docker, TAG, &host_image(hello()));
 }
 
 /// `podman load` takes both archives and keeps the tag.
 #[test]
 fn podman_loads_both_archives_with_their_tag() {
-    if !require(&["nix", "busybox"]) {
-        return;
-    }
-    let Some(podman) = Podman::new() else {
+    let Some(podman) = needs(Podman::new) else {
         return;
     };
     let dir = tempdir();

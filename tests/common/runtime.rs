@@ -49,15 +49,50 @@ fn bounded(mut cmd: Command, what: &str) -> Run {
     }
 }
 
-/// `run --rm --pull never --network none [--entrypoint E] IMAGE ARGS…`,
-/// podman's and docker's common words: an image missing from the store is
-/// an error, never a pull from Docker Hub.
-fn run_args(cmd: &mut Command, image: &str, entrypoint: Option<&str>, args: &[&str]) {
-    cmd.args(["run", "--rm", "--pull", "never", "--network", "none"]);
-    if let Some(e) = entrypoint {
-        cmd.args(["--entrypoint", e]);
+/// What the tests do with either runtime. The commands come from
+/// [`Runtime::command`]; the words are the same in podman and docker.
+pub trait Runtime {
+    /// `podman` or `docker`, for messages.
+    fn name(&self) -> &'static str;
+
+    /// The client, talking to this instance only.
+    fn command(&self) -> Command;
+
+    /// Puts the image `tag` of a layout (the host's platform, from an
+    /// index) into the runtime as `name`; returns the name it knows it by.
+    fn load(&self, layout: &Path, tag: &str, name: &str) -> String;
+
+    /// `os/architecture` of a stored image.
+    #[track_caller]
+    fn platform(&self, image: &str) -> String {
+        let mut c = self.command();
+        c.args([
+            "image",
+            "inspect",
+            "--format",
+            "{{.Os}}/{{.Architecture}}",
+            image,
+        ]);
+        bounded(c, &format!("{} image inspect", self.name()))
+            .success()
+            .stdout
+            .trim()
+            .to_string()
     }
-    cmd.arg(image).args(args);
+
+    /// Runs `image` without a network, removing the container afterwards:
+    /// its own entrypoint with `args`, or `entrypoint` with `args`.
+    fn run(&self, image: &str, entrypoint: Option<&str>, args: &[&str]) -> Run {
+        let mut c = self.command();
+        // An image missing from the store is an error, never a pull from
+        // Docker Hub.
+        c.args(["run", "--rm", "--pull", "never", "--network", "none"]);
+        if let Some(e) = entrypoint {
+            c.args(["--entrypoint", e]);
+        }
+        c.arg(image).args(args);
+        bounded(c, &format!("{} run", self.name()))
+    }
 }
 
 /// The podman configuration of the tests.
@@ -79,9 +114,15 @@ impl Podman {
         }
         Some(Podman { dir: tempdir() })
     }
+}
+
+impl Runtime for Podman {
+    fn name(&self) -> &'static str {
+        "podman"
+    }
 
     /// `podman` with this instance's storage and the tests' settings.
-    pub fn command(&self) -> Command {
+    fn command(&self) -> Command {
         let d = self.dir.path();
         let mut c = Command::new("podman");
         c.env("CONTAINERS_CONF", containers_conf())
@@ -104,8 +145,7 @@ impl Podman {
     ///
     /// skopeo writes it: `podman pull oci:DIR:TAG` names the image after
     /// the folder, which fails on a temporary folder's capital letters.
-    #[track_caller]
-    pub fn load(&self, layout: &Path, tag: &str, name: &str) -> String {
+    fn load(&self, layout: &Path, tag: &str, name: &str) -> String {
         let d = self.dir.path();
         let stored = format!("localhost/{name}");
         let mut c = Command::new("skopeo");
@@ -119,32 +159,6 @@ impl Podman {
             ));
         bounded(c, "skopeo copy to containers-storage").success();
         stored
-    }
-
-    /// `os/architecture` of a stored image.
-    #[track_caller]
-    pub fn platform(&self, image: &str) -> String {
-        let mut c = self.command();
-        c.args([
-            "image",
-            "inspect",
-            "--format",
-            "{{.Os}}/{{.Architecture}}",
-            image,
-        ]);
-        bounded(c, "podman image inspect")
-            .success()
-            .stdout
-            .trim()
-            .to_string()
-    }
-
-    /// Runs `image` without a network, removing the container afterwards:
-    /// its own entrypoint with `args`, or `entrypoint` with `args`.
-    pub fn run(&self, image: &str, entrypoint: Option<&str>, args: &[&str]) -> Run {
-        let mut c = self.command();
-        run_args(&mut c, image, entrypoint, args);
-        bounded(c, "podman run")
     }
 }
 
@@ -255,58 +269,6 @@ impl Docker {
         format!("unix://{}", self.socket().display())
     }
 
-    /// The docker client talking to this dockerd only.
-    pub fn command(&self) -> Command {
-        let mut c = Command::new(&self.cli);
-        c.env("DOCKER_CONFIG", self.dir.path().join("client"))
-            .env_remove("DOCKER_HOST")
-            .env_remove("DOCKER_CONTEXT")
-            .env_remove("DOCKER_TLS_VERIFY")
-            .env_remove("DOCKER_CERT_PATH")
-            .arg("-H")
-            .arg(self.host());
-        c
-    }
-
-    /// Copies the image `tag` of a layout (the host's platform, from an
-    /// index) into dockerd as `name` (`repo:tag`).
-    #[track_caller]
-    pub fn load(&self, layout: &Path, tag: &str, name: &str) {
-        // skopeo 1.9 does not read DOCKER_HOST; the flag names the daemon.
-        let mut c = Command::new("skopeo");
-        c.args(["copy", "--quiet", "--dest-daemon-host"])
-            .arg(self.host())
-            .arg(oci_ref(layout, tag))
-            .arg(format!("docker-daemon:{name}"));
-        bounded(c, "skopeo copy to docker-daemon").success();
-    }
-
-    /// `os/architecture` of a stored image.
-    #[track_caller]
-    pub fn platform(&self, image: &str) -> String {
-        let mut c = self.command();
-        c.args([
-            "image",
-            "inspect",
-            "--format",
-            "{{.Os}}/{{.Architecture}}",
-            image,
-        ]);
-        bounded(c, "docker image inspect")
-            .success()
-            .stdout
-            .trim()
-            .to_string()
-    }
-
-    /// Runs `image` without a network, removing the container afterwards:
-    /// its own entrypoint with `args`, or `entrypoint` with `args`.
-    pub fn run(&self, image: &str, entrypoint: Option<&str>, args: &[&str]) -> Run {
-        let mut c = self.command();
-        run_args(&mut c, image, entrypoint, args);
-        bounded(c, "docker run")
-    }
-
     /// Waits until `ready()`; fails the test, with the daemon's log, when
     /// the daemon exits or [`DAEMON_LIMIT`] passes first.
     fn wait_ready(&mut self, name: &str, log: &Path, mut ready: impl FnMut() -> bool) {
@@ -333,6 +295,38 @@ impl Docker {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Runtime for Docker {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    /// The docker client talking to this dockerd only.
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.cli);
+        c.env("DOCKER_CONFIG", self.dir.path().join("client"))
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .arg("-H")
+            .arg(self.host());
+        c
+    }
+
+    /// Copies the image `tag` of a layout (the host's platform, from an
+    /// index) into dockerd as `name` (`repo:tag`), the name it knows it by.
+    fn load(&self, layout: &Path, tag: &str, name: &str) -> String {
+        // skopeo 1.9 does not read DOCKER_HOST; the flag names the daemon.
+        let mut c = Command::new("skopeo");
+        c.args(["copy", "--quiet", "--dest-daemon-host"])
+            .arg(self.host())
+            .arg(oci_ref(layout, tag))
+            .arg(format!("docker-daemon:{name}"));
+        bounded(c, "skopeo copy to docker-daemon").success();
+        name.to_owned()
     }
 }
 
