@@ -29,8 +29,8 @@ const MAX_DOCUMENT: u64 = 4 << 20;
 /// Why the reachable blobs could not be found.
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
-    #[error("{what}: {problem}")]
-    Invalid { what: String, problem: String },
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
     #[error("reading {path}")]
     Io {
         path: PathBuf,
@@ -47,15 +47,6 @@ impl GcError {
     /// True when the argument is not a layout (exit 2).
     pub fn is_usage(&self) -> bool {
         matches!(self, GcError::Layout(e) if e.is_usage())
-    }
-}
-
-impl From<Invalid> for GcError {
-    fn from(e: Invalid) -> Self {
-        GcError::Invalid {
-            what: e.what,
-            problem: e.problem,
-        }
     }
 }
 
@@ -82,10 +73,7 @@ impl From<BlobError> for GcError {
 }
 
 fn invalid(what: impl Into<String>, problem: impl Into<String>) -> GcError {
-    GcError::Invalid {
-        what: what.into(),
-        problem: problem.into(),
-    }
+    Invalid::new(what, problem).into()
 }
 
 /// Reads the layout's `index.json` without following a symlink.

@@ -31,8 +31,8 @@ use super::{Digest, DigestWriter};
 pub enum VerifyError {
     #[error("{0}: missing")]
     Missing(String),
-    #[error("{what}: {problem}")]
-    Invalid { what: String, problem: String },
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
     #[error("blob {name}: content hashes to {found}")]
     Digest { name: String, found: Digest },
     #[error("{what}: size is {found} bytes, descriptor says {expected}")]
@@ -65,15 +65,6 @@ fn file_error(e: FileError, what: impl Into<String>) -> VerifyError {
         VerifyError::Missing(what.into())
     } else {
         VerifyError::File(e)
-    }
-}
-
-impl From<Invalid> for VerifyError {
-    fn from(e: Invalid) -> Self {
-        VerifyError::Invalid {
-            what: e.what,
-            problem: e.problem,
-        }
     }
 }
 
@@ -127,10 +118,7 @@ pub struct VerifyReport {
 }
 
 fn invalid(what: impl Into<String>, problem: impl Into<String>) -> VerifyError {
-    VerifyError::Invalid {
-        what: what.into(),
-        problem: problem.into(),
-    }
+    Invalid::new(what, problem).into()
 }
 
 /// Reads and parses the file `what` of the layout `dir`.
