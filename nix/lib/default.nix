@@ -318,6 +318,14 @@ let
     };
 
   # groups: [ { name; gid; } ].
+  # Each element of the list `xs` checked by `check`, named `WHERE.N`.
+  checkList =
+    where: check: xs:
+    if isList xs then
+      genList (i: check "${where}.${toString i}" (builtins.elemAt xs i)) (builtins.length xs)
+    else
+      fail where "expected a list, found ${show xs}";
+
   # perms: [ { regex; mode ? null; uid ? null; gid ? null; } ], as
   # --chmod REGEX=MODE and --chown REGEX=UID:GID.
   checkPerm =
@@ -518,19 +526,11 @@ let
       where = "image ${show name}";
       config' = normalizeConfig where config;
       copies = map (storePathOf "${where}: copyToRoot") (asList copyToRoot);
-      dirs' = genList (i: checkDir "${where}: dirs.${toString i}" (builtins.elemAt dirs i)) (
-        if isList dirs then builtins.length dirs else fail "${where}: dirs" "expected a list, found ${show dirs}"
-      );
-      users' = genList (i: checkUser "${where}: users.${toString i}" (builtins.elemAt users i)) (
-        if isList users then builtins.length users else fail "${where}: users" "expected a list, found ${show users}"
-      );
-      groups' = genList (i: checkGroup "${where}: groups.${toString i}" (builtins.elemAt groups i)) (
-        if isList groups then builtins.length groups else fail "${where}: groups" "expected a list, found ${show groups}"
-      );
+      dirs' = checkList "${where}: dirs" checkDir dirs;
+      users' = checkList "${where}: users" checkUser users;
+      groups' = checkList "${where}: groups" checkGroup groups;
       symlinks' = checkSymlinks "${where}: symlinks" symlinks;
-      perms' = genList (i: checkPerm "${where}: perms.${toString i}" (builtins.elemAt perms i)) (
-        if isList perms then builtins.length perms else fail "${where}: perms" "expected a list, found ${show perms}"
-      );
+      perms' = checkList "${where}: perms" checkPerm perms;
     in
     if !isString name || name == "" then
       fail "image" "name must be a non-empty string, found ${show name}"
