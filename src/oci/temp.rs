@@ -93,21 +93,19 @@ impl<F> TempFile<F> {
     }
 
     /// Renames the file to `to`, replacing what was there.
-    pub fn persist(mut self, to: &Path) -> io::Result<F> {
+    pub fn persist(self, to: &Path) -> io::Result<F> {
         let mut s = state();
+        self.persist_locked(&mut s, to)
+    }
+
+    /// [`TempFile::persist`] with the lock held by the caller.
+    fn persist_locked(mut self, s: &mut State, to: &Path) -> io::Result<F> {
         let temp = self.inner.take().unwrap_or_else(|| unreachable!());
         let path = temp.path().to_owned();
         let result = temp.persist(to);
         s.temps.remove(&path);
-        match result {
-            Ok(file) => Ok(file),
-            Err(e) => {
-                // The temp file is removed with `e.file`, under the lock.
-                let error = e.error;
-                drop(e.file);
-                Err(error)
-            }
-        }
+        // On failure the temp file goes with `e.file`, under the lock.
+        result.map_err(|e| e.error)
     }
 }
 
@@ -229,26 +227,12 @@ impl Unfinished {
     /// Renames `index` to `to` and marks the layout finished, in one step
     /// that a signal cannot split.
     pub fn commit(self, index: TempFile, to: &Path) -> io::Result<()> {
-        let mut index = index;
         let mut s = state();
-        let temp = index.inner.take().unwrap_or_else(|| unreachable!());
-        let path = temp.path().to_owned();
-        let result = temp.persist(to);
-        s.temps.remove(&path);
-        match result {
-            Ok(_) => {
-                s.layouts.remove(&self.id);
-                drop(s);
-                std::mem::forget(self);
-                Ok(())
-            }
-            Err(e) => {
-                let error = e.error;
-                drop(e.file);
-                drop(s);
-                Err(error)
-            }
-        }
+        index.persist_locked(&mut s, to)?;
+        s.layouts.remove(&self.id);
+        drop(s);
+        std::mem::forget(self);
+        Ok(())
     }
 
     /// Marks the layout finished without a new `index.json` (a rebuild
