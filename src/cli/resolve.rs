@@ -359,6 +359,17 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
         let closure = graph.into_subclosure(&rs);
         closures.push((platform, rs, closure));
     }
+    // A tree placed at / for several platforms is listed (and its files
+    // hashed) once.
+    let mut listed: BTreeMap<StorePath, Vec<(String, crate::rootfs::Entry)>> = BTreeMap::new();
+    let mut read_tree = |path: &StorePath| -> anyhow::Result<Vec<(String, crate::rootfs::Entry)>> {
+        if let Some(tree) = listed.get(path) {
+            return Ok(tree.clone());
+        }
+        let tree = crate::rootfs::read_tree(&args.store_root, path.as_str())?;
+        listed.insert(path.clone(), tree.clone());
+        Ok(tree)
+    };
     let mut images = BTreeMap::new();
     let mut checked = BTreeSet::new();
     for (platform, rs, closure) in closures {
@@ -388,15 +399,13 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
             .map_err(|e| usage(format!("the image config of {platform}: {e}")))?;
         let mut spec = root_spec.clone();
         for path in trees.get(&platform).into_iter().flatten() {
-            let tree = crate::rootfs::read_tree(&args.store_root, path.as_str())
-                .context(format!("--copy-to-root {path}"))?;
+            let tree = read_tree(path).context(format!("--copy-to-root {path}"))?;
             spec.trees.push((format!("--copy-to-root {path}"), tree));
         }
         let mut from_spec = spec_roots.remove(&platform);
         if let (Some((label, root)), Some(s)) = (&mut from_spec, specs.get(&platform)) {
             for path in &s.copy_to_root {
-                let tree = crate::rootfs::read_tree(&args.store_root, path.as_str())
-                    .context(format!("{label}: copyToRoot {path}"))?;
+                let tree = read_tree(path).context(format!("{label}: copyToRoot {path}"))?;
                 root.trees
                     .push((format!("{label} (copyToRoot {path})"), tree));
             }
@@ -475,11 +484,13 @@ fn perms(
         }
     };
     let mut stores = BTreeSet::new();
+    let mut walked = BTreeSet::new();
     for image in images.values() {
         for path in image.rootfs.entries.keys() {
             note(path);
         }
-        for path in image.closure.paths.keys() {
+        // A store path several platforms share is walked once.
+        for path in image.closure.paths.keys().filter(|p| walked.insert(*p)) {
             stores.insert(path.store_dir().to_owned());
             let disk = args.store_root.join(path.as_str().trim_start_matches('/'));
             let mut pending = vec![(disk, path.as_str().to_owned())];
