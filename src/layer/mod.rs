@@ -204,18 +204,48 @@ pub fn build_root_layer(
 ) -> Result<LayerOutcome, LayerError> {
     opts.compression.check()?;
     let workers = Workers::new(1);
-    let cache = opts.cache.as_ref();
-    let key = match cache {
-        Some(_) => cache::root_key(
+    let key = match &opts.cache {
+        Some(cache) => cache::root_key(
             fs,
             &opts.compression.engine(),
             &fingerprint(opts, &workers)?,
-        ),
+        )
+        .map(|key| (cache, key)),
         None => None,
     };
+    reuse_or_build(
+        key.as_ref().map(|(c, k)| (*c, k)),
+        &[],
+        opts,
+        blobs_dir,
+        || {
+            let (diff_id, digest, size) = write_blob(opts, blobs_dir, &workers, |out| {
+                tar::write_root_stream(fs, &opts.store_root, &opts.perms, out)
+            })?;
+            Ok(BuiltLayer {
+                store_paths: Vec::new(),
+                diff_id,
+                digest,
+                size,
+                media_type: opts.compression.media_type().to_owned(),
+            })
+        },
+    )
+}
+
+/// A layer through the cache: the cached blob of `key` when it is good,
+/// else `build`, stored under `key`. What went wrong with the cache is the
+/// outcome's problem; the layer is built all the same.
+fn reuse_or_build(
+    key: Option<(&Cache, &Digest)>,
+    paths: &[StorePath],
+    opts: &LayerOptions,
+    blobs_dir: &Path,
+    build: impl FnOnce() -> Result<BuiltLayer, LayerError>,
+) -> Result<LayerOutcome, LayerError> {
     let mut problem = None;
-    if let (Some(cache), Some(key)) = (cache, &key) {
-        match cache.reuse(key, &[], opts.compression.media_type(), blobs_dir) {
+    if let Some((cache, key)) = key {
+        match cache.reuse(key, paths, opts.compression.media_type(), blobs_dir) {
             cache::Reuse::Found(layer, status) => {
                 return Ok(LayerOutcome {
                     layer,
@@ -226,23 +256,18 @@ pub fn build_root_layer(
             cache::Reuse::Build { problem: p } => problem = p,
         }
     }
-    let (diff_id, digest, size) = write_blob(opts, blobs_dir, &workers, |out| {
-        tar::write_root_stream(fs, &opts.store_root, &opts.perms, out)
-    })?;
-    let layer = BuiltLayer {
-        store_paths: Vec::new(),
-        diff_id,
-        digest,
-        size,
-        media_type: opts.compression.media_type().to_owned(),
-    };
-    if let (Some(cache), Some(key)) = (cache, &key) {
+    let layer = build()?;
+    if let Some((cache, key)) = key {
         if let Err(e) = cache.store(key, &layer, blobs_dir) {
             let note = format!(
-                "could not store the root layer in cache {}: {e}",
+                "could not store layer {} in cache {}: {e}; no more layers are stored there in this build",
+                layer.digest,
                 cache.dir().display()
             );
-            problem = Some(problem.map_or(note.clone(), |p| format!("{p}; {note}")));
+            problem = Some(match problem {
+                Some(p) => format!("{p}; {note}"),
+                None => note,
+            });
         }
     }
     Ok(LayerOutcome {
@@ -411,37 +436,9 @@ pub fn build_layers(
 
     let build_one = |k: usize| -> Result<LayerOutcome, LayerError> {
         let paths = &distinct[k];
-        let mut problem = None;
-        if let (Some(cache), Some(key)) = (cache, &keys[k]) {
-            match cache.reuse(key, paths, opts.compression.media_type(), blobs_dir) {
-                cache::Reuse::Found(layer, status) => {
-                    return Ok(LayerOutcome {
-                        layer,
-                        cache: status,
-                        cache_problem: None,
-                    })
-                }
-                cache::Reuse::Build { problem: p } => problem = p,
-            }
-        }
-        let layer = write_layer(paths, opts, blobs_dir, &workers)?;
-        if let (Some(cache), Some(key)) = (cache, &keys[k]) {
-            if let Err(e) = cache.store(key, &layer, blobs_dir) {
-                let note = format!(
-                    "could not store layer {} in cache {}: {e}; no more layers are stored there in this build",
-                    layer.digest,
-                    cache.dir().display()
-                );
-                problem = Some(match problem {
-                    Some(p) => format!("{p}; {note}"),
-                    None => note,
-                });
-            }
-        }
-        Ok(LayerOutcome {
-            layer,
-            cache: CacheStatus::Miss,
-            cache_problem: problem,
+        let key = cache.zip(keys[k].as_ref());
+        reuse_or_build(key, paths, opts, blobs_dir, || {
+            write_layer(paths, opts, blobs_dir, &workers)
         })
     };
 
