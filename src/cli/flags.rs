@@ -313,6 +313,44 @@ impl FromStr for CopyToRoot {
     }
 }
 
+/// `NAME:TAG` in a static registry: a repository and one of its tags,
+/// checked against the distribution grammar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameTag {
+    pub repository: String,
+    pub tag: String,
+}
+
+impl FromStr for NameTag {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (repository, tag) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("expected NAME:TAG, such as team/hello:1.0, not '{s}'"))?;
+        if !crate::publish::reference::valid_repository(repository) {
+            return Err(format!(
+                "'{repository}' is not a repository name (lowercase letters and digits separated by '.', '_', '__' or dashes, components joined by '/')"
+            ));
+        }
+        if !crate::publish::reference::valid_tag(tag) {
+            return Err(format!(
+                "'{tag}' is not a tag (up to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-')"
+            ));
+        }
+        Ok(NameTag {
+            repository: repository.to_owned(),
+            tag: tag.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for NameTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.repository, self.tag)
+    }
+}
+
 /// How to reach a registry: the flags `nixoci push` and `nixoci build
 /// --previous` share, and the credential lookup behind them.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -500,6 +538,17 @@ mod tests {
         }
         for bad in ["", "30", "d", "1w", "-1d", "1.5d", "99999999999999999999d"] {
             assert!(bad.parse::<Age>().is_err(), "{bad}");
+        }
+        let t: NameTag = "team/hello:1.0".parse().unwrap();
+        assert_eq!(
+            (t.repository.as_str(), t.tag.as_str()),
+            ("team/hello", "1.0")
+        );
+        assert_eq!(t.to_string(), "team/hello:1.0");
+        for bad in [
+            "hello", "hello:", ":1.0", "Hello:1", "../x:1", "a:b/c", "a:.x",
+        ] {
+            assert!(bad.parse::<NameTag>().is_err(), "{bad}");
         }
     }
 

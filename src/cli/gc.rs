@@ -1,31 +1,48 @@
-//! `nixoci gc`: remove the blobs of a layout that no tag reaches.
+//! `nixoci gc`: remove what no tag reaches, from a layout or a static
+//! registry (a tree export-static wrote, or a bucket).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::Context;
 
 use super::flags::{human_bytes, Age};
-use super::Classify;
+use super::{usage, Classify};
 use crate::oci::gc::collect;
+use crate::publish::gc::{self as static_gc, tree, GcReport};
 
-/// Remove the blobs of a layout that no tag reaches
+/// Remove the blobs no tag reaches, from a layout or a static registry
 ///
-/// What a killed build or an overwritten tag left behind: `nixoci verify`
-/// reports them.
+/// TARGET is an OCI image layout (it has an oci-layout file), a static
+/// registry tree export-static wrote (it has a .nixoci folder), or
+/// s3://BUCKET[/PREFIX].
 ///
-/// Only blobs last modified longer ago than the grace period go, and the
-/// layout's lock is held meanwhile, so a build that is still writing never
-/// loses a blob it has not yet committed. Temporary files of builds that
-/// died are removed too.
+/// A layout: removes the blobs its index.json does not reach, what a killed
+/// build or an overwritten tag left behind (`nixoci verify` reports them),
+/// and the temporary files of builds that died, under the layout's lock.
+///
+/// A static registry: marks what every tag of every repository reaches
+/// (image indexes, manifests, configs and layers) and deletes the other
+/// manifests by digest, then the other blobs. A tag whose documents are
+/// missing or damaged stops gc before it deletes anything (exit 1, naming
+/// it). A tree is locked meanwhile; its blob store loses the copies no
+/// repository links, and its tag lists, objects.json, nginx.conf and
+/// Caddyfile are rewritten as export-static writes them. Remove tags first
+/// with `nixoci untag`.
+///
+/// Only what was last modified longer ago than the grace period goes (by
+/// the file system's clock; in a bucket, by the server's), so that a build,
+/// export or push running at the same time never loses what it has written
+/// but not yet tagged.
 ///
 ///   nixoci gc hello.oci
-///   nixoci gc hello.oci --grace 0s --dry-run --json
+///   nixoci gc site --grace 0s --dry-run --json
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// The layout directory.
-    pub layout: PathBuf,
+    /// The layout, the static registry tree, or s3://BUCKET[/PREFIX].
+    #[arg(value_name = "TARGET")]
+    pub target: String,
 
     /// Keep unreachable blobs modified within this time: a number with s,
     /// m, h or d (`0s`, `30m`, `1h`, `2d`).
@@ -41,14 +58,122 @@ pub struct Args {
     pub json: bool,
 }
 
+/// What `gc` and `untag` work on.
+#[derive(Debug)]
+pub enum Target {
+    /// An OCI image layout.
+    Layout(PathBuf),
+    /// A static registry tree export-static wrote.
+    Tree(PathBuf),
+}
+
+impl Target {
+    /// What `arg` names, by what is there; anything else is a usage error.
+    pub fn find(arg: &str) -> anyhow::Result<Target> {
+        let path = Path::new(arg);
+        if tree::is_tree(path) {
+            return Ok(Target::Tree(path.to_owned()));
+        }
+        if path.join("oci-layout").exists() {
+            return Ok(Target::Layout(path.to_owned()));
+        }
+        Err(usage(format!(
+            "TARGET {arg}: neither an OCI layout (no oci-layout file), a static registry tree (no {} folder) nor s3://BUCKET[/PREFIX]",
+            crate::publish::static_export::STATE_DIR
+        )))
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
-    super::refuse_in_store("LAYOUT", &args.layout, &super::default_store_dirs())?;
-    let dir = args.layout.display();
+    match Target::find(&args.target)? {
+        Target::Layout(dir) => run_layout(&args, &dir),
+        Target::Tree(dir) => {
+            super::refuse_in_store("TARGET", &dir, &super::default_store_dirs())?;
+            let mut tree =
+                tree::Tree::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+            let report = static_gc::collect(&mut tree, &args.target, args.grace.0, args.dry_run)
+                .classify()
+                .with_context(|| format!("collecting {}", args.target))?;
+            print_static(&args, &report)
+        }
+    }
+}
+
+/// Prints a static registry's report: JSON on stdout with `--json`, one
+/// line on stderr.
+fn print_static(args: &Args, report: &GcReport) -> anyhow::Result<()> {
+    if args.json {
+        let mut bytes = serde_json::to_vec_pretty(report)?;
+        bytes.push(b'\n');
+        super::print_stdout(&bytes)?;
+    }
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    let mut line = format!(
+        "{}: {} tag{} reach {} object{}; {verb} {} manifest{} and {} blob{} ({})",
+        report.target,
+        report.tags,
+        plural(report.tags),
+        report.reachable,
+        plural(report.reachable),
+        report.removed_manifests,
+        plural(report.removed_manifests),
+        report.removed_blobs,
+        plural(report.removed_blobs),
+        human_bytes(report.removed_bytes),
+    );
+    if !report.store_removed.is_empty() {
+        line.push_str(&format!(
+            ", {} blob-store cop{} ({} freed)",
+            report.store_removed.len(),
+            if report.store_removed.len() == 1 {
+                "y"
+            } else {
+                "ies"
+            },
+            human_bytes(report.bytes_freed)
+        ));
+    }
+    if !report.kept.is_empty() {
+        line.push_str(&format!(
+            "; kept {} younger than {} ({})",
+            report.kept.len(),
+            args.grace,
+            human_bytes(report.kept_bytes)
+        ));
+    }
+    eprintln!("{line}");
+    if args.dry_run && !args.json {
+        // What would go is the data of a dry run: BYTES<TAB>KEY, as du.
+        let mut out = String::new();
+        for g in report.removed.iter().chain(&report.store_removed) {
+            out.push_str(&format!("{}\t{}\n", g.size, g.key));
+        }
+        super::print_stdout(out.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// `gc` of an OCI image layout.
+fn run_layout(args: &Args, layout: &Path) -> anyhow::Result<()> {
+    super::refuse_in_store("LAYOUT", layout, &super::default_store_dirs())?;
+    let dir = layout.display();
     // The grace period is measured against the file system's clock: this
     // reaches no output.
     #[allow(clippy::disallowed_methods)]
     let now = SystemTime::now();
-    let report = collect(&args.layout, args.grace.0, now, args.dry_run, &mut || {
+    let report = collect(layout, args.grace.0, now, args.dry_run, &mut || {
         eprintln!("nixoci: waiting for another nixoci that is writing {dir}")
     })
     .classify()
@@ -66,7 +191,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut line = format!(
         "{dir}: {verb} {} unreachable blob{} ({})",
         report.removed.len(),
-        if report.removed.len() == 1 { "" } else { "s" },
+        plural(report.removed.len()),
         human_bytes(report.removed_bytes)
     );
     if !report.kept.is_empty() {
@@ -81,7 +206,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         line.push_str(&format!(
             "; removed {} temporary file{} ({})",
             report.temp_files,
-            if report.temp_files == 1 { "" } else { "s" },
+            plural(report.temp_files),
             human_bytes(report.temp_bytes)
         ));
     }

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod push;
 pub mod resolve;
 pub mod save;
+pub mod untag;
 pub mod verify;
 pub mod write_spec;
 
@@ -45,6 +46,7 @@ pub enum Command {
     ExportStatic(export_static::Args),
     Cache(cache::Args),
     Gc(gc::Args),
+    Untag(untag::Args),
 }
 
 /// An error caused by what the user asked for, not by the operation: exit 2.
@@ -97,6 +99,7 @@ user_fault!(
     crate::eval::EvalError,
     crate::eval::TargetError,
     crate::oci::gc::GcError,
+    crate::publish::gc::GcError<crate::publish::gc::tree::TreeError>,
     crate::oci::layout::LayoutError,
     crate::oci::layout::TagError,
     crate::pipeline::BuildError,
@@ -310,6 +313,7 @@ pub fn main() -> ExitCode {
         Command::ExportStatic(args) => export_static::run(args),
         Command::Cache(args) => cache::run(args),
         Command::Gc(args) => gc::run(args),
+        Command::Untag(args) => untag::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,6 +21,7 @@ pub mod archive;
 pub mod auth;
 pub mod client;
 pub mod fetch;
+pub mod gc;
 pub mod previous;
 pub mod push;
 pub mod reference;

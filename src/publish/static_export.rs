@@ -271,7 +271,7 @@ fn rename_into_place(tmp: &Path, path: &Path) -> Result<(), ExportError> {
 }
 
 /// Writes `bytes` to `path` (mode 0644) through a rename.
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
     let tmp = write_temp(path, bytes)?;
     rename_into_place(&tmp, path)
 }
@@ -390,7 +390,7 @@ fn is_in_place(path: &Path, size: u64, same_as: Option<&fs::Metadata>) -> bool {
 }
 
 /// An exclusive lock on the tree, released when dropped.
-struct TreeLock(File);
+pub struct TreeLock(File);
 
 impl TreeLock {
     fn take(path: &Path) -> Result<TreeLock, ExportError> {
@@ -717,9 +717,22 @@ fn export_locked(
             kind: Kind::Ping,
         },
     );
-    for (repo, repo_tags) in tags_by_repository(&objects) {
-        let body = serde_json::to_vec(&serde_json::json!({"name": repo, "tags": repo_tags}))
-            .map_err(|e| io_err("serialising", tree)(io::Error::other(e)))?;
+    prepare_listings(tree, &mut objects, undo)?;
+    // The tags, the tag lists and the metadata, all ready: into place.
+    undo.finish()?;
+    report.written.sort();
+    Ok(report)
+}
+
+/// Prepares the tag list of each repository and the tree's metadata, from
+/// `objects`, for [`Undo::finish`].
+fn prepare_listings(
+    tree: &Path,
+    objects: &mut BTreeMap<String, Object>,
+    undo: &mut Undo,
+) -> Result<(), ExportError> {
+    for (repo, repo_tags) in tags_by_repository(objects) {
+        let body = tag_list(&repo, &repo_tags);
         let dir = undo.dir(&["v2", &repo, "tags"])?;
         let path = dir.join("list");
         if fs::read(&path).ok().as_deref() != Some(&body[..]) {
@@ -738,11 +751,47 @@ fn export_locked(
             },
         );
     }
-    write_metadata(tree, &objects, undo)?;
-    // The tags, the tag lists and the metadata, all ready: into place.
-    undo.finish()?;
-    report.written.sort();
-    Ok(report)
+    write_metadata(tree, objects, undo)
+}
+
+/// The body of `v2/NAME/tags/list`.
+pub fn tag_list(repository: &str, tags: &BTreeSet<String>) -> Vec<u8> {
+    let list = serde_json::json!({"name": repository, "tags": tags});
+    // A map of strings always serialises.
+    serde_json::to_vec(&list).unwrap_or_default()
+}
+
+/// Takes the lock of the tree export-static made at `tree`, waiting for
+/// another writer to finish. `tree` must hold the `.nixoci` folder.
+pub fn lock_tree(tree: &Path) -> Result<TreeLock, ExportError> {
+    let state = tree.join(STATE_DIR);
+    match fs::symlink_metadata(&state) {
+        Ok(m) if m.file_type().is_dir() => TreeLock::take(&state.join("lock")),
+        Ok(_) => Err(ExportError::Unexpected(state)),
+        Err(e) => Err(io_err("reading", &state)(e)),
+    }
+}
+
+/// Rewrites the tag lists and `objects.json`, `nginx.conf` and `Caddyfile`
+/// of `tree` from `objects`, as an export does last: for `untag` and `gc`,
+/// under the [`lock_tree`] the caller holds.
+pub fn rewrite_listings(
+    tree: &Path,
+    objects: &mut BTreeMap<String, Object>,
+    _lock: &TreeLock,
+) -> Result<(), ExportError> {
+    let mut undo = Undo {
+        tree: tree.to_owned(),
+        before: Before::Tree,
+        created: Vec::new(),
+        pending: Vec::new(),
+        rolled_back: false,
+    };
+    let result = prepare_listings(tree, objects, &mut undo).and_then(|()| undo.finish());
+    if result.is_err() {
+        undo.rollback();
+    }
+    result
 }
 
 /// The tags of each repository, from the manifest keys that are not
@@ -765,7 +814,9 @@ fn tags_by_repository(objects: &BTreeMap<String, Object>) -> BTreeMap<String, BT
     out
 }
 
-fn read_objects(tree: &Path) -> Result<BTreeMap<String, Object>, ExportError> {
+/// The objects `objects.json` of `tree` lists, by key (none when there is
+/// no such file).
+pub fn read_objects(tree: &Path) -> Result<BTreeMap<String, Object>, ExportError> {
     let path = tree.join(OBJECTS_FILE);
     let list: Vec<Object> = match fs::read(&path) {
         Ok(bytes) => {

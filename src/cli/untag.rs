@@ -1,0 +1,75 @@
+//! `nixoci untag`: remove a tag from a static registry.
+
+use anyhow::Context;
+
+use super::flags::NameTag;
+use super::gc::Target;
+use super::{usage, Classify};
+use crate::publish::gc::{self as static_gc, tree};
+
+/// Remove a tag from a static registry
+///
+/// TARGET is a static registry tree export-static wrote (it has a .nixoci
+/// folder) or s3://BUCKET[/PREFIX]. The tag's manifest goes and its name
+/// leaves the repository's tags/list (the list goes with the last tag); a
+/// tree's objects.json, nginx.conf and Caddyfile are rewritten. The
+/// manifests and blobs it named stay until `nixoci gc TARGET` finds that
+/// no other tag needs them.
+///
+///   nixoci untag site team/hello:1.0
+///   nixoci gc site
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The static registry tree, or s3://BUCKET[/PREFIX].
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// The repository and the tag to remove.
+    #[arg(value_name = "NAME:TAG")]
+    pub name: NameTag,
+
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let report = match Target::find(&args.target)? {
+        Target::Layout(_) => {
+            return Err(usage(format!(
+                "TARGET {}: an OCI layout; untag works on a static registry tree or s3://BUCKET[/PREFIX]",
+                args.target
+            )))
+        }
+        Target::Tree(dir) => {
+            super::refuse_in_store("TARGET", &dir, &super::default_store_dirs())?;
+            let mut tree = tree::Tree::open(&dir)
+                .with_context(|| format!("opening {}", dir.display()))?;
+            static_gc::untag(
+                &mut tree,
+                &args.target,
+                &args.name.repository,
+                &args.name.tag,
+            )
+            .classify()
+            .with_context(|| format!("untagging {} in {}", args.name, args.target))?
+        }
+    };
+    if args.json {
+        let mut bytes = serde_json::to_vec_pretty(&report)?;
+        bytes.push(b'\n');
+        super::print_stdout(&bytes)?;
+    }
+    eprintln!(
+        "{}: removed {} ({}); {} tag{} left in {}; `nixoci gc {}` removes what no tag needs",
+        report.target,
+        args.name,
+        report.digest,
+        report.tags.len(),
+        if report.tags.len() == 1 { "" } else { "s" },
+        report.repository,
+        report.target,
+    );
+    Ok(())
+}
