@@ -383,7 +383,7 @@ pub enum Body<'a> {
 }
 
 impl Body<'_> {
-    fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         match self {
             Body::Empty => 0,
             Body::Bytes(b) => b.len() as u64,
@@ -456,7 +456,7 @@ struct ErrorItem {
 }
 
 /// A URL without its query, for messages (upload URLs carry long state).
-fn short(url: &Url) -> String {
+pub(crate) fn short(url: &Url) -> String {
     let mut u = url.clone();
     u.set_query(None);
     u.to_string()
@@ -495,7 +495,7 @@ fn tls_roots(ca_file: Option<&Path>) -> Result<ureq::tls::RootCerts, ClientError
     Ok(ureq::tls::RootCerts::new_with_certs(&certs))
 }
 
-fn agent(options: &ClientOptions) -> Result<ureq::Agent, ClientError> {
+pub(crate) fn agent(options: &ClientOptions) -> Result<ureq::Agent, ClientError> {
     let tls = ureq::tls::TlsConfig::builder()
         .root_certs(tls_roots(options.ca_file.as_deref())?)
         .disable_verification(options.insecure)
@@ -537,7 +537,7 @@ fn run_within<S: ureq::AsSendBody>(
 }
 
 /// `registry HOST[:PORT]` style names for messages.
-fn authority(url: &Url) -> String {
+pub(crate) fn authority(url: &Url) -> String {
     let host = url.host_str().unwrap_or("?");
     match url.port() {
         Some(p) => format!("{host}:{p}"),
@@ -682,47 +682,10 @@ impl Client {
     pub fn with_retries_progress<T>(
         &self,
         what: &str,
-        mut op: impl FnMut(u32) -> Result<T, ClientError>,
-        mut progressed: impl FnMut() -> bool,
+        op: impl FnMut(u32) -> Result<T, ClientError>,
+        progressed: impl FnMut() -> bool,
     ) -> Result<T, ClientError> {
-        let mut attempt = 0;
-        let mut total = 0;
-        let mut timeouts = 0;
-        loop {
-            let result = op(total);
-            total += 1;
-            if result.is_err() && progressed() {
-                attempt = 0;
-                timeouts = 0;
-            }
-            match result {
-                Err(e) if e.is_timeout() && timeouts > 0 => return Err(e),
-                Err(e) if e.is_transient() && attempt < self.options.retries => {
-                    if e.is_timeout() {
-                        timeouts += 1;
-                    }
-                    let backoff = self
-                        .options
-                        .backoff
-                        .saturating_mul(1 << attempt.min(16))
-                        .min(Duration::from_secs(30));
-                    let delay = e.retry_after().unwrap_or(backoff);
-                    let count = if e.is_timeout() {
-                        "once".to_owned()
-                    } else {
-                        format!("{} of {}", attempt + 1, self.options.retries)
-                    };
-                    (self.notify)(&format!(
-                        "{what}: {}; retrying in {:.1}s ({count})",
-                        error_chain(&e),
-                        delay.as_secs_f64(),
-                    ));
-                    std::thread::sleep(delay);
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        retrying(&self.options, &*self.notify, what, op, progressed)
     }
 
     fn same_origin(&self, url: &Url) -> bool {
@@ -790,40 +753,22 @@ impl Client {
         &self,
         method: &'static str,
         url: &Url,
-        (before, total): (u64, u64),
+        bytes: (u64, u64),
         source: ureq::Error,
     ) -> ClientError {
-        let bounds = self.options.bounds;
-        let deadline = |bytes| Limit::Deadline {
-            timeout: bounds.timeout,
-            bytes,
-            rate: bounds.min_rate,
-        };
-        let limit = match &source {
-            ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
-                Limit::Connect(bounds.timeout)
-            }
-            ureq::Error::Timeout(ureq::Timeout::PerRead) if before > 0 => deadline(before),
-            ureq::Error::Timeout(ureq::Timeout::PerRead | ureq::Timeout::PerWrite) => {
-                Limit::Stall(bounds.timeout)
-            }
-            ureq::Error::Timeout(ureq::Timeout::SendRequest) => deadline(0),
-            ureq::Error::Timeout(ureq::Timeout::RecvResponse) => deadline(before),
-            ureq::Error::Timeout(_) => deadline(total),
-            _ => {
-                return ClientError::Transport {
-                    method,
-                    url: short(url),
-                    source,
-                }
-            }
-        };
-        ClientError::Timeout(Box::new(TimedOut {
-            who: self.who(url),
-            method,
-            path: url.path().to_owned(),
-            limit,
-        }))
+        match timeout_limit(self.options.bounds, bytes, &source) {
+            Some(limit) => ClientError::Timeout(Box::new(TimedOut {
+                who: self.who(url),
+                method,
+                path: url.path().to_owned(),
+                limit,
+            })),
+            None => ClientError::Transport {
+                method,
+                url: short(url),
+                source,
+            },
+        }
     }
 
     /// Reads the body of an answer to [`Client::send_with`], at most
@@ -878,11 +823,6 @@ impl Client {
         extra: Extra,
         state: &AuthState,
     ) -> Result<Response<ureq::Body>, ClientError> {
-        let transport = |source| ClientError::Transport {
-            method,
-            url: short(url),
-            source,
-        };
         // The bytes before the answer's headers and in all, and so the
         // deadlines of the headers and of the request.
         let before = body.len().saturating_add(extra.work);
@@ -908,52 +848,11 @@ impl Client {
                 AuthState::Bearer(t) => req = req.header("authorization", format!("Bearer {t}")),
             }
         }
-        let has_body = !matches!(method, "GET" | "HEAD");
-        if has_body {
-            req = req.header("content-length", body.len().to_string());
+        match send_body(&self.agent, req, method, body, deadlines) {
+            Ok(resp) => Ok(resp),
+            Err(SendFailure::Http(e)) => Err(self.failed(method, url, (before, total), e)),
+            Err(SendFailure::File { path, source }) => Err(ClientError::Io { path, source }),
         }
-        let result = match body {
-            Body::Empty | Body::Bytes(_) if !has_body => {
-                let r = req.body(()).map_err(|e| transport(ureq::Error::Http(e)))?;
-                run_within(&self.agent, r, deadlines)
-            }
-            Body::Empty => {
-                let r = req
-                    .body(&[][..])
-                    .map_err(|e| transport(ureq::Error::Http(e)))?;
-                run_within(&self.agent, r, deadlines)
-            }
-            Body::Bytes(b) => {
-                let r = req.body(*b).map_err(|e| transport(ureq::Error::Http(e)))?;
-                run_within(&self.agent, r, deadlines)
-            }
-            Body::File {
-                path,
-                offset,
-                len,
-                sent,
-            } => {
-                let io_err = |source| ClientError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                };
-                // The file of a layout: never through a symbolic link.
-                let (mut f, _) = crate::oci::files::open_no_follow(path).map_err(|e| match e {
-                    crate::oci::files::FileError::Io { source, .. } => io_err(source),
-                    other => io_err(io::Error::other(other.to_string())),
-                })?;
-                f.seek(SeekFrom::Start(*offset)).map_err(io_err)?;
-                let mut reader = Counting {
-                    inner: f.take(*len),
-                    sent: *sent,
-                };
-                let r = req
-                    .body(ureq::SendBody::from_reader(&mut reader))
-                    .map_err(|e| transport(ureq::Error::Http(e)))?;
-                run_within(&self.agent, r, deadlines)
-            }
-        };
-        result.map_err(|e| self.failed(method, url, (before, total), e))
     }
 
     /// The error for a 401 that authenticating did not cure.
@@ -1105,6 +1004,167 @@ impl Client {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| token_err("the answer holds no token".into()))
     }
+}
+
+/// An error that may go away when the request is sent again.
+pub trait Retryable: std::error::Error {
+    /// Connection errors, timeouts, 5xx, 408, 429.
+    fn is_transient(&self) -> bool;
+    /// A request that ran out of time: retried once at most.
+    fn is_timeout(&self) -> bool;
+    /// The delay a 429 or 503 asked for.
+    fn retry_after(&self) -> Option<Duration>;
+}
+
+impl Retryable for ClientError {
+    fn is_transient(&self) -> bool {
+        ClientError::is_transient(self)
+    }
+    fn is_timeout(&self) -> bool {
+        ClientError::is_timeout(self)
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        ClientError::retry_after(self)
+    }
+}
+
+/// Runs `op` until it succeeds, fails for good, or runs out of the
+/// retries of `options`; waits between tries as the server asked
+/// (`Retry-After`) or with exponential backoff, telling `notify`. `op`
+/// gets the attempt number, from 0. When `progressed` says a failed
+/// attempt still got further than the one before, the retry count starts
+/// again, so `retries` bounds failures in a row, not failures in all.
+///
+/// A timeout is retried once (a fresh connection can cure a stuck one),
+/// not `retries` times: a server too slow twice is too slow, and an
+/// operation stays within two deadlines plus a backoff.
+pub fn retrying<T, E: Retryable>(
+    options: &ClientOptions,
+    notify: &(dyn Fn(&str) + Send + Sync),
+    what: &str,
+    mut op: impl FnMut(u32) -> Result<T, E>,
+    mut progressed: impl FnMut() -> bool,
+) -> Result<T, E> {
+    let mut attempt = 0;
+    let mut total = 0;
+    let mut timeouts = 0;
+    loop {
+        let result = op(total);
+        total += 1;
+        if result.is_err() && progressed() {
+            attempt = 0;
+            timeouts = 0;
+        }
+        match result {
+            Err(e) if e.is_timeout() && timeouts > 0 => return Err(e),
+            Err(e) if e.is_transient() && attempt < options.retries => {
+                if e.is_timeout() {
+                    timeouts += 1;
+                }
+                let backoff = options
+                    .backoff
+                    .saturating_mul(1 << attempt.min(16))
+                    .min(Duration::from_secs(30));
+                let delay = e.retry_after().unwrap_or(backoff);
+                let count = if e.is_timeout() {
+                    "once".to_owned()
+                } else {
+                    format!("{} of {}", attempt + 1, options.retries)
+                };
+                notify(&format!(
+                    "{what}: {}; retrying in {:.1}s ({count})",
+                    error_chain(&e),
+                    delay.as_secs_f64(),
+                ));
+                std::thread::sleep(delay);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The limit a request ran into when ureq reports a timeout (`None` for
+/// any other error). `before` and `total` are the bytes of the deadlines
+/// for the answer's headers and for the whole request.
+pub(crate) fn timeout_limit(
+    bounds: TimeBounds,
+    (before, total): (u64, u64),
+    source: &ureq::Error,
+) -> Option<Limit> {
+    let deadline = |bytes| Limit::Deadline {
+        timeout: bounds.timeout,
+        bytes,
+        rate: bounds.min_rate,
+    };
+    Some(match source {
+        ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
+            Limit::Connect(bounds.timeout)
+        }
+        ureq::Error::Timeout(ureq::Timeout::PerRead) if before > 0 => deadline(before),
+        ureq::Error::Timeout(ureq::Timeout::PerRead | ureq::Timeout::PerWrite) => {
+            Limit::Stall(bounds.timeout)
+        }
+        ureq::Error::Timeout(ureq::Timeout::SendRequest) => deadline(0),
+        ureq::Error::Timeout(ureq::Timeout::RecvResponse) => deadline(before),
+        ureq::Error::Timeout(_) => deadline(total),
+        _ => return None,
+    })
+}
+
+/// Why [`send_body`] failed: the request, or reading the file to send.
+pub(crate) enum SendFailure {
+    Http(ureq::Error),
+    File { path: PathBuf, source: io::Error },
+}
+
+/// Sends `req` with `body` (a `content-length` header for any method
+/// but GET and HEAD) within `deadlines` (see [`run_within`]).
+pub(crate) fn send_body(
+    agent: &ureq::Agent,
+    mut req: ureq::http::request::Builder,
+    method: &str,
+    body: &Body,
+    deadlines: (Duration, Duration),
+) -> Result<Response<ureq::Body>, SendFailure> {
+    let http = |e| SendFailure::Http(ureq::Error::Http(e));
+    let has_body = !matches!(method, "GET" | "HEAD");
+    if has_body {
+        req = req.header("content-length", body.len().to_string());
+    }
+    let result = match body {
+        Body::Empty | Body::Bytes(_) if !has_body => {
+            run_within(agent, req.body(()).map_err(http)?, deadlines)
+        }
+        Body::Empty => run_within(agent, req.body(&[][..]).map_err(http)?, deadlines),
+        Body::Bytes(b) => run_within(agent, req.body(*b).map_err(http)?, deadlines),
+        Body::File {
+            path,
+            offset,
+            len,
+            sent,
+        } => {
+            let file_err = |source| SendFailure::File {
+                path: path.to_path_buf(),
+                source,
+            };
+            // The file of a layout: never through a symbolic link.
+            let (mut f, _) = crate::oci::files::open_no_follow(path).map_err(|e| match e {
+                crate::oci::files::FileError::Io { source, .. } => file_err(source),
+                other => file_err(io::Error::other(other.to_string())),
+            })?;
+            f.seek(SeekFrom::Start(*offset)).map_err(file_err)?;
+            let mut reader = Counting {
+                inner: f.take(*len),
+                sent: *sent,
+            };
+            let r = req
+                .body(ureq::SendBody::from_reader(&mut reader))
+                .map_err(http)?;
+            run_within(agent, r, deadlines)
+        }
+    };
+    result.map_err(SendFailure::Http)
 }
 
 /// The error for an unexpected status, with the registry's error code.
