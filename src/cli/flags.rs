@@ -11,8 +11,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::publish::auth::{self, AuthEnv, Lookup};
+use crate::publish::aws::{self, AwsEnv, ConfigError};
 use crate::publish::client::{ClientOptions, TimeBounds};
 use crate::publish::reference::Reference;
+use crate::publish::s3::S3Config;
 
 /// A number of bytes: `4096`, `64K`, `1M`, `2GiB` (powers of 1024; `B`,
 /// `K`/`KB`/`KiB`, `M`…, `G`…, any case).
@@ -405,6 +407,60 @@ impl RegistryArgs {
             self.creds.as_deref(),
             &reference.registry,
             &reference.repository,
+        )
+    }
+}
+
+/// `--s3-endpoint URL`: an http:// or https:// URL with a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Endpoint(pub url::Url);
+
+impl FromStr for S3Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        aws::parse_endpoint(s, "--s3-endpoint")
+            .map(S3Endpoint)
+            .map_err(|_| {
+                "expected an http:// or https:// URL, such as http://127.0.0.1:3900".into()
+            })
+    }
+}
+
+/// How to reach an S3 bucket: the flags of `push s3://…` and `gc
+/// s3://…`, and the AWS tools' environment and shared files behind them
+/// (see [`crate::publish::aws`]).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct S3Args {
+    /// The S3 API endpoint, such as http://127.0.0.1:3900 for Garage,
+    /// addressed path-style [default: AWS_ENDPOINT_URL_S3,
+    /// AWS_ENDPOINT_URL, the profile's endpoint_url, else AWS]. The
+    /// access key comes from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+    /// and AWS_SESSION_TOKEN, else from the profile (AWS_PROFILE, else
+    /// default) in ~/.aws/credentials and ~/.aws/config.
+    #[arg(long = "s3-endpoint", value_name = "URL")]
+    pub endpoint: Option<S3Endpoint>,
+
+    /// The region S3 requests are signed for [default: AWS_REGION,
+    /// AWS_DEFAULT_REGION, the profile's region, else garage with a
+    /// custom endpoint and us-east-1 without].
+    #[arg(long = "s3-region", value_name = "REGION")]
+    pub region: Option<String>,
+}
+
+impl S3Args {
+    /// True when any of the flags was given.
+    pub fn given(&self) -> bool {
+        self.endpoint.is_some() || self.region.is_some()
+    }
+
+    /// The endpoint, region and access key, from the flags, the
+    /// environment and the AWS shared files.
+    pub fn config(&self) -> Result<S3Config, ConfigError> {
+        aws::resolve(
+            &AwsEnv::from_process(),
+            self.endpoint.as_ref().map(|e| &e.0),
+            self.region.as_deref(),
         )
     }
 }

@@ -19,11 +19,13 @@
 
 pub mod archive;
 pub mod auth;
+pub mod aws;
 pub mod client;
 pub mod fetch;
 pub mod gc;
 pub mod previous;
 pub mod push;
 pub mod reference;
+pub mod s3;
 pub mod source;
 pub mod static_export;
