@@ -16,6 +16,7 @@
 // Each test crate that includes this module uses a different subset.
 #![allow(dead_code)]
 
+pub mod garage;
 pub mod publish;
 pub mod runtime;
 
@@ -76,8 +77,9 @@ pub fn which(prog: &str) -> Option<PathBuf> {
         })
 }
 
-/// Checks what a test needs: program names on `PATH`, or `"root"` (euid 0)
-/// or `"busybox"` (the folders `scripts/setup` fills). Returns false after
+/// Checks what a test needs: program names on `PATH`, or `"root"` (euid 0),
+/// `"busybox"` (the folders `scripts/setup` fills) or `"garage"` (the
+/// binary it installs, [`garage::garage_binary`]). Returns false after
 /// printing why the test is skipped; panics instead under `CI=true`.
 pub fn require(needs: &[&str]) -> bool {
     let mut missing = Vec::new();
@@ -90,6 +92,11 @@ pub fn require(needs: &[&str]) -> bool {
             }
             "busybox" => {
                 if let Err(e) = busybox_dirs() {
+                    missing.push(e);
+                }
+            }
+            "garage" => {
+                if let Err(e) = garage::garage_binary() {
                     missing.push(e);
                 }
             }
@@ -250,8 +257,8 @@ fn build_hello() -> Result<Hello, String> {
 /// The binary under test with the tests' environment: the tests' Nix
 /// settings, the tests' layer cache ([`test_cache_home`]), no stdin, and
 /// nothing of the caller's that would change its output or reach a
-/// registry: no `SOURCE_DATE_EPOCH`, no registry credentials or auth files
-/// from the environment. A test sets what it needs on the `Command`.
+/// registry or a bucket: no `SOURCE_DATE_EPOCH`, no registry credentials or
+/// auth files, no AWS settings from the environment. A test sets what it needs on the `Command`.
 pub fn nixoci() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nixoci"));
     c.env("NIX_CONFIG", nix_config())
@@ -264,6 +271,17 @@ pub fn nixoci() -> Command {
         "REGISTRY_AUTH_FILE",
         "DOCKER_CONFIG",
         "XDG_RUNTIME_DIR",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CONFIG_FILE",
     ] {
         c.env_remove(var);
     }
