@@ -15,6 +15,7 @@ use super::flags::{
 use super::resolve::{apply_structured_attrs, build_request};
 use super::Classify;
 use crate::layer::{CacheStatus, Compression};
+use crate::oci::layout::LayoutArg;
 use crate::pipeline;
 use crate::rootfs::{DirSpec, GroupSpec, PermRule, SymlinkSpec, UserSpec};
 
@@ -262,15 +263,17 @@ pub struct Args {
     #[command(flatten, next_help_heading = "Registry (of a --previous image)")]
     pub registry: RegistryArgs,
 
-    /// The layout directory to create or add to.
+    /// The layout to create or add to: DIR, or DIR:TAG to name the tag as
+    /// --tag does (both may be given when they agree); `oci:DIR[:TAG]`
+    /// means the same. A new DIR has no ':' in its name.
     #[arg(
         long,
         short = 'o',
-        value_name = "DIR",
+        value_name = "[oci:]DIR[:TAG]",
         required_unless_present = "structured_attrs",
         help_heading = OUTPUT
     )]
-    pub output: Option<PathBuf>,
+    pub output: Option<LayoutArg>,
 
     /// The tag to point at the image, stored as the
     /// org.opencontainers.image.ref.name of its index.json entry (read it

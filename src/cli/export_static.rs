@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::flags::human_bytes;
-use super::{usage, Classify};
+use super::usage;
 use crate::error::error_chain;
 use crate::oci::layout::LayoutArg;
 use crate::publish::reference::tag_from_ref_name;
@@ -29,9 +29,10 @@ use crate::publish::static_export::{self, CADDY_FILE, NGINX_FILE, OBJECTS_FILE};
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// The layout, and the tag of the image in it when it holds several.
-    #[arg(value_name = "LAYOUT[:TAG]")]
-    pub source: String,
+    /// The layout, DIR or oci:DIR, with :TAG naming the image in it (the
+    /// tag `build --tag` gave) when it holds several.
+    #[arg(value_name = "[oci:]DIR[:TAG]")]
+    pub source: LayoutArg,
 
     /// The repository name clients pull (`HOST/NAME:TAG`).
     #[arg(long, value_name = "NAME")]
@@ -52,9 +53,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let layout = LayoutArg::parse(&args.source)
-        .classify()
-        .with_context(|| format!("LAYOUT[:TAG] '{}'", args.source))?;
+    let layout = &args.source;
     // Names first: nothing is read or written for a bad one.
     static_export::check_names(&args.repository, &args.tags)
         .map_err(|e| usage(format!("--repository/--tag: {e}")))?;

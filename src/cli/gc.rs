@@ -9,11 +9,13 @@ use anyhow::Context;
 use super::flags::{human_bytes, Age};
 use super::{usage, Classify};
 use crate::oci::gc::collect;
+use crate::oci::layout::LayoutArg;
 use crate::publish::gc::{self as static_gc, tree, GcReport};
 
 /// Remove the blobs no tag reaches, from a layout or a static registry
 ///
-/// TARGET is an OCI image layout (it has an oci-layout file), a static
+/// TARGET is an OCI image layout, DIR or oci:DIR (it has an oci-layout
+/// file; no :TAG, gc collects whole layouts), a static
 /// registry tree export-static wrote (it has a .nixoci folder), or
 /// s3://BUCKET[/PREFIX].
 ///
@@ -69,13 +71,29 @@ pub enum Target {
 
 impl Target {
     /// What `arg` names, by what is there; anything else is a usage error.
+    /// A layout is `[oci:]DIR` ([`LayoutArg`]), a whole layout: a `:TAG`
+    /// is refused.
     pub fn find(arg: &str) -> anyhow::Result<Target> {
+        let whole_layout = |layout: LayoutArg| match &layout.tag {
+            Some(tag) => Err(usage(format!(
+                "TARGET {arg}: gc collects a whole layout; give {} without :{tag}",
+                layout.dir.display()
+            ))),
+            None => Ok(Target::Layout(layout.dir)),
+        };
+        if arg.starts_with(LayoutArg::PREFIX) {
+            let layout = LayoutArg::parse(arg).map_err(|e| usage(format!("TARGET {arg}: {e}")))?;
+            return whole_layout(layout);
+        }
         let path = Path::new(arg);
         if tree::is_tree(path) {
             return Ok(Target::Tree(path.to_owned()));
         }
         if path.join("oci-layout").exists() {
             return Ok(Target::Layout(path.to_owned()));
+        }
+        if let Some(layout) = LayoutArg::parse(arg).ok().filter(LayoutArg::is_layout) {
+            return whole_layout(layout);
         }
         Err(usage(format!(
             "TARGET {arg}: neither an OCI layout (no oci-layout file), a static registry tree (no {} folder) nor s3://BUCKET[/PREFIX]",
@@ -169,6 +187,17 @@ fn plural(n: usize) -> &'static str {
 fn run_layout(args: &Args, layout: &Path) -> anyhow::Result<()> {
     super::refuse_in_store("LAYOUT", layout, &super::default_store_dirs())?;
     let dir = layout.display();
+    let layout = LayoutArg::parse(&args.layout)
+        .map_err(|e| usage(format!("LAYOUT '{}': {e}", args.layout)))?;
+    if let Some(tag) = &layout.tag {
+        return Err(usage(format!(
+            "LAYOUT '{}': gc collects a whole layout; give {} without :{tag}",
+            args.layout,
+            layout.dir.display()
+        )));
+    }
+    super::refuse_in_store("LAYOUT", &layout.dir, &super::default_store_dirs())?;
+    let dir = layout.dir.display();
     // The grace period is measured against the file system's clock: this
     // reaches no output.
     #[allow(clippy::disallowed_methods)]

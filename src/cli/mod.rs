@@ -102,6 +102,7 @@ user_fault!(
     crate::publish::gc::GcError<crate::publish::gc::tree::TreeError>,
     crate::oci::layout::LayoutError,
     crate::oci::layout::TagError,
+    crate::oci::verify::VerifyError,
     crate::pipeline::BuildError,
     crate::publish::previous::PreviousError,
 );

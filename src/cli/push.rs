@@ -7,7 +7,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::flags::{human_bytes, ByteSize, RegistryArgs};
-use super::{usage, Classify};
+use super::usage;
 use crate::error::error_chain;
 use crate::oci::layout::LayoutArg;
 use crate::publish::client::{Client, ClientOptions};
@@ -34,10 +34,10 @@ use crate::publish::source::read_image;
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// The layout, and the tag of the image in it when it holds several
-    /// (the org.opencontainers.image.ref.name given to `build --tag`).
-    #[arg(value_name = "LAYOUT[:TAG]")]
-    pub source: String,
+    /// The layout, DIR or oci:DIR, with :TAG naming the image in it (the
+    /// tag `build --tag` gave) when it holds several.
+    #[arg(value_name = "[oci:]DIR[:TAG]")]
+    pub source: LayoutArg,
 
     /// Where to push. Without :TAG, the tag of the layout's image (its
     /// part after the last ':' when it is a full reference).
@@ -73,9 +73,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let layout = LayoutArg::parse(&args.source)
-        .classify()
-        .with_context(|| format!("LAYOUT[:TAG] '{}'", args.source))?;
+    let layout = &args.source;
     let mut dest = Reference::parse(&args.destination).map_err(|e| usage(e.to_string()))?;
     if args.jobs == 0 {
         return Err(usage("--jobs 0: expected at least 1"));

@@ -20,7 +20,7 @@ use crate::eval::{self, Nix, TargetArgs};
 use crate::installable::Installable;
 use crate::layer::{cache, Cache, Compression, LayerOptions};
 use crate::oci::image::{check_key_values, valid_ref_name, RunConfig};
-use crate::oci::layout::check_output;
+use crate::oci::layout::{check_output, LayoutArg};
 use crate::pipeline::{BuildRequest, ImageRequest, PlanRequest};
 use crate::plan::{Layering, DEFAULT_MAX_LAYERS};
 use crate::platform::Platform;
@@ -34,7 +34,8 @@ pub fn build_request(args: &Args) -> anyhow::Result<BuildRequest> {
     let store_dir = store_dir(args)?;
     let output = args
         .output
-        .clone()
+        .as_ref()
+        .map(|o| o.dir.clone())
         .ok_or_else(|| usage("--output is required"))?;
     if output == Path::new("-") {
         bail!(UsageError(
@@ -105,9 +106,7 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
             .collect(),
         ..Nix::default()
     };
-    if let Some(tag) = &args.tag {
-        check_tag("--tag", tag)?;
-    }
+    let tag_flag = tag_flag(args)?;
     if args.max_layers == Some(0) {
         bail!(UsageError("--max-layers 0: expected at least 1".into()));
     }
@@ -255,7 +254,7 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
     let merged = spec::merge(
         specs.values(),
         Overrides {
-            tag: args.tag.as_deref(),
+            tag: tag_flag.as_deref(),
             created: args.created.as_ref().map(Created::as_str),
             max_layers: args.max_layers,
         },
@@ -276,7 +275,7 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
         // The root layer counts in the budget.
         layering.reserve_layers += 1;
     }
-    let tag = match (&args.tag, merged.tag) {
+    let tag = match (&tag_flag, merged.tag) {
         (Some(t), _) => t.clone(),
         (None, Some(t)) => {
             check_tag("the image spec's tag", &t)?;
@@ -741,6 +740,26 @@ fn layering(args: &Args, store_dir: &StoreDir) -> anyhow::Result<Layering> {
     })
 }
 
+/// The tag the command line gives: `--tag`, or the TAG of `-o DIR:TAG`
+/// (checked when parsed); both must agree.
+fn tag_flag(args: &Args) -> anyhow::Result<Option<String>> {
+    if let Some(tag) = &args.tag {
+        check_tag("--tag", tag)?;
+    }
+    let output_tag = args.output.as_ref().and_then(|o| o.tag.clone());
+    match (&args.tag, output_tag) {
+        (Some(flag), Some(out)) if *flag != out => Err(usage(format!(
+            "--tag '{flag}' and -o {}: two different tags; give the tag once",
+            args.output
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        ))),
+        (Some(flag), _) => Ok(Some(flag.clone())),
+        (None, out) => Ok(out),
+    }
+}
+
 fn check_tag(what: &str, tag: &str) -> anyhow::Result<()> {
     if !valid_ref_name(tag) {
         bail!(UsageError(format!(
@@ -838,7 +857,10 @@ pub fn apply_structured_attrs(args: &mut Args) -> anyhow::Result<()> {
     let out = attrs["outputs"]["out"]
         .as_str()
         .ok_or_else(|| bad("no outputs.out"))?;
-    args.output = Some(PathBuf::from(out));
+    args.output = Some(LayoutArg {
+        dir: PathBuf::from(out),
+        tag: None,
+    });
     args.closure_json = Some(file);
     Ok(())
 }

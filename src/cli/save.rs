@@ -28,10 +28,10 @@ use crate::publish::source::read_image;
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// The layout (`oci:DIR` or `DIR`), and the tag of the image in it when
-    /// it holds several.
-    #[arg(value_name = "LAYOUT[:TAG]")]
-    pub source: String,
+    /// The layout, DIR or oci:DIR, with :TAG naming the image in it (the
+    /// tag `build --tag` gave) when it holds several.
+    #[arg(value_name = "[oci:]DIR[:TAG]")]
+    pub source: LayoutArg,
 
     /// The platform of a docker-archive [default: this machine's].
     #[arg(long, value_name = "PLATFORM")]
@@ -71,10 +71,7 @@ fn host_platform() -> anyhow::Result<Platform> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let source = args.source.strip_prefix("oci:").unwrap_or(&args.source);
-    let layout = LayoutArg::parse(source)
-        .classify()
-        .with_context(|| format!("LAYOUT[:TAG] '{}'", args.source))?;
+    let layout = &args.source;
     let image = read_image(&layout.dir, layout.tag.as_deref()).map_err(|e| {
         if e.is_usage() {
             usage(error_chain(&e))

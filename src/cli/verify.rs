@@ -1,17 +1,17 @@
 //! `nixoci verify`: check an OCI image layout end to end.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use serde::Serialize;
 
 use super::flags::{default_jobs, human_bytes};
+use super::Classify;
 use crate::oci::gc::unreachable;
+use crate::oci::layout::LayoutArg;
 use crate::oci::verify::{verify, VerifyReport};
 
-/// Verify an OCI image layout, every blob and every layer.
+/// Verify an OCI image layout, every blob and every layer, or one tag's.
 ///
-/// Re-hashes every blob, checks sizes, media types, platforms, and every
+/// Re-hashes every blob (with :TAG, every blob of that tag's image), checks sizes, media types, platforms, and every
 /// layer's uncompressed digest against its image config. Exits 1 naming
 /// the first problem found. A symbolic link inside the layout (a blob,
 /// index.json, blobs/) is such a problem, never followed; so are image
@@ -20,8 +20,10 @@ use crate::oci::verify::{verify, VerifyReport};
 /// `nixoci gc` removes them.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The layout directory.
-    pub layout: PathBuf,
+    /// The layout, DIR or oci:DIR; with :TAG, only the image that tag names
+    /// is checked.
+    #[arg(value_name = "[oci:]DIR[:TAG]")]
+    pub layout: LayoutArg,
 
     /// Print a JSON report on stdout.
     #[arg(long)]
@@ -45,10 +47,14 @@ struct Report {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let jobs = args.jobs.unwrap_or_else(default_jobs);
-    let dir = args.layout.display();
-    let context = || format!("verifying {dir}");
-    let report = verify(&args.layout, jobs).with_context(context)?;
-    let unreachable = unreachable(&args.layout).with_context(context)?;
+    let dir = args.layout.dir.display();
+    let context = || format!("verifying {}", args.layout);
+    let report = verify(&args.layout.dir, args.layout.tag.as_deref(), jobs)
+        .classify()
+        .with_context(context)?;
+    let unreachable = unreachable(&args.layout.dir)
+        .classify()
+        .with_context(context)?;
     let report = Report {
         verify: report,
         unreachable_blobs: unreachable.len(),
@@ -61,7 +67,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let r = &report.verify;
     eprintln!(
-        "{dir}: ok ({} blobs, {} manifests, {} layers; tags: {})",
+        "{}: ok ({} blobs, {} manifests, {} layers; tags: {})",
+        args.layout,
         r.blobs,
         r.manifests,
         r.layers,

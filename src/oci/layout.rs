@@ -438,6 +438,8 @@ pub enum TagError {
     },
     #[error(transparent)]
     File(#[from] super::files::FileError),
+    #[error(transparent)]
+    Arg(#[from] LayoutArgError),
 }
 
 impl TagError {
@@ -448,34 +450,102 @@ impl TagError {
     }
 }
 
-/// `LAYOUT[:TAG]` from the command line: the whole argument when it is a
-/// layout, else split at the first colon whose left side is one (tags such
-/// as `example.org/app:1.0` hold colons themselves).
+/// A layout on the command line, the same for every command that reads or
+/// writes one: `oci:DIR[:TAG]` or `DIR[:TAG]` (the `oci:` prefix, as
+/// skopeo writes it, is optional).
+///
+/// DIR is the whole argument when such a file or directory exists, else
+/// the part before the first colon whose left side exists (tags such as
+/// `example.org/app:1.0` hold colons themselves), else the part before the
+/// first colon: a layout that does not exist yet has no colon in its name.
+/// TAG, when given, is a valid `org.opencontainers.image.ref.name`.
+/// Parsing looks at the file system only to split; whether DIR is a layout
+/// is for the reader ([`tagged_entry`], [`LayoutArg::require`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayoutArg {
     pub dir: PathBuf,
     pub tag: Option<String>,
 }
 
+/// Why an argument is not `[oci:]DIR[:TAG]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutArgError {
+    #[error("no layout directory (expected [oci:]DIR[:TAG])")]
+    NoDir,
+    #[error("nothing after ':' (expected [oci:]DIR[:TAG])")]
+    EmptyTag,
+    #[error(
+        "the tag '{0}' is not a valid reference name (letters and digits joined by . _ - : @ +, components separated by /)"
+    )]
+    BadTag(String),
+}
+
 impl LayoutArg {
-    pub fn parse(arg: &str) -> Result<LayoutArg, TagError> {
-        let is_layout = |p: &str| !p.is_empty() && Path::new(p).join("oci-layout").is_file();
-        if is_layout(arg) {
-            return Ok(LayoutArg {
-                dir: arg.into(),
-                tag: None,
-            });
-        }
-        for (i, _) in arg.match_indices(':') {
-            let (dir, tag) = (&arg[..i], &arg[i + 1..]);
-            if !tag.is_empty() && is_layout(dir) {
-                return Ok(LayoutArg {
-                    dir: dir.into(),
-                    tag: Some(tag.to_owned()),
-                });
+    /// The prefix that names a layout explicitly, as in skopeo.
+    pub const PREFIX: &'static str = "oci:";
+
+    pub fn parse(arg: &str) -> Result<LayoutArg, LayoutArgError> {
+        let rest = arg.strip_prefix(Self::PREFIX).unwrap_or(arg);
+        let exists = |p: &str| !p.is_empty() && fs::symlink_metadata(p).is_ok();
+        let (dir, tag) = if exists(rest) {
+            (rest, None)
+        } else {
+            let split = rest
+                .match_indices(':')
+                .map(|(i, _)| i)
+                .find(|&i| exists(&rest[..i]))
+                .or_else(|| rest.find(':'));
+            match split {
+                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                None => (rest, None),
             }
+        };
+        if dir.is_empty() {
+            return Err(LayoutArgError::NoDir);
         }
-        Err(TagError::NotALayout(arg.into()))
+        match tag {
+            Some("") => Err(LayoutArgError::EmptyTag),
+            Some(t) if !super::image::valid_ref_name(t) => {
+                Err(LayoutArgError::BadTag(t.to_owned()))
+            }
+            _ => Ok(LayoutArg {
+                dir: dir.into(),
+                tag: tag.map(str::to_owned),
+            }),
+        }
+    }
+
+    /// True when DIR holds an `oci-layout` file.
+    pub fn is_layout(&self) -> bool {
+        self.dir.join("oci-layout").is_file()
+    }
+
+    /// This argument when DIR is a layout, else [`TagError::NotALayout`].
+    pub fn require(self) -> Result<LayoutArg, TagError> {
+        if self.is_layout() {
+            Ok(self)
+        } else {
+            Err(TagError::NotALayout(self.dir))
+        }
+    }
+}
+
+impl std::str::FromStr for LayoutArg {
+    type Err = LayoutArgError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        LayoutArg::parse(s)
+    }
+}
+
+/// `DIR` or `DIR:TAG`, as the argument is read back.
+impl std::fmt::Display for LayoutArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.dir.display())?;
+        match &self.tag {
+            Some(t) => write!(f, ":{t}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -620,6 +690,67 @@ mod tests {
             .join("blobs/sha256")
             .join(Digest::of(b"b").hex())
             .exists());
+    }
+
+    #[test]
+    fn layout_args_split_the_same_with_or_without_oci() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a.oci");
+        let l = Layout::open(&dir).unwrap();
+        let a = blob(b"a");
+        l.write_blob(&a).unwrap();
+        l.commit("one", &a).unwrap();
+        let d = dir.to_str().unwrap();
+        let parsed = |arg: &str| LayoutArg::parse(arg).map(|a| (a.dir, a.tag));
+        for prefix in ["", "oci:"] {
+            assert_eq!(parsed(&format!("{prefix}{d}")), Ok((dir.clone(), None)));
+            assert_eq!(
+                parsed(&format!("{prefix}{d}:r/app:1")),
+                Ok((dir.clone(), Some("r/app:1".to_owned())))
+            );
+            assert_eq!(
+                parsed(&format!("{prefix}{d}:localhost:5000/app:1.0")),
+                Ok((dir.clone(), Some("localhost:5000/app:1.0".to_owned())))
+            );
+            // Nothing there: the first colon splits (a new layout's name).
+            let new = tmp.path().join("new.oci");
+            assert_eq!(
+                parsed(&format!("{prefix}{}:example.org/b:2", new.display())),
+                Ok((new.clone(), Some("example.org/b:2".to_owned())))
+            );
+            assert_eq!(
+                parsed(&format!("{prefix}{d}/nope:1")),
+                Ok((dir.join("nope"), Some("1".to_owned())))
+            );
+            assert!(matches!(
+                parsed(&format!("{prefix}{d}:")),
+                Err(LayoutArgError::EmptyTag)
+            ));
+            assert!(matches!(
+                parsed(&format!("{prefix}{d}:bad tag")),
+                Err(LayoutArgError::BadTag(_))
+            ));
+            assert!(matches!(
+                parsed(&format!("{prefix}:t")),
+                Err(LayoutArgError::NoDir)
+            ));
+        }
+        assert!(matches!(parsed("oci:"), Err(LayoutArgError::NoDir)));
+        // A directory whose name has a colon is whole when it exists.
+        let colon = tmp.path().join("x:y");
+        fs::create_dir(&colon).unwrap();
+        assert_eq!(parsed(colon.to_str().unwrap()), Ok((colon.clone(), None)));
+        assert!(LayoutArg::parse(d).unwrap().require().is_ok());
+        assert!(matches!(
+            LayoutArg::parse(&format!("{d}/nope:1")).unwrap().require(),
+            Err(TagError::NotALayout(p)) if p == dir.join("nope")
+        ));
+        assert_eq!(
+            LayoutArg::parse(&format!("oci:{d}:r/app:1"))
+                .unwrap()
+                .to_string(),
+            format!("{d}:r/app:1")
+        );
     }
 
     #[test]

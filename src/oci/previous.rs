@@ -188,9 +188,9 @@ pub fn from_documents<S: BlobSource>(
     Ok(found)
 }
 
-/// Reads the image `arg` (`LAYOUT[:TAG]`) names.
-pub fn read(arg: &str) -> Result<PreviousImage, PreviousError> {
-    let LayoutArg { dir, tag } = LayoutArg::parse(arg)?;
+/// Reads the image `arg` names.
+pub fn read(arg: &LayoutArg) -> Result<PreviousImage, PreviousError> {
+    let LayoutArg { dir, tag } = arg.clone();
     files::check_layout(&dir)?;
     let entry = tagged_entry(&dir, tag.as_deref())?;
     let mut blobs = LayoutBlobs::<ReadError>::new(&dir);
@@ -268,6 +268,11 @@ mod tests {
     use super::super::Digest;
     use super::*;
 
+    /// [`read`] of a command-line argument.
+    fn read_arg(arg: &str) -> Result<PreviousImage, PreviousError> {
+        read(&LayoutArg::parse(arg).unwrap())
+    }
+
     /// Writes a blob; its digest and size.
     fn write_blob(dir: &Path, v: &Value) -> (Value, usize) {
         let bytes = serde_json::to_vec(v).unwrap();
@@ -336,7 +341,7 @@ mod tests {
         let tmp = layout();
         let dir = tmp.path().to_str().unwrap();
         for arg in [dir.to_owned(), format!("{dir}:app:1")] {
-            let image = read(&arg).unwrap();
+            let image = read_arg(&arg).unwrap();
             let amd: Platform = "linux/amd64".parse().unwrap();
             let arm: Platform = "linux/arm64".parse().unwrap();
             assert_eq!(
@@ -416,14 +421,14 @@ mod tests {
     fn missing_is_only_not_there() {
         let tmp = layout();
         let dir = tmp.path().to_str().unwrap();
-        assert!(read(&format!("{dir}:nope")).unwrap_err().is_missing());
+        assert!(read_arg(&format!("{dir}:nope")).unwrap_err().is_missing());
         let gone = format!("{dir}/gone.oci");
-        assert!(read(&gone).unwrap_err().is_missing());
-        assert!(read(&format!("{gone}:1.0")).unwrap_err().is_missing());
+        assert!(read_arg(&gone).unwrap_err().is_missing());
+        assert!(read_arg(&format!("{gone}:1.0")).unwrap_err().is_missing());
         // A directory that is there but is no layout is a mistake.
         let blobs = format!("{dir}/blobs");
-        assert!(!read(&blobs).unwrap_err().is_missing());
-        assert!(!read(&format!("{blobs}:1.0")).unwrap_err().is_missing());
+        assert!(!read_arg(&blobs).unwrap_err().is_missing());
+        assert!(!read_arg(&format!("{blobs}:1.0")).unwrap_err().is_missing());
     }
 
     /// One limit for every reader: an index that lists itself forever is
@@ -457,7 +462,7 @@ mod tests {
         let name = tagged_entry(dir, None).unwrap().digest.hex().to_owned();
         fs::rename(blobs.join(&name), outside.path().join("blob")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("blob"), blobs.join(&name)).unwrap();
-        let e = read(dir.to_str().unwrap()).unwrap_err();
+        let e = read_arg(dir.to_str().unwrap()).unwrap_err();
         assert!(
             matches!(e, PreviousError::File(FileError::Symlink(_))) && !e.is_usage(),
             "{e}"
@@ -468,13 +473,13 @@ mod tests {
     fn names_what_is_wrong() {
         let tmp = layout();
         let dir = tmp.path().to_str().unwrap();
-        let e = read(&format!("{dir}:nope")).unwrap_err();
+        let e = read_arg(&format!("{dir}:nope")).unwrap_err();
         assert!(
             matches!(e, PreviousError::Tag(TagError::NoSuchTag { .. })) && e.is_usage(),
             "{e}"
         );
         assert!(e.to_string().contains("tags: app:1"), "{e}");
-        let e = read("/nonexistent/layout").unwrap_err();
+        let e = read_arg("/nonexistent/layout").unwrap_err();
         assert!(matches!(e, PreviousError::Tag(TagError::NotALayout(_))));
     }
 }

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::files::{self, FileError};
+use super::layout::TagError;
 use super::media_type::{
     MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, MEDIA_TYPE_TAR_GZIP,
     MEDIA_TYPE_TAR_ZSTD,
@@ -56,6 +57,17 @@ pub enum VerifyError {
         #[source]
         source: io::Error,
     },
+    /// No layout there, or no such tag in it: nothing to verify.
+    #[error(transparent)]
+    Tag(#[from] TagError),
+}
+
+impl VerifyError {
+    /// True when the argument names no image (exit 2), rather than the
+    /// layout being broken (exit 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, VerifyError::Tag(t) if t.is_usage())
+    }
 }
 
 /// A file that could not be opened: `what` is missing, or the layout is
@@ -135,6 +147,8 @@ struct Verifier {
     /// Layers to check against diff_ids: (layer, diff_id, manifest).
     layer_checks: Vec<(Descriptor, String, Digest)>,
     seen_manifests: BTreeSet<Digest>,
+    /// Every blob the walk reached: indexes, manifests, configs, layers.
+    reached: BTreeSet<Digest>,
     /// Indexes checked, with the least depth they were reached at.
     seen_indexes: BTreeMap<Digest, usize>,
 }
@@ -165,6 +179,7 @@ impl Visitor<Blobs> for Verifier {
             None => "index.json".to_owned(),
         };
         d.complete().map_err(|problem| invalid(&parent, problem))?;
+        self.reached.insert(d.digest.clone());
         match d.media_type.as_str() {
             MEDIA_TYPE_INDEX => {
                 // Checked already, with at least as many levels left below it.
@@ -235,6 +250,7 @@ impl Visitor<Blobs> for Verifier {
                 format!("config media type is {}", cd.media_type),
             ));
         }
+        self.reached.insert(cd.digest.clone());
         let config_name = format!("config {}", cd.digest);
         let config: ImageConfig = parse(&blobs.read(Kind::Config, cd)?, &config_name)?;
         if let Some(p) = &d.platform {
@@ -287,6 +303,7 @@ impl Visitor<Blobs> for Verifier {
                     ),
                 ));
             }
+            self.reached.insert(l.digest.clone());
             self.layer_checks.push((l.clone(), diff, d.digest.clone()));
         }
         Ok(())
@@ -320,8 +337,12 @@ fn hash_file(
     Ok((digest, len))
 }
 
-/// Verifies the layout in `dir`.
-pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
+/// Verifies the layout in `dir`: every blob and every tag, or with `tag`
+/// that tag's image only (its blobs, manifests, configs and layers).
+pub fn verify(dir: &Path, tag: Option<&str>, jobs: usize) -> Result<VerifyReport, VerifyError> {
+    if !dir.join("oci-layout").is_file() {
+        return Err(TagError::NotALayout(dir.to_owned()).into());
+    }
     let layout: LayoutFile = read_file(dir, "oci-layout")?;
     if layout.version.as_deref() != Some("1.0.0") {
         return Err(invalid("oci-layout", "imageLayoutVersion is not 1.0.0"));
@@ -339,6 +360,30 @@ pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
             source: io::Error::other(e.to_string()),
         })?;
 
+    let mut entries = index
+        .manifests
+        .ok_or_else(|| invalid("index.json", "no manifests array"))?;
+    if let Some(tag) = tag {
+        let tags: Vec<&str> = entries
+            .iter()
+            .filter_map(|e| e.annotation(super::image::ANNOTATION_REF_NAME))
+            .collect();
+        let available = if tags.is_empty() {
+            "none".to_owned()
+        } else {
+            tags.join(", ")
+        };
+        entries.retain(|e| e.annotation(super::image::ANNOTATION_REF_NAME) == Some(tag));
+        if entries.is_empty() {
+            return Err(TagError::NoSuchTag {
+                layout: dir.to_owned(),
+                tag: tag.to_owned(),
+                available,
+            }
+            .into());
+        }
+    }
+
     // Every blob's name must be its content's digest.
     let mut names: Vec<String> = fs::read_dir(&blobs)
         .map_err(|source| VerifyError::Io {
@@ -350,44 +395,60 @@ pub fn verify(dir: &Path, jobs: usize) -> Result<VerifyReport, VerifyError> {
         .filter(|n| !n.starts_with('.'))
         .collect();
     names.sort();
-    let results: Vec<Result<(), VerifyError>> = pool.install(|| {
-        names
-            .par_iter()
-            .map(|name| {
-                let path = blobs.join(name);
-                let (file, _) = files::open_no_follow(&path).map_err(VerifyError::File)?;
-                let (found, _) = hash_file(file, &path, None)?;
-                if found.hex() != name {
-                    return Err(VerifyError::Digest {
-                        name: name.clone(),
-                        found,
-                    });
-                }
-                Ok(())
-            })
-            .collect()
-    });
-    results.into_iter().collect::<Result<(), _>>()?;
+    let hash_all = |names: &[String]| -> Result<(), VerifyError> {
+        let results: Vec<Result<(), VerifyError>> = pool.install(|| {
+            names
+                .par_iter()
+                .map(|name| {
+                    let path = blobs.join(name);
+                    let (file, _) = files::open_no_follow(&path).map_err(VerifyError::File)?;
+                    let (found, _) = hash_file(file, &path, None)?;
+                    if found.hex() != name {
+                        return Err(VerifyError::Digest {
+                            name: name.clone(),
+                            found,
+                        });
+                    }
+                    Ok(())
+                })
+                .collect()
+        });
+        results.into_iter().collect()
+    };
 
     let mut v = Verifier {
         report: VerifyReport {
             version: 1,
-            blobs: names.len(),
             ..VerifyReport::default()
         },
         layer_checks: Vec::new(),
         seen_manifests: BTreeSet::new(),
+        reached: BTreeSet::new(),
         seen_indexes: BTreeMap::new(),
     };
-    let entries = index
-        .manifests
-        .ok_or_else(|| invalid("index.json", "no manifests array"))?;
     let mut source = Blobs::new(dir);
-    for e in &entries {
-        if let Some(tag) = e.annotation(super::image::ANNOTATION_REF_NAME) {
-            v.report.tags.push(tag.to_owned());
+    let mut walk_all = |v: &mut Verifier| -> Result<(), VerifyError> {
+        for e in &entries {
+            if let Some(tag) = e.annotation(super::image::ANNOTATION_REF_NAME) {
+                v.report.tags.push(tag.to_owned());
+            }
+            walk::walk(&mut source, e, v)?;
         }
-        walk::walk(&mut source, e, &mut v)?;
+        Ok(())
+    };
+    if tag.is_none() {
+        // Every blob, then what the tags reach.
+        hash_all(&names)?;
+        v.report.blobs = names.len();
+        walk_all(&mut v)?;
+    } else {
+        // What the tag reaches, then those blobs (a missing one is named by
+        // the walk or the layer check).
+        walk_all(&mut v)?;
+        let reached: BTreeSet<&str> = v.reached.iter().map(Digest::hex).collect();
+        names.retain(|n| reached.contains(n.as_str()));
+        hash_all(&names)?;
+        v.report.blobs = names.len();
     }
 
     // Decompress each distinct layer once, in parallel; report in order.

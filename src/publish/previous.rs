@@ -14,8 +14,8 @@ use super::reference::{names_registry, valid_registry, Reference, ReferenceError
 /// Where `--previous` reads from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PreviousSource {
-    /// `LAYOUT[:TAG]`.
-    Layout(String),
+    /// `[oci:]DIR[:TAG]`.
+    Layout(LayoutArg),
     /// `REGISTRY/NAME[:TAG|@DIGEST]`: a tag (`latest` when none is given)
     /// or a digest.
     Registry(Reference, Option<Digest>),
@@ -80,10 +80,10 @@ impl PreviousError {
 }
 
 impl PreviousSource {
-    /// Reads `--previous`: a layout that exists, as always; else
-    /// `docker://…` a registry image and `oci:…` a layout; else a layout
-    /// when such a path exists, a registry image when the first component
-    /// is a host, a layout otherwise.
+    /// Reads `--previous`: `docker://…` a registry image and `oci:…` a
+    /// layout; else a layout that exists, as always; else a registry image
+    /// when nothing is at the path and the first component is a host, a
+    /// layout otherwise. Layouts are [`LayoutArg`]s, as for every command.
     pub fn parse(arg: &str) -> Result<PreviousSource, PreviousError> {
         let registry = |s: &str| {
             let (mut reference, digest) =
@@ -96,14 +96,22 @@ impl PreviousSource {
             }
             Ok(PreviousSource::Registry(reference, digest))
         };
-        if LayoutArg::parse(arg).is_ok() {
-            return Ok(PreviousSource::Layout(arg.to_owned()));
-        }
+        let layout = || {
+            LayoutArg::parse(arg)
+                .map(PreviousSource::Layout)
+                .map_err(|e| PreviousError::Layout {
+                    arg: arg.to_owned(),
+                    source: Box::new(LayoutPreviousError::Tag(e.into())),
+                })
+        };
         if arg.starts_with("docker://") {
             return registry(arg);
         }
-        if let Some(layout) = arg.strip_prefix("oci:") {
-            return Ok(PreviousSource::Layout(layout.to_owned()));
+        if arg.starts_with(LayoutArg::PREFIX) {
+            return layout();
+        }
+        if LayoutArg::parse(arg).is_ok_and(|l| l.is_layout()) {
+            return layout();
         }
         let host = arg.split_once('/').map(|(first, _)| first);
         if layout_previous::nothing_at(arg)
@@ -111,7 +119,7 @@ impl PreviousSource {
         {
             return registry(arg);
         }
-        Ok(PreviousSource::Layout(arg.to_owned()))
+        layout()
     }
 }
 
@@ -232,7 +240,7 @@ mod tests {
         let plain = tmp.path().join("plain.d");
         std::fs::create_dir(&plain).unwrap();
         let plain = plain.to_str().unwrap();
-        let layout_of = |s: &str| PreviousSource::Layout(s.to_owned());
+        let layout_of = |s: &str| PreviousSource::Layout(LayoutArg::parse(s).unwrap());
         let registry = |reg: &str, name: &str, tag: Option<&str>, digest: Option<&str>| {
             PreviousSource::Registry(
                 Reference {
@@ -282,6 +290,9 @@ mod tests {
             "docker://127.0.0.1:5000/App:1",
             "127.0.0.1:5000/app:../x",
             "127.0.0.1:5000/app@sha256:00",
+            "oci:",
+            "oci:app.oci:",
+            "oci:app.oci:bad tag",
         ] {
             let e = PreviousSource::parse(bad).unwrap_err();
             assert!(e.is_usage(), "{bad}: {e}");

@@ -449,7 +449,9 @@ mod tests {
             (a.dir.as_path(), a.tag.as_deref()),
             (tmp.path(), Some("r/app:1"))
         );
-        assert!(LayoutArg::parse(&format!("{dir}/nope:1")).is_err());
+        // Nothing there: the first colon splits, and reading it fails.
+        let nope = LayoutArg::parse(&format!("{dir}/nope:1")).unwrap();
+        assert!(read_image(&nope.dir, nope.tag.as_deref()).is_err_and(|e| e.is_usage()));
         assert!(LayoutArg::parse(&format!("{dir}:")).is_err());
     }
 }
