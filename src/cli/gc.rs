@@ -187,17 +187,6 @@ fn plural(n: usize) -> &'static str {
 fn run_layout(args: &Args, layout: &Path) -> anyhow::Result<()> {
     super::refuse_in_store("LAYOUT", layout, &super::default_store_dirs())?;
     let dir = layout.display();
-    let layout = LayoutArg::parse(&args.layout)
-        .map_err(|e| usage(format!("LAYOUT '{}': {e}", args.layout)))?;
-    if let Some(tag) = &layout.tag {
-        return Err(usage(format!(
-            "LAYOUT '{}': gc collects a whole layout; give {} without :{tag}",
-            args.layout,
-            layout.dir.display()
-        )));
-    }
-    super::refuse_in_store("LAYOUT", &layout.dir, &super::default_store_dirs())?;
-    let dir = layout.dir.display();
     // The grace period is measured against the file system's clock: this
     // reaches no output.
     #[allow(clippy::disallowed_methods)]
