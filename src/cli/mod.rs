@@ -25,7 +25,12 @@ pub mod write_spec;
 ///
 /// Exit codes: 0 success, 1 the operation failed (build, push, verify), 2
 /// usage or setup error, 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP
-/// (after removing what the run was writing).
+/// (after removing what the run was writing). With --json, a failure also
+/// prints {"version":1,"error":{"kind":"usage"|"failed","message":"…"}} on
+/// stdout (kind usage is exit 2, failed exit 1).
+///
+/// A layout is named [oci:]DIR[:TAG] by every command: DIR, or the image
+/// TAG names in it.
 #[derive(Debug, Parser)]
 #[command(name = "nixoci", version, propagate_version = true)]
 pub struct Cli {
@@ -124,28 +129,114 @@ impl<T, E: UserFault> Classify<T> for Result<T, E> {
     }
 }
 
-/// The exit code for an error: 2 when any cause is a usage error.
-pub fn exit_code(err: &anyhow::Error) -> u8 {
-    if err
-        .chain()
-        .any(|cause| cause.is::<UsageError>() || cause.is::<UsageOf>())
-    {
-        2
-    } else {
-        1
-    }
-}
-
-/// One line: the error and its causes, joined by ": ". Each cause says
+/// The error and its causes on one line, joined by ": ". Each cause says
 /// only its own part (a context, or an error whose source is separate), so
 /// nothing repeats.
-pub fn error_line(err: &anyhow::Error) -> String {
+pub fn error_message(err: &anyhow::Error) -> String {
     let parts: Vec<String> = err
         .chain()
         .map(|c| c.to_string())
         .filter(|p| !p.is_empty())
         .collect();
-    format!("nixoci: error: {}", parts.join(": ")).replace('\n', " ")
+    parts.join(": ").replace('\n', " ")
+}
+
+/// What kind of failure a `--json` error object reports, one per exit
+/// code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Exit 1: the operation failed on valid input.
+    Failed,
+    /// Exit 2: a usage or setup error.
+    Usage,
+}
+
+impl ErrorKind {
+    /// Usage when any cause is a usage error, kept typed until here
+    /// ([`UsageError`], [`UsageOf`]); failed otherwise.
+    pub fn of(err: &anyhow::Error) -> ErrorKind {
+        if err
+            .chain()
+            .any(|cause| cause.is::<UsageError>() || cause.is::<UsageOf>())
+        {
+            ErrorKind::Usage
+        } else {
+            ErrorKind::Failed
+        }
+    }
+
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Failed => 1,
+            ErrorKind::Usage => 2,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Failed => "failed",
+            ErrorKind::Usage => "usage",
+        }
+    }
+}
+
+/// The version of the `--json` error object.
+pub const ERROR_JSON_VERSION: u32 = 1;
+
+/// The `--json` error object, one line:
+/// `{"version":1,"error":{"kind":"usage","message":"…"}}`.
+pub fn error_json(kind: ErrorKind, message: &str) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Report<'a> {
+        version: u32,
+        error: Error<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Error<'a> {
+        kind: &'static str,
+        message: &'a str,
+    }
+    let report = Report {
+        version: ERROR_JSON_VERSION,
+        error: Error {
+            kind: kind.as_str(),
+            message,
+        },
+    };
+    // A struct of strings always serialises.
+    let mut bytes = serde_json::to_vec(&report).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+/// True when the command line asks for `--json` (before any `--`) of a
+/// command that has it: its failures, clap's included, then print
+/// [`error_json`] on stdout too.
+fn json_requested(args: &[std::ffi::OsString]) -> bool {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let mut given = false;
+    for arg in args.iter().skip(1).filter_map(|a| a.to_str()) {
+        match arg {
+            "--" => break,
+            "--json" => given = true,
+            _ => {
+                if let Some(sub) = cmd.find_subcommand(arg) {
+                    cmd = sub.clone();
+                }
+            }
+        }
+    }
+    given && cmd.get_arguments().any(|a| a.get_id() == "json")
+}
+
+/// Reports a failure: one line on stderr, and with `--json` the error
+/// object on stdout.
+fn fail(kind: ErrorKind, message: &str, json: bool) -> ExitCode {
+    eprintln!("nixoci: error: {message}");
+    if json {
+        let _ = print_stdout(&error_json(kind, message));
+    }
+    ExitCode::from(kind.exit_code())
 }
 
 /// The store directories nixoci must never write into: `store_dir`, and
@@ -220,9 +311,9 @@ pub fn refuse_in_store(what: &str, path: &Path, store_dirs: &[PathBuf]) -> anyho
     Ok(())
 }
 
-/// A command-line error as one line with nixoci's prefix, like every other
-/// error: clap's message and tips, without its usage block.
-fn clap_error_line(e: &clap::Error) -> String {
+/// A command-line error as one line, like every other error: clap's
+/// message and tips, without its usage block.
+fn clap_error_message(e: &clap::Error) -> String {
     let text = e.render().to_string();
     let parts: Vec<&str> = text
         .lines()
@@ -232,7 +323,7 @@ fn clap_error_line(e: &clap::Error) -> String {
         .collect();
     let joined = parts.join(" ");
     let message = joined.strip_prefix("error: ").unwrap_or(&joined);
-    format!("nixoci: error: {message} (see --help)")
+    format!("{message} (see --help)")
 }
 
 /// True when progress and colour belong on stderr.
@@ -292,17 +383,16 @@ fn catch_signals() {
 /// Parses the command line, runs it and returns the process exit code.
 pub fn main() -> ExitCode {
     catch_signals();
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let json = json_requested(&args);
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         // --help and --version.
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Err(e) => {
-            eprintln!("{}", clap_error_line(&e));
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(ErrorKind::Usage, &clap_error_message(&e), json),
     };
     let result = match cli.command {
         Command::Build(args) => build::run(*args),
@@ -318,9 +408,43 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("{}", error_line(&err));
-            ExitCode::from(exit_code(&err))
+        Err(err) => fail(ErrorKind::of(&err), &error_message(&err), json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_for_commands_that_have_json() {
+        let args = |s: &str| -> Vec<std::ffi::OsString> {
+            std::iter::once("nixoci")
+                .chain(s.split_whitespace())
+                .map(Into::into)
+                .collect()
+        };
+        for yes in [
+            "verify x --json",
+            "build --json --bogus",
+            "push --json a b",
+            "cache prune --json",
+            "gc x --json",
+            "plan .#x --json",
+        ] {
+            assert!(json_requested(&args(yes)), "{yes}");
         }
+        for no in [
+            "verify x",
+            "save x -o y --json",
+            "build -- --json",
+            "cache --json",
+        ] {
+            assert!(!json_requested(&args(no)), "{no}");
+        }
+        assert_eq!(
+            String::from_utf8(error_json(ErrorKind::Usage, "a \"b\"\nc")).unwrap(),
+            "{\"version\":1,\"error\":{\"kind\":\"usage\",\"message\":\"a \\\"b\\\"\\nc\"}}\n"
+        );
     }
 }
