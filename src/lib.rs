@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod closure;
+pub mod elf;
 pub mod error;
 pub mod eval;
 pub mod installable;

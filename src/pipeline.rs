@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::closure::Closure;
+use crate::elf::{self, ElfFile};
 use crate::layer::{self, BuiltLayer, Cache, LayerOptions, LayerOutcome};
 use crate::oci::image::{self, Blob, RunConfig};
 use crate::oci::layout::Layout;
@@ -52,6 +53,20 @@ pub struct BuildRequest {
     pub annotations: BTreeMap<String, String>,
     pub jobs: usize,
     pub layer_options: LayerOptions,
+    pub arch_check: ArchCheck,
+}
+
+/// Whether each platform's store layers are checked for ELF programs and
+/// libraries of another architecture (`crate::elf`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchCheck {
+    Off,
+    /// On; a mismatch ends with `off_switch`, how to turn the check off
+    /// where the build was asked for (`--no-arch-check`, ociLayout's
+    /// `archCheck = false`).
+    On {
+        off_switch: &'static str,
+    },
 }
 
 /// A blob's descriptor in the report.
@@ -118,6 +133,13 @@ pub enum BuildError {
     Layers(#[source] layer::LayerError),
     #[error("building the root layer")]
     RootLayer(#[source] layer::LayerError),
+    /// An image holds an ELF file its platform cannot run: the user named
+    /// the wrong store path for the platform.
+    #[error("{mismatch} ({off_switch})")]
+    Arch {
+        mismatch: Box<elf::Mismatch>,
+        off_switch: &'static str,
+    },
     #[error("assembling the image documents")]
     Image(#[from] image::ImageError),
 }
@@ -127,7 +149,7 @@ impl BuildError {
     /// cannot be made, an output that is no layout.
     pub fn is_usage(&self) -> bool {
         match self {
-            BuildError::Plan(_) => true,
+            BuildError::Plan(_) | BuildError::Arch { .. } => true,
             BuildError::Layout(e) => e.is_usage(),
             _ => false,
         }
@@ -269,20 +291,42 @@ pub fn build(req: &BuildRequest, events: &Events) -> Result<BuildReport, BuildEr
         .flat_map(|i| i.closure.paths.iter())
         .map(|(p, info)| (p.clone(), info.clone()))
         .collect();
+    // Each layer is checked against every platform whose image holds it.
+    let mut users: Vec<Vec<&Platform>> = vec![Vec::new(); groups.len()];
+    for image in &plan.images {
+        for &i in &image.layers {
+            if let Some(u) = users.get_mut(i) {
+                u.push(&image.platform);
+            }
+        }
+    }
+    let check = |i: usize, files: &[ElfFile]| match req.arch_check {
+        ArchCheck::Off => Ok(()),
+        ArchCheck::On { .. } => users
+            .get(i)
+            .map_or(Ok(()), |u| u.iter().try_for_each(|p| elf::check(p, files))),
+    };
     let outcomes = layer::build_layers(
         &groups,
         &infos,
         &req.layer_options,
         &blobs_dir,
         req.jobs,
+        &check,
         on_layer,
     )
     .map_err(|e| match e {
-        layer::LayerError::InLayer { index, source } => BuildError::Layer {
-            index: index + 1,
-            count: groups.len(),
-            name: layer_name(&groups[index]),
-            source: *source,
+        layer::LayerError::InLayer { index, source } => match (*source, req.arch_check) {
+            (layer::LayerError::Arch(mismatch), ArchCheck::On { off_switch }) => BuildError::Arch {
+                mismatch,
+                off_switch,
+            },
+            (source, _) => BuildError::Layer {
+                index: index + 1,
+                count: groups.len(),
+                name: layer_name(&groups[index]),
+                source,
+            },
         },
         other => BuildError::Layers(other),
     })?;

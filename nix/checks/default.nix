@@ -45,6 +45,10 @@
   busyboxArm64,
   # The system that builds everything; its busybox is the builder.
   system ? builtins.currentSystem,
+  # The layouts' `archCheck`: false when one busybox stands in for both
+  # platforms (the flake's checks use the host's busybox for both), so that
+  # the arm64 image holds an x86-64 program, or the other way round.
+  archCheck ? true,
 }:
 
 let
@@ -232,6 +236,7 @@ let
     layers = [ [ data ] ];
     minLayerSize = "1K";
     reserveLayers = 1;
+    inherit archCheck;
   };
 
   # No tag: the specs' tag is used, as by `nixoci build` without --tag.
@@ -241,6 +246,7 @@ let
       x86_64-linux = specAmd64;
       aarch64-linux = specArm64;
     };
+    inherit archCheck;
   };
 
   layoutPlain = lib.ociLayout {
@@ -253,6 +259,7 @@ let
     maxLayers = 2;
     created = "2024-01-01T00:00:00Z";
     annotations."org.opencontainers.image.version" = "1.0";
+    inherit archCheck;
   };
 
   # Fails the build with a message naming what is missing.
@@ -381,6 +388,21 @@ let
         && layoutRootfs.layers == [ [ "${data}" ] ]
         && layoutRootfs.minLayerSize == "1K"
         && layoutRootfs.reserveLayers == 1;
+      "archCheck = false reaches the builder, true is the default" =
+        (lib.ociLayout {
+          name = "x";
+          images.x86_64-linux = hello;
+          archCheck = false;
+        }).archCheck == false
+        && !((lib.ociLayout {
+          name = "x";
+          images.x86_64-linux = hello;
+        }) ? archCheck);
+      "archCheck must be a bool" = fails (lib.ociLayout {
+        name = "x";
+        images.x86_64-linux = hello;
+        archCheck = "no";
+      }).drvPath;
       "an unknown compression fails" = fails (lib.ociLayout {
         name = "x";
         images.x86_64-linux = hello;

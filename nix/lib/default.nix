@@ -611,6 +611,10 @@ let
       layers ? [ ],
       minLayerSize ? null,
       reserveLayers ? null,
+      # Refuse an image holding ELF programs or libraries of another
+      # architecture than its platform's (as `nixoci build` does without
+      # --no-arch-check).
+      archCheck ? true,
       system ? hostSystem,
     }:
     let
@@ -682,6 +686,13 @@ let
               minLayerSize
             else
               fail "${where}: minLayerSize" "expected bytes, or a number with K, M or G (powers of 1024) such as \"64K\", found ${show minLayerSize}";
+        }
+        // optionalAttrs (archCheck != true) {
+          archCheck =
+            if archCheck == false then
+              false
+            else
+              fail "${where}: archCheck" "expected true or false, found ${show archCheck}";
         }
         // optionalAttrs (reserveLayers != null) {
           reserveLayers =

@@ -285,6 +285,15 @@ pub struct Args {
     #[arg(long, help_heading = OUTPUT)]
     pub json: bool,
 
+    /// Build even when a platform's image holds ELF programs or shared
+    /// libraries of another architecture. By default such an image is
+    /// refused (exit 2), naming the platform, the file and both
+    /// architectures: it would fail with "exec format error" where it runs.
+    /// linux/amd64 takes i386 code too; ELF files that are neither
+    /// executable nor named like a library (*.so, *.so.*) are data.
+    #[arg(long, help_heading = OUTPUT)]
+    pub no_arch_check: bool,
+
     /// Layers built at once [default: all cores].
     #[arg(long, short = 'j', value_name = "N", help_heading = PERFORMANCE)]
     pub jobs: Option<usize>,

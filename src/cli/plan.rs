@@ -102,6 +102,7 @@ fn adjust(cmd: Command) -> Command {
         "compression",
         "cache_dir",
         "no_cache",
+        "no_arch_check",
     ] {
         cmd = cmd.mut_arg(hidden, |a| a.hide(true));
     }

@@ -21,7 +21,7 @@ use crate::installable::Installable;
 use crate::layer::{cache, Cache, Compression, LayerOptions};
 use crate::oci::image::{check_key_values, valid_ref_name, RunConfig};
 use crate::oci::layout::{check_output, LayoutArg};
-use crate::pipeline::{BuildRequest, ImageRequest, PlanRequest};
+use crate::pipeline::{ArchCheck, BuildRequest, ImageRequest, PlanRequest};
 use crate::plan::{Layering, DEFAULT_MAX_LAYERS};
 use crate::platform::Platform;
 use crate::publish::previous::{read_previous, PreviousRequest};
@@ -72,6 +72,17 @@ pub fn build_request(args: &Args) -> anyhow::Result<BuildRequest> {
             compression,
             cache: cache(args),
             perms: resolved.perms,
+        },
+        arch_check: if args.no_arch_check {
+            ArchCheck::Off
+        } else if args.structured_attrs {
+            ArchCheck::On {
+                off_switch: "set archCheck = false in ociLayout to build anyway",
+            }
+        } else {
+            ArchCheck::On {
+                off_switch: "use --no-arch-check to build anyway",
+            }
         },
     })
 }
@@ -853,6 +864,12 @@ pub fn apply_structured_attrs(args: &mut Args) -> anyhow::Result<()> {
             .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| bad("reserveLayers is not a non-negative integer"))?;
         args.reserve_layers = n;
+    }
+    if let Some(check) = attrs.get("archCheck") {
+        let check = check
+            .as_bool()
+            .ok_or_else(|| bad("archCheck is not a boolean"))?;
+        args.no_arch_check |= !check;
     }
     let out = attrs["outputs"]["out"]
         .as_str()

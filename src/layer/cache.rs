@@ -8,7 +8,7 @@
 //! exactly those ([`key`]). On disk, under the cache directory:
 //!
 //! ```text
-//! layers-v1/index/<key hex>          {"version":1,"key":…,"diffId":…,"digest":…,"size":…,"mediaType":…,"check":…}
+//! layers-v1/index/<key hex>          {"version":1,"key":…,"diffId":…,"digest":…,"size":…,"mediaType":…,"elf":[…],"check":…}
 //! layers-v1/blobs/sha256/<hex>       the blob, often a hard link to a layout's blob
 //! plans-v1/<key hex>                 {"version":1,"key":…,"plan":…,"check":…}
 //! ```
@@ -16,6 +16,11 @@
 //! The plans are layer plans by the key of their inputs (closures, budget,
 //! layering options and the planner's source, `pipeline`), so that a
 //! rebuild of the same closures does not plan again.
+//!
+//! An entry also keeps the layer's ELF files (`elf`: the first program or
+//! shared library of each architecture, `crate::elf`), so that the
+//! architecture check of a cached layer reads nothing; an entry without
+//! them (written before the check existed) is rebuilt.
 //!
 //! Nothing is trusted blindly: an entry carries a check digest over its own
 //! fields, and a blob is reused only after its size and SHA-256 are checked;
@@ -39,6 +44,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::BuiltLayer;
 use crate::closure::PathInfo;
+use crate::elf::ElfFile;
 use crate::oci::temp;
 use crate::oci::Digest;
 use crate::plan::LayerPlan;
@@ -84,15 +90,17 @@ pub fn default_dir(xdg_cache_home: Option<OsString>, home: Option<OsString>) -> 
 }
 
 /// The source of the code that decides a layer's bytes (the tar writer, the
-/// compressors and the layer writer), as [`code_only`] keeps it, hashed:
-/// any change to that code, even one that forgot to bump
-/// [`super::tar::FORMAT_VERSION`], gets new keys; editing a test or a
-/// comment does not (docs/architecture.md, "What invalidates the caches").
+/// compressors and the layer writer) and the ELF files its entry records
+/// (`crate::elf`), as [`code_only`] keeps it, hashed: any change to that
+/// code, even one that forgot to bump [`super::tar::FORMAT_VERSION`], gets
+/// new keys; editing a test or a comment does not (docs/architecture.md,
+/// "What invalidates the caches").
 pub fn code_fingerprint() -> Digest {
     source_fingerprint(&[
         ("tar.rs", include_str!("tar.rs")),
         ("compress.rs", include_str!("compress.rs")),
         ("mod.rs", include_str!("mod.rs")),
+        ("elf.rs", include_str!("../elf.rs")),
     ])
 }
 
@@ -193,6 +201,10 @@ struct Entry {
     digest: Digest,
     size: u64,
     media_type: String,
+    /// The layer's [`BuiltLayer::elf`]; `None` in an entry of a nixoci
+    /// before the architecture check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    elf: Option<Vec<ElfFile>>,
     /// SHA-256 over the fields above: a damaged entry never passes.
     check: Digest,
 }
@@ -206,6 +218,7 @@ impl Entry {
             digest: layer.digest.clone(),
             size: layer.size,
             media_type: layer.media_type.clone(),
+            elf: Some(layer.elf.clone()),
             check: Digest::of(b""),
         };
         e.check = e.expected_check();
@@ -213,13 +226,18 @@ impl Entry {
     }
 
     fn expected_check(&self) -> Digest {
-        Digest::of(
-            format!(
-                "{}\n{}\n{}\n{}\n{}\n{}\n",
-                self.version, self.key, self.diff_id, self.digest, self.size, self.media_type
-            )
-            .as_bytes(),
-        )
+        let mut text = format!(
+            "{}\n{}\n{}\n{}\n{}\n{}\n",
+            self.version, self.key, self.diff_id, self.digest, self.size, self.media_type
+        );
+        // Absent: the text of an entry before the field existed.
+        if let Some(elf) = &self.elf {
+            text.push_str(&format!(
+                "elf {}\n",
+                serde_json::to_string(elf).unwrap_or_default()
+            ));
+        }
+        Digest::of(text.as_bytes())
     }
 }
 
@@ -361,6 +379,11 @@ impl Cache {
                 )),
             };
         }
+        // An entry of a nixoci before the architecture check: build the
+        // layer again to know its ELF files (and store it with them).
+        let Some(elf) = entry.elf.clone() else {
+            return Reuse::Build { problem: None };
+        };
         let mut store_paths = paths.to_vec();
         store_paths.sort();
         store_paths.dedup();
@@ -370,6 +393,7 @@ impl Cache {
             digest: entry.digest.clone(),
             size: entry.size,
             media_type: entry.media_type.clone(),
+            elf,
         };
 
         let in_layout = blobs_dir.join(entry.digest.hex());
@@ -885,7 +909,54 @@ mod tests {
             digest,
             size: bytes.len() as u64,
             media_type: super::super::MEDIA_TYPE_TAR_GZIP.to_owned(),
+            // What the architecture check of a cached layer reads.
+            elf: vec![crate::elf::ElfFile {
+                path: format!("{}/bin/a", sp("a")),
+                arch: crate::elf::Arch {
+                    machine: 62,
+                    bits: 64,
+                    big_endian: false,
+                    arm_cpu: None,
+                },
+                kind: crate::elf::Kind::Executable,
+            }],
         }
+    }
+
+    #[test]
+    fn an_entry_without_elf_files_is_built_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&tmp.path().join("cache")).unwrap();
+        let out = tmp.path().join("o");
+        fs::create_dir_all(&out).unwrap();
+        let layer = layer_in(&out, b"blob bytes");
+        let k = Digest::of(b"key");
+        let mt = super::super::MEDIA_TYPE_TAR_GZIP;
+        cache.store(&k, &layer, &out).unwrap();
+        // As a nixoci before the architecture check wrote it: no `elf`,
+        // and a check digest without it.
+        let mut old = Entry::new(&k, &layer);
+        old.elf = None;
+        old.check = old.expected_check();
+        let text = serde_json::to_string(&old).unwrap();
+        assert!(!text.contains("elf"), "{text}");
+        fs::write(cache.entry_path(&k), text).unwrap();
+        assert!(matches!(
+            cache.reuse(&k, &[sp("a")], mt, &out),
+            Reuse::Build { problem: None }
+        ));
+        // An entry whose ELF files were changed fails its check.
+        let mut forged = Entry::new(&k, &layer);
+        forged.elf = Some(Vec::new());
+        fs::write(
+            cache.entry_path(&k),
+            serde_json::to_string(&forged).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(
+            cache.reuse(&k, &[sp("a")], mt, &out),
+            Reuse::Build { problem: Some(_) }
+        ));
     }
 
     #[test]

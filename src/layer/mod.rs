@@ -20,6 +20,12 @@
 //! threads ([`compress::Workers`]), so a single big layer keeps every core
 //! busy, and layers and chunks share the cores. Results come back in input
 //! order.
+//!
+//! Each layer also says which architectures its ELF programs and libraries
+//! are built for ([`BuiltLayer::elf`], found by `tar.rs` in the same pass
+//! and kept with the layer in the cache), and [`build_layers`] hands that
+//! to the caller's check as each layer is done: an image of the wrong
+//! architecture stops the build at its first wrong layer.
 
 pub mod cache;
 pub mod compress;
@@ -37,6 +43,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::closure::PathInfo;
+use crate::elf::{ElfFile, Mismatch};
 use crate::oci::{temp, Digest, DigestWriter};
 use crate::rootfs::{Perms, RootFs};
 use crate::store_path::StorePath;
@@ -80,6 +87,11 @@ pub struct BuiltLayer {
     /// Size of the compressed blob.
     pub size: u64,
     pub media_type: String,
+    /// The first loadable ELF file (program or shared library) of each
+    /// architecture in the layer, in tar order (`crate::elf`); empty for a
+    /// layer without one and for the root layer. Not in the report.
+    #[serde(skip)]
+    pub elf: Vec<ElfFile>,
 }
 
 impl BuiltLayer {
@@ -154,6 +166,10 @@ pub enum LayerError {
     UnknownCompression { name: String },
     #[error("starting layer threads")]
     Threads(#[source] std::io::Error),
+    /// The caller's check of [`build_layers`] refused the layer's ELF
+    /// files.
+    #[error(transparent)]
+    Arch(Box<Mismatch>),
 }
 
 /// Builds one layer from store paths into `blobs_dir` (`blobs/sha256/`),
@@ -182,8 +198,11 @@ fn write_layer(
     let mut store_paths = paths.to_vec();
     store_paths.sort();
     store_paths.dedup();
+    let mut elf = Vec::new();
     let (diff_id, digest, size) = write_blob(opts, blobs_dir, workers, |out| {
-        tar::write_stream(&store_paths, &opts.store_root, &opts.perms, out)
+        let (out, files) = tar::write_stream(&store_paths, &opts.store_root, &opts.perms, out)?;
+        elf = files;
+        Ok(out)
     })?;
     Ok(BuiltLayer {
         store_paths,
@@ -191,6 +210,7 @@ fn write_layer(
         digest,
         size,
         media_type: opts.compression.media_type().to_owned(),
+        elf,
     })
 }
 
@@ -228,6 +248,7 @@ pub fn build_root_layer(
                 digest,
                 size,
                 media_type: opts.compression.media_type().to_owned(),
+                elf: Vec::new(),
             })
         },
     )
@@ -366,6 +387,10 @@ fn start_writeback(file: &File) {
     let _ = file;
 }
 
+/// The check [`build_layers`] runs on each layer's ELF files: the input
+/// index of the layer and its [`BuiltLayer::elf`].
+pub type ArchCheckFn<'a> = dyn Fn(usize, &[ElfFile]) -> Result<(), Mismatch> + Sync + 'a;
+
 /// Builds `layers` with `jobs` threads (0: one per CPU), the biggest first
 /// so that a big layer does not start last, and returns them in input
 /// order.
@@ -373,16 +398,20 @@ fn start_writeback(file: &File) {
 /// `infos` gives each store path's NAR hash and size: the NAR hashes make
 /// the cache key (a layer with a path missing from `infos` is never
 /// cached), the sizes the order of work. Equal layers are built once.
-/// `on_done` is called from the layer threads as layers finish, once per
-/// entry of `layers`. If layers fail, the error is the one of the first
-/// failing layer in input order; layers after it that have not started yet
-/// are not built.
+/// `check` is given each distinct layer (by the input index of its first
+/// copy) and its ELF files as soon as it is built or found in the cache; a
+/// refusal fails that layer ([`LayerError::Arch`]). `on_done` is called
+/// from the layer threads as layers finish and pass, once per entry of
+/// `layers`. If layers fail, the error is the one of the first failing
+/// layer in input order; layers after it that have not started yet are not
+/// built.
 pub fn build_layers(
     layers: &[Vec<StorePath>],
     infos: &BTreeMap<StorePath, PathInfo>,
     opts: &LayerOptions,
     blobs_dir: &Path,
     jobs: usize,
+    check: &ArchCheckFn<'_>,
     on_done: &(dyn Fn(&BuiltLayer) + Sync),
 ) -> Result<Vec<LayerOutcome>, LayerError> {
     opts.compression.check()?;
@@ -437,9 +466,12 @@ pub fn build_layers(
     let build_one = |k: usize| -> Result<LayerOutcome, LayerError> {
         let paths = &distinct[k];
         let key = cache.zip(keys[k].as_ref());
-        reuse_or_build(key, paths, opts, blobs_dir, || {
+        let outcome = reuse_or_build(key, paths, opts, blobs_dir, || {
             write_layer(paths, opts, blobs_dir, &workers)
-        })
+        })?;
+        let first = slots.iter().position(|&s| s == k).unwrap_or(k);
+        check(first, &outcome.layer.elf).map_err(|m| LayerError::Arch(Box::new(m)))?;
+        Ok(outcome)
     };
 
     let results: Vec<Mutex<Option<Result<LayerOutcome, LayerError>>>> =
@@ -647,6 +679,7 @@ mod tests {
             &opts,
             blobs.path(),
             1,
+            &|_, _| Ok(()),
             &|_| {},
         )
         .unwrap_err();
@@ -681,6 +714,7 @@ mod tests {
                 &options(&fixture),
                 blobs.path(),
                 jobs,
+                &|_, _| Ok(()),
                 &|_| {
                     done.fetch_add(1, Ordering::Relaxed);
                 },
@@ -730,6 +764,7 @@ mod tests {
                 &options(&fixture),
                 blobs.path(),
                 jobs,
+                &|_, _| Ok(()),
                 &|_| {},
             )
             .unwrap_err();

@@ -36,15 +36,24 @@
 //!   mode 0644, owner 0:0 and mtime 1.
 //! - The stream ends with two zero blocks. File contents are streamed through
 //!   one fixed buffer: memory stays flat whatever the file sizes.
+//!
+//! While a store layer is written, the first bytes of each regular file are
+//! matched against the ELF magic, in the same pass: [`write_stream`] also
+//! returns the first loadable ELF file of each architecture the layer holds
+//! (`crate::elf`), for the architecture check of the images that use it.
+//! Only a 32-bit ARM file is read again, from the page cache: its section
+//! headers and build attributes, for its ARM version. The bytes of the
+//! layer do not depend on any of it.
 
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::LayerError;
+use crate::elf::{self, ElfFile};
 use crate::rootfs::{Kind as RootKind, Perms, RootFs};
 use crate::store_path::StorePath;
 
@@ -86,10 +95,12 @@ pub fn write_tar<W: Write>(
     store_root: &Path,
     out: W,
 ) -> Result<W, LayerError> {
-    write_stream(paths, store_root, &Perms::default(), out).map_err(|e| match e {
-        StreamError::Layer(e) => e,
-        StreamError::Write(source) => LayerError::WriteStream { source },
-    })
+    write_stream(paths, store_root, &Perms::default(), out)
+        .map(|(out, _)| out)
+        .map_err(|e| match e {
+            StreamError::Layer(e) => e,
+            StreamError::Write(source) => LayerError::WriteStream { source },
+        })
 }
 
 /// A failure while writing the stream: reading the store, or writing `out`,
@@ -106,22 +117,18 @@ impl From<LayerError> for StreamError {
 }
 
 /// [`write_tar`], keeping errors of `out` apart so that the caller can say
-/// which file they hit.
+/// which file they hit, and returning the first loadable ELF file of each
+/// architecture, in stream order.
 pub(super) fn write_stream<W: Write>(
     paths: &[StorePath],
     store_root: &Path,
     perms: &Perms,
     out: W,
-) -> Result<W, StreamError> {
+) -> Result<(W, Vec<ElfFile>), StreamError> {
     let mut sorted: Vec<&StorePath> = paths.iter().collect();
     sorted.sort();
     sorted.dedup();
-    let mut tar = TarWriter {
-        out,
-        buffer: vec![0; COPY_BUFFER],
-        store_dirs: BTreeSet::new(),
-        perms: perms.clone(),
-    };
+    let mut tar = TarWriter::new(out, perms.clone());
     for path in sorted {
         tar.store_dir(path.store_dir())?;
         let relative = path.as_str().trim_start_matches('/');
@@ -130,7 +137,7 @@ pub(super) fn write_stream<W: Write>(
     tar.out
         .write_all(&[0; 2 * BLOCK])
         .map_err(StreamError::Write)?;
-    Ok(tar.out)
+    Ok((tar.out, tar.elf))
 }
 
 /// Writes the root layer of `fs` to `out`: its entries in path order,
@@ -150,12 +157,7 @@ pub(super) fn write_root_stream<W: Write>(
     perms: &Perms,
     out: W,
 ) -> Result<W, StreamError> {
-    let mut tar = TarWriter {
-        out,
-        buffer: vec![0; COPY_BUFFER],
-        store_dirs: BTreeSet::new(),
-        perms: perms.clone(),
-    };
+    let mut tar = TarWriter::new(out, perms.clone());
     for (path, entry) in &fs.entries {
         let mut name = path.trim_start_matches('/').as_bytes().to_vec();
         let owner = (entry.uid, entry.gid);
@@ -193,12 +195,7 @@ pub struct ArchiveWriter<W: Write>(TarWriter<W>);
 
 impl<W: Write> ArchiveWriter<W> {
     pub fn new(out: W) -> Self {
-        ArchiveWriter(TarWriter {
-            out,
-            buffer: vec![0; COPY_BUFFER],
-            store_dirs: BTreeSet::new(),
-            perms: Perms::default(),
-        })
+        ArchiveWriter(TarWriter::new(out, Perms::default()))
     }
 
     /// A directory entry (`name` ends in `/`).
@@ -233,6 +230,18 @@ impl<W: Write> ArchiveWriter<W> {
     }
 }
 
+/// The `Tag_CPU_arch` of a 32-bit ARM ELF `file`: its section headers,
+/// then its `.ARM.attributes` section, read at their offsets.
+fn arm_cpu_arch(file: &fs::File, header: &elf::Header) -> Option<u8> {
+    let read = |(offset, len): (u64, usize)| {
+        let mut bytes = vec![0; len];
+        file.read_exact_at(&mut bytes, offset).ok().map(|()| bytes)
+    };
+    let headers = read(header.section_headers()?)?;
+    let section = read(elf::arm_attributes(header, &headers)?)?;
+    elf::arm_cpu_arch(&section, header.big_endian)
+}
+
 fn stream_error(e: StreamError) -> LayerError {
     match e {
         StreamError::Layer(e) => e,
@@ -247,9 +256,21 @@ struct TarWriter<W> {
     store_dirs: BTreeSet<Vec<u8>>,
     /// `--chmod`/`--chown` rules over the entries' paths.
     perms: Perms,
+    /// The first loadable ELF file of each architecture written so far.
+    elf: Vec<ElfFile>,
 }
 
 impl<W: Write> TarWriter<W> {
+    fn new(out: W, perms: Perms) -> Self {
+        TarWriter {
+            out,
+            buffer: vec![0; COPY_BUFFER],
+            store_dirs: BTreeSet::new(),
+            perms,
+            elf: Vec::new(),
+        }
+    }
+
     /// Writes `nix/`, `nix/store/` (or whatever `store_dir` is made of) unless
     /// already written.
     fn store_dir(&mut self, store_dir: &str) -> Result<(), StreamError> {
@@ -325,12 +346,16 @@ impl<W: Write> TarWriter<W> {
             .into());
         }
         let size = meta.len();
-        let mode = if meta.permissions().mode() & 0o111 != 0 {
+        let executable = meta.permissions().mode() & 0o111 != 0;
+        let mode = if executable {
             EXECUTABLE_MODE
         } else {
             FILE_MODE
         };
         self.entry(name, TYPE_REGULAR, mode, size, b"")?;
+        // The file's first bytes, for the ELF check.
+        let mut head = [0u8; elf::HEADER_LEN];
+        let mut head_len = 0;
         let mut left = size;
         while left > 0 {
             let want =
@@ -347,12 +372,46 @@ impl<W: Write> TarWriter<W> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(read_error(disk, e).into()),
             };
+            if head_len < head.len() {
+                let take = n.min(head.len() - head_len);
+                head[head_len..head_len + take].copy_from_slice(&self.buffer[..take]);
+                head_len += take;
+            }
             self.out
                 .write_all(&self.buffer[..n])
                 .map_err(StreamError::Write)?;
             left -= n as u64;
         }
+        if head.starts_with(elf::MAGIC) {
+            self.note_elf(&file, &head[..head_len], name, executable);
+        }
         self.pad(size)
+    }
+
+    /// Remembers a loadable ELF file whose first bytes are `head`, if it
+    /// is the first of its architecture. A 32-bit ARM file's build
+    /// attributes are read from `file`; when they cannot be, its version
+    /// is unknown (any ARM variant takes it).
+    fn note_elf(&mut self, file: &fs::File, head: &[u8], name: &[u8], executable: bool) {
+        let Some(header) = elf::Header::parse(head) else {
+            return;
+        };
+        let Some(kind) = header.loadable(name, executable) else {
+            return;
+        };
+        let arm_cpu = if header.is_arm() {
+            arm_cpu_arch(file, &header)
+        } else {
+            None
+        };
+        let arch = header.arch(arm_cpu);
+        if self.elf.iter().all(|f| f.arch != arch) {
+            self.elf.push(ElfFile {
+                path: format!("/{}", String::from_utf8_lossy(name)),
+                arch,
+                kind,
+            });
+        }
     }
 
     /// Writes an entry's headers, owned by 0:0.
@@ -968,16 +1027,67 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn loadable_elf_files_are_found_in_the_same_pass() {
+        use crate::elf::tests::elf_bytes;
+        use crate::elf::Kind;
+        let root = tempfile::tempdir().unwrap();
+        let name = format!("{H1}-mixed");
+        let tree = root.path().join("nix/store").join(&name);
+        let write = |rel: &str, contents: &[u8], mode: u32| {
+            let path = tree.join(rel);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, contents).unwrap();
+            fs::set_permissions(&path, Permissions::from_mode(mode)).unwrap();
+        };
+        // (e_type 1: ET_REL, 2: ET_EXEC, 3: ET_DYN; machines 62 x86-64,
+        // 40 arm, 183 aarch64, 243 riscv)
+        write("bin/prog", &elf_bytes(64, false, 2, 62, None), 0o755);
+        write("bin/tiny", b"\x7fELF", 0o755);
+        write("bin/script", b"#!/bin/sh\n", 0o755);
+        write(
+            "lib/firmware/dsp.bin",
+            &elf_bytes(64, false, 2, 183, None),
+            0o644,
+        );
+        write(
+            "lib/libarm.so",
+            &elf_bytes(32, false, 3, 40, Some(10)),
+            0o644,
+        );
+        write("lib/libz.so.1", &elf_bytes(64, false, 3, 62, None), 0o644);
+        write("lib/mod.ko", &elf_bytes(64, false, 1, 183, None), 0o755);
+        write("share/riscv.so", &elf_bytes(64, false, 3, 243, None), 0o444);
+        let path = StorePath::from_absolute(&format!("/nix/store/{name}")).unwrap();
+        let paths = [path];
+        let found = match write_stream(&paths, root.path(), &Perms::default(), Vec::new()) {
+            Ok((out, found)) => {
+                // The scan changes nothing in the stream.
+                assert_eq!(out, write_tar(&paths, root.path(), Vec::new()).unwrap());
+                found
+            }
+            Err(_) => panic!("writing the stream"),
+        };
+        let seen: Vec<(String, String, Kind)> = found
+            .iter()
+            .map(|f| (f.path.clone(), f.arch.to_string(), f.kind))
+            .collect();
+        let at = |rel: &str| format!("/nix/store/{name}/{rel}");
+        assert_eq!(
+            seen,
+            vec![
+                (at("bin/prog"), "x86-64".into(), Kind::Executable),
+                (at("lib/libarm.so"), "armv7".into(), Kind::SharedLibrary),
+                (at("share/riscv.so"), "riscv64".into(), Kind::SharedLibrary),
+            ]
+        );
+    }
+
+    #[test]
     fn big_files_get_a_pax_size() {
         // An 8 GiB file takes too long to stream in a unit test; check the
         // headers, and that the tar crate reads the size from them.
         let size = USTAR_MAX_SIZE + 1;
-        let mut tar = TarWriter {
-            out: Vec::new(),
-            buffer: Vec::new(),
-            store_dirs: BTreeSet::new(),
-            perms: Perms::default(),
-        };
+        let mut tar = TarWriter::new(Vec::new(), Perms::default());
         assert!(tar
             .entry(b"nix/store/big", TYPE_REGULAR, 0o444, size, b"")
             .is_ok());

@@ -50,12 +50,20 @@
             isDarwin = builtins.match ".*-darwin" system != null;
           };
 
-          # A "Go program": a script that prints who built it for where.
+          # A "Go program": a script that prints who built it for where. One
+          # for the build machine runs with the stub's busybox; one
+          # cross-compiled for another system names /bin/sh and refers to
+          # nothing, as a static Go binary would (it is read, never run:
+          # the stub has no busybox of that system, and the image's
+          # architecture check would refuse the build machine's).
           goModule =
             target: args:
+            let
+              interpreter = if target == system then "${bb}/sh" else "/bin/sh";
+            in
             run "${args.pname}-${args.version}" ''
               $bb mkdir -p $out/bin
-              printf '#!%s/sh\necho "${args.pname} ${args.version} for ${target}"\n' ${bb} > $out/bin/${args.pname}
+              printf '#!%s\necho "${args.pname} ${args.version} for ${target}"\n' ${interpreter} > $out/bin/${args.pname}
               $bb chmod 555 $out/bin/${args.pname}
             ''
             // {
