@@ -1,7 +1,8 @@
 //! `nixoci untag` and `nixoci gc` on a static registry tree export-static
-//! wrote: two repositories and three tags sharing blobs, collected down to
-//! exactly what the remaining tags reach, pulled back with skopeo through
-//! nginx.
+//! wrote and on the same objects in a real Garage bucket: two
+//! repositories and three tags sharing blobs, collected down to exactly
+//! what the remaining tags reach, pulled back with skopeo through nginx
+//! and through Garage's web endpoint.
 
 mod common;
 
@@ -10,8 +11,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use common::garage::{Garage, WEB_BUCKET};
 use common::publish::*;
 use common::*;
+use nixoci::publish::client::Body;
 use serde_json::Value;
 
 /// The golden fixture built again into `layout` as tag `2.0`, with another
@@ -157,9 +160,15 @@ fn keys_of(list: &Value) -> BTreeSet<String> {
 
 /// Pulls `reference` from nginx with skopeo and checks it is `image`.
 fn assert_pulls(port: u16, reference: &str, image: &Image, work: &Path) {
+    assert_pulls_from(&format!("127.0.0.1:{port}"), reference, image, work)
+}
+
+/// Pulls `reference` from the registry at `addr` with skopeo and checks it
+/// is `image`.
+fn assert_pulls_from(addr: &str, reference: &str, image: &Image, work: &Path) {
     let dest = work.join(format!("pulled-{}", reference.replace(['/', ':'], "_")));
     let _ = fs::remove_dir_all(&dest);
-    let o = skopeo_pull(&format!("127.0.0.1:{port}/{reference}"), None, &dest);
+    let o = skopeo_pull(&format!("{addr}/{reference}"), None, &dest);
     assert!(o.status.success(), "pulling {reference}: {}", stderr(&o));
     let (root, blobs) = layout_digests(&dest);
     assert_eq!(root, image.root, "{reference}");
@@ -477,4 +486,165 @@ fn gc_and_untag_refuse_what_they_cannot_work_on() {
         .success()
         .json();
     assert_eq!(r["removed"], serde_json::json!([]));
+}
+
+/// The keys under `v2/` of the bucket.
+fn bucket_keys(b: &nixoci::publish::s3::Bucket) -> BTreeSet<String> {
+    b.list("v2/")
+        .expect("listing the bucket")
+        .into_iter()
+        .map(|o| o.key)
+        .collect()
+}
+
+/// `nixoci ARGS… --json` with the test key and endpoint.
+fn on_bucket(g: &Garage, args: &[&str]) -> Run {
+    let mut cmd = nixoci();
+    g.env(&mut cmd).args(args);
+    run(&mut cmd)
+}
+
+#[test]
+fn untag_and_gc_on_a_garage_bucket_remove_exactly_the_unreachable() {
+    if !require(&["garage", "skopeo"]) {
+        return;
+    }
+    let Fixture {
+        _tmp,
+        work,
+        tree,
+        one,
+        two,
+        ..
+    } = fixture();
+    let work = work.as_path();
+    let g = Garage::start(&work.join("garage"));
+    let target = format!("s3://{WEB_BUCKET}");
+    let b = g.bucket(&target);
+    // The tree's objects, uploaded with their content types.
+    let objects: Value =
+        serde_json::from_slice(&fs::read(tree.join("objects.json")).expect("objects.json"))
+            .expect("JSON");
+    for o in array_of(&objects) {
+        let key = str_of(&o["key"]);
+        let bytes = fs::read(tree.join(key)).expect("reading an object");
+        b.put(key, str_of(&o["contentType"]), &Body::Bytes(&bytes))
+            .expect("uploading");
+    }
+    let before = bucket_keys(&b);
+    assert_eq!(before, files(&tree, "v2"));
+
+    let r = on_bucket(&g, &["untag", &target, "hello:1.0", "--json"])
+        .success()
+        .json();
+    assert_eq!(r["digest"], one.root.as_str());
+    let (status, headers, body) = g.web_get("/v2/hello/tags/list");
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (200, r#"{"name":"hello","tags":["2.0"]}"#)
+    );
+    assert!(headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v == "application/json"));
+    let after_untag = bucket_keys(&b);
+    assert_eq!(
+        before.difference(&after_untag).collect::<Vec<_>>(),
+        ["v2/hello/manifests/1.0"]
+    );
+    let unreachable: BTreeSet<String> = one
+        .keys("hello")
+        .difference(&two.keys("hello"))
+        .cloned()
+        .collect();
+
+    // Everything was uploaded a moment ago: the default grace keeps it.
+    let r = on_bucket(&g, &["gc", &target, "--json"]).success().json();
+    assert_eq!(keys_of(&r["kept"]), unreachable, "{r}");
+    assert_eq!(r["removed"], serde_json::json!([]));
+    assert_eq!(bucket_keys(&b), after_untag);
+
+    // Some seconds later, a blob uploaded a moment ago (by the server's
+    // clock) is kept by a grace of 5 s; the rest is older.
+    std::thread::sleep(Duration::from_secs(8));
+    let fresh = format!("v2/hello/blobs/{}", sha256_digest(b"fresh"));
+    b.put(&fresh, "application/octet-stream", &Body::Bytes(b"fresh"))
+        .expect("uploading");
+    let r = on_bucket(&g, &["gc", &target, "--grace", "5s", "--dry-run", "--json"])
+        .success()
+        .json();
+    assert_eq!(keys_of(&r["removed"]), unreachable, "{r}");
+    assert_eq!(keys_of(&r["kept"]), BTreeSet::from([fresh.clone()]));
+    let mut listed = after_untag.clone();
+    listed.insert(fresh.clone());
+    assert_eq!(bucket_keys(&b), listed, "a dry run deletes nothing");
+
+    let r = on_bucket(&g, &["gc", &target, "--grace", "5s", "--json"])
+        .success()
+        .json();
+    assert_eq!(keys_of(&r["removed"]), unreachable, "{r}");
+    assert_eq!(keys_of(&r["kept"]), BTreeSet::from([fresh.clone()]));
+    assert_eq!(r["bytesFreed"], r["removedBytes"]);
+    assert_eq!(r["storeRemoved"], serde_json::json!([]));
+    let expected: BTreeSet<String> = listed.difference(&unreachable).cloned().collect();
+    assert_eq!(bucket_keys(&b), expected);
+
+    // Every remaining tag pulls through the web endpoint; the untagged
+    // one does not.
+    assert_pulls_from(&g.web_addr(), "hello:2.0", &two, work);
+    assert_pulls_from(&g.web_addr(), "team/hello:latest", &one, work);
+    let o = skopeo_pull(
+        &format!("{}/hello:1.0", g.web_addr()),
+        None,
+        &work.join("pulled-gone"),
+    );
+    assert!(!o.status.success(), "hello:1.0 still pulls");
+
+    // A manifest of hello:2.0 gone: gc stops before deleting anything.
+    let manifest = two
+        .manifests
+        .iter()
+        .find(|d| **d != two.root)
+        .expect("a platform manifest");
+    b.delete(&format!("v2/hello/manifests/{manifest}"))
+        .expect("deleting");
+    let left = bucket_keys(&b);
+    let r = on_bucket(&g, &["gc", &target, "--grace", "0s"]).expect_code(1);
+    assert!(
+        r.stderr.contains("tag hello:2.0 cannot be read"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("is missing"), "{}", r.stderr);
+    assert_eq!(bucket_keys(&b), left, "nothing deleted");
+
+    // The last tag of team/hello: its tags/list goes, then everything of
+    // the repository once hello:2.0 is whole again.
+    on_bucket(&g, &["untag", &target, "team/hello:latest"]).success();
+    assert!(!bucket_keys(&b).contains("v2/team/hello/tags/list"));
+    let bytes = fs::read(tree.join(format!("v2/hello/manifests/{manifest}"))).expect("reading");
+    b.put(
+        &format!("v2/hello/manifests/{manifest}"),
+        "application/vnd.oci.image.manifest.v1+json",
+        &Body::Bytes(&bytes),
+    )
+    .expect("uploading");
+    // The server's Date has whole seconds: an object of this very second
+    // is younger than any grace, even 0s.
+    std::thread::sleep(Duration::from_secs(2));
+    let r = on_bucket(&g, &["gc", &target, "--grace", "0s", "--json"])
+        .success()
+        .json();
+    let mut gone = one.keys("team/hello");
+    gone.insert(fresh);
+    assert_eq!(keys_of(&r["removed"]), gone, "{r}");
+    assert!(bucket_keys(&b).iter().all(|k| !k.starts_with("v2/team/")));
+    assert_pulls_from(&g.web_addr(), "hello:2.0", &two, work);
+
+    // Flags that name a bucket's endpoint are for buckets only.
+    run(nixoci()
+        .arg("gc")
+        .arg(&tree)
+        .args(["--s3-endpoint", &g.endpoint()]))
+    .refused("for s3:// targets");
+    run(nixoci().args(["gc", "s3://Not_A_Bucket"])).refused("s3://Not_A_Bucket");
 }

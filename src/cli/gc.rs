@@ -6,11 +6,14 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 
-use super::flags::{human_bytes, Age};
+use super::flags::{human_bytes, Age, S3Args};
 use super::{usage, Classify};
+use crate::error::error_chain;
 use crate::oci::gc::collect;
 use crate::oci::layout::LayoutArg;
-use crate::publish::gc::{self as static_gc, tree, GcReport};
+use crate::publish::client::ClientOptions;
+use crate::publish::gc::{self as static_gc, bucket::BucketObjects, tree, GcReport};
+use crate::publish::s3::{Bucket, S3Url};
 
 /// Remove the blobs no tag reaches, from a layout or a static registry
 ///
@@ -42,7 +45,8 @@ use crate::publish::gc::{self as static_gc, tree, GcReport};
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// The layout, the static registry tree, or s3://BUCKET[/PREFIX].
+    /// The layout, the static registry tree, or s3://BUCKET[/PREFIX] (with
+    /// the --s3-* flags below).
     #[arg(value_name = "TARGET")]
     pub target: String,
 
@@ -58,6 +62,9 @@ pub struct Args {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 /// What `gc` and `untag` work on.
@@ -67,6 +74,8 @@ pub enum Target {
     Layout(PathBuf),
     /// A static registry tree export-static wrote.
     Tree(PathBuf),
+    /// A static registry in a bucket.
+    Bucket(S3Url),
 }
 
 impl Target {
@@ -74,6 +83,10 @@ impl Target {
     /// A layout is `[oci:]DIR` ([`LayoutArg`]), a whole layout: a `:TAG`
     /// is refused.
     pub fn find(arg: &str) -> anyhow::Result<Target> {
+        if arg.starts_with("s3://") {
+            let url = S3Url::parse(arg).map_err(|e| usage(format!("TARGET {arg}: {e}")))?;
+            return Ok(Target::Bucket(url));
+        }
         let whole_layout = |layout: LayoutArg| match &layout.tag {
             Some(tag) => Err(usage(format!(
                 "TARGET {arg}: gc collects a whole layout; give {} without :{tag}",
@@ -103,7 +116,14 @@ impl Target {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    match Target::find(&args.target)? {
+    let target = Target::find(&args.target)?;
+    if args.s3.given() && !matches!(target, Target::Bucket(_)) {
+        return Err(usage(format!(
+            "--s3-endpoint and --s3-region are for s3:// targets, not {}",
+            args.target
+        )));
+    }
+    match target {
         Target::Layout(dir) => run_layout(&args, &dir),
         Target::Tree(dir) => {
             super::refuse_in_store("TARGET", &dir, &super::default_store_dirs())?;
@@ -114,7 +134,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("collecting {}", args.target))?;
             print_static(&args, &report)
         }
+        Target::Bucket(url) => {
+            let bucket = open_bucket(&url, &args.s3)?;
+            let report = static_gc::collect(
+                &mut BucketObjects::new(&bucket),
+                &args.target,
+                args.grace.0,
+                args.dry_run,
+            )
+            .classify()
+            .with_context(|| format!("collecting {url}"))?;
+            print_static(&args, &report)
+        }
     }
+}
+
+/// The client of the bucket `url`, its credentials and the bucket tried
+/// (a missing key or endpoint is a setup error, exit 2).
+pub fn open_bucket(url: &S3Url, s3: &S3Args) -> anyhow::Result<Bucket> {
+    let config = s3.config().map_err(|e| usage(error_chain(&e)))?;
+    let bucket = Bucket::new(
+        &config,
+        url,
+        ClientOptions::default(),
+        Box::new(|m| eprintln!("nixoci: {m}")),
+    )
+    .with_context(|| format!("opening {url}"))?;
+    bucket.check().with_context(|| format!("opening {url}"))?;
+    Ok(bucket)
 }
 
 /// Prints a static registry's report: JSON on stdout with `--json`, one

@@ -105,6 +105,7 @@ user_fault!(
     crate::eval::TargetError,
     crate::oci::gc::GcError,
     crate::publish::gc::GcError<crate::publish::gc::tree::TreeError>,
+    crate::publish::gc::GcError<crate::publish::gc::bucket::BucketError>,
     crate::oci::layout::LayoutError,
     crate::oci::layout::TagError,
     crate::oci::verify::VerifyError,

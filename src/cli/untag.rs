@@ -2,10 +2,10 @@
 
 use anyhow::Context;
 
-use super::flags::NameTag;
-use super::gc::Target;
+use super::flags::{NameTag, S3Args};
+use super::gc::{open_bucket, Target};
 use super::{usage, Classify};
-use crate::publish::gc::{self as static_gc, tree};
+use crate::publish::gc::{self as static_gc, bucket::BucketObjects, tree};
 
 /// Remove a tag from a static registry
 ///
@@ -21,7 +21,8 @@ use crate::publish::gc::{self as static_gc, tree};
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// The static registry tree, or s3://BUCKET[/PREFIX].
+    /// The static registry tree, or s3://BUCKET[/PREFIX] (with the --s3-*
+    /// flags below).
     #[arg(value_name = "TARGET")]
     pub target: String,
 
@@ -32,10 +33,20 @@ pub struct Args {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let report = match Target::find(&args.target)? {
+    let target = Target::find(&args.target)?;
+    if args.s3.given() && !matches!(target, Target::Bucket(_)) {
+        return Err(usage(format!(
+            "--s3-endpoint and --s3-region are for s3:// targets, not {}",
+            args.target
+        )));
+    }
+    let report = match target {
         Target::Layout(_) => {
             return Err(usage(format!(
                 "TARGET {}: an OCI layout; untag works on a static registry tree or s3://BUCKET[/PREFIX]",
@@ -54,6 +65,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             )
             .classify()
             .with_context(|| format!("untagging {} in {}", args.name, args.target))?
+        }
+        Target::Bucket(url) => {
+            let bucket = open_bucket(&url, &args.s3)?;
+            static_gc::untag(
+                &mut BucketObjects::new(&bucket),
+                &args.target,
+                &args.name.repository,
+                &args.name.tag,
+            )
+            .classify()
+            .with_context(|| format!("untagging {} in {url}", args.name))?
         }
     };
     if args.json {

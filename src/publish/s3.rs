@@ -425,6 +425,8 @@ pub struct Bucket {
     agent: ureq::Agent,
     options: ClientOptions,
     notify: Box<dyn Fn(&str) + Send + Sync>,
+    /// The `Date` of the server's last answer.
+    server_time: std::sync::Mutex<Option<SystemTime>>,
 }
 
 impl fmt::Debug for Bucket {
@@ -485,12 +487,20 @@ impl Bucket {
             agent: client::agent(&options)?,
             options,
             notify,
+            server_time: std::sync::Mutex::new(None),
         })
     }
 
     /// `s3://BUCKET[/PREFIX]`.
     pub fn url(&self) -> &S3Url {
         &self.url
+    }
+
+    /// The time by the server's clock when it sent its last answer (its
+    /// `Date` header), for comparing with the objects' `LastModified`
+    /// (`gc --grace`); `None` before any answer, or without the header.
+    pub fn server_time(&self) -> Option<SystemTime> {
+        self.server_time.lock().ok().and_then(|t| *t)
     }
 
     /// `HOST[:PORT]` of the endpoint.
@@ -947,7 +957,14 @@ impl Bucket {
             req = req.header(k.as_str(), v.as_str());
         }
         match send_body(&self.agent, req, signed.method, body, deadlines) {
-            Ok(resp) => Ok(resp),
+            Ok(resp) => {
+                if let Some(t) = header(&resp, "date").and_then(http_date_or_iso) {
+                    if let Ok(mut last) = self.server_time.lock() {
+                        *last = Some(t);
+                    }
+                }
+                Ok(resp)
+            }
             Err(SendFailure::File { path, source }) => Err(S3Error::Io { path, source }),
             Err(SendFailure::Http(source)) => {
                 match timeout_limit(bounds, (before, total), &source) {

@@ -38,6 +38,7 @@ use crate::oci::Digest;
 
 use super::static_export::tag_list;
 
+pub mod bucket;
 pub mod tree;
 
 /// The most bytes a tag, an image index or a manifest may have.
