@@ -440,6 +440,15 @@ fn a_damaged_tag_stops_gc_before_it_deletes_anything() {
     );
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert_eq!(snapshot(&tree), snap, "nothing deleted");
+    let r = run(nixoci()
+        .arg("gc")
+        .arg(&tree)
+        .args(["--grace", "0s", "--json"]))
+    .expect_code(1);
+    let e = r.json();
+    assert_eq!(e["error"]["kind"], "failed", "{e}");
+    assert!(str_of(&e["error"]["message"]).contains("tag hello:2.0 cannot be read"));
+    assert_eq!(snapshot(&tree), snap, "nothing deleted");
 
     let mut damaged = bytes.clone();
     damaged[0] = b' ';
