@@ -10,11 +10,13 @@ use serde::Serialize;
 use crate::closure::Closure;
 use crate::elf::{self, ElfFile};
 use crate::layer::{self, BuiltLayer, Cache, LayerOptions, LayerOutcome};
+use crate::oci::base::BasePlatform;
 use crate::oci::image::{self, Blob, RunConfig};
 use crate::oci::layout::Layout;
 use crate::oci::Digest;
 use crate::plan::{self, LayerPlan};
 use crate::platform::Platform;
+use crate::publish::base::Base;
 use crate::rootfs::RootFs;
 use crate::store_path::StorePath;
 
@@ -30,6 +32,9 @@ pub struct ImageRequest {
     /// The entries outside the store (empty: no root layer), written as one
     /// layer on top of the store layers.
     pub rootfs: RootFs,
+    /// The base image's layers (`--from`), below the store layers; its
+    /// config is merged into `run` already.
+    pub base: Option<BasePlatform>,
 }
 
 /// Everything a plan needs, resolved and validated: what `nixoci plan`
@@ -54,6 +59,8 @@ pub struct BuildRequest {
     pub jobs: usize,
     pub layer_options: LayerOptions,
     pub arch_check: ArchCheck,
+    /// The base image (`--from`): where its blobs come from, and its name.
+    pub base: Option<Base>,
 }
 
 /// Whether each platform's store layers are checked for ELF programs and
@@ -140,6 +147,8 @@ pub enum BuildError {
         mismatch: Box<elf::Mismatch>,
         off_switch: &'static str,
     },
+    #[error("copying the base image's layers")]
+    Base(#[source] crate::publish::base::BaseError),
     #[error("assembling the image documents")]
     Image(#[from] image::ImageError),
 }
@@ -331,6 +340,17 @@ pub fn build(req: &BuildRequest, events: &Events) -> Result<BuildReport, BuildEr
         other => BuildError::Layers(other),
     })?;
     let built: Vec<BuiltLayer> = outcomes.iter().map(|o| o.layer.clone()).collect();
+    // The base's layers, as they are: from the layer cache, the output, or
+    // the base's layout or registry.
+    let base_outcomes = match &req.base {
+        Some(base) => base
+            .place_blobs(req.layer_options.cache.as_ref(), &blobs_dir)
+            .map_err(BuildError::Base)?,
+        None => Vec::new(),
+    };
+    for o in &base_outcomes {
+        on_layer(&o.layer);
+    }
     // One root layer per distinct tree: platforms with the same entries
     // share its blob.
     let mut root_layers: BTreeMap<&RootFs, LayerOutcome> = BTreeMap::new();
@@ -353,9 +373,21 @@ pub fn build(req: &BuildRequest, events: &Events) -> Result<BuildReport, BuildEr
             layers.push(&root.layer);
         }
         let described: Vec<image::Layer> = layers.iter().map(|l| l.oci_layer()).collect();
-        let config =
-            image::config_blob(&image_plan.platform, &request.run, &described, &req.created)?;
-        let manifest = image::manifest_blob(&config, &described, &req.annotations)?;
+        let base = request.base.as_ref();
+        let config = image::config_blob(
+            &image_plan.platform,
+            &request.run,
+            &described,
+            &req.created,
+            base,
+        )?;
+        let base_name = req.base.as_ref().and_then(|b| b.name.as_deref());
+        let manifest = image::manifest_blob(
+            &config,
+            &described,
+            &req.annotations,
+            base.map(|b| (b, base_name)),
+        )?;
         layout.write_blob(&config)?;
         layout.write_blob(&manifest)?;
         platforms.push(PlatformReport {
@@ -363,7 +395,11 @@ pub fn build(req: &BuildRequest, events: &Events) -> Result<BuildReport, BuildEr
             roots: request.roots.clone(),
             manifest: (&manifest).into(),
             config: (&config).into(),
-            layers: layers.iter().map(|l| l.digest.clone()).collect(),
+            layers: base
+                .into_iter()
+                .flat_map(|b| b.layers.iter().map(|l| l.digest.clone()))
+                .chain(layers.iter().map(|l| l.digest.clone()))
+                .collect(),
         });
         manifests.push((image_plan.platform.clone(), manifest));
     }
@@ -378,8 +414,9 @@ pub fn build(req: &BuildRequest, events: &Events) -> Result<BuildReport, BuildEr
         tag: req.tag.clone(),
         index: (&index).into(),
         platforms,
-        layers: outcomes
+        layers: base_outcomes
             .into_iter()
+            .chain(outcomes)
             .chain(root_layers.into_values())
             .collect(),
     })
@@ -421,6 +458,7 @@ mod tests {
             closure,
             run: RunConfig::default(),
             rootfs: RootFs::default(),
+            base: None,
         };
         PlanRequest {
             images: [("linux/amd64".parse().unwrap(), image)].into(),

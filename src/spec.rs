@@ -149,6 +149,10 @@ pub struct ImageSpec {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub include_nix_db: bool,
+    /// The base image (version 2), as `--from`: a layout directory (the
+    /// output of the Nix library's `pullImage`), or `LAYOUT:TAG`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_image: Option<String>,
 }
 
 /// Why bytes are not a usable image spec.
@@ -229,6 +233,7 @@ impl ImageSpec {
             ("groups", !self.groups.is_empty()),
             ("perms", !self.perms.is_empty()),
             ("includeNixDB", self.include_nix_db),
+            ("fromImage", self.from_image.is_some()),
             ("config.volumes", !self.config.volumes.is_empty()),
             ("config.stopSignal", self.config.stop_signal.is_some()),
         ]
@@ -389,6 +394,8 @@ pub struct Overrides<'a> {
     pub tag: Option<&'a str>,
     pub created: Option<&'a str>,
     pub max_layers: Option<usize>,
+    /// `--from` was given.
+    pub from: bool,
 }
 
 /// What the image specs of an image's platforms say for the whole image,
@@ -404,6 +411,8 @@ pub struct Merged {
     /// Every spec's annotations; for a key several set, the first spec's
     /// value (specs in platform order).
     pub annotations: BTreeMap<String, String>,
+    /// The specs' one base image.
+    pub from_image: Option<String>,
 }
 
 /// Why several image specs cannot make one image.
@@ -413,6 +422,8 @@ pub enum MergeError {
     Tags(String),
     #[error("the image specs name different creation times ({0}); choose one with --created")]
     Created(String),
+    #[error("the image specs name different base images ({0}); choose one with --from")]
+    FromImage(String),
 }
 
 /// Merges the specs of one image's platforms (in platform order). A value
@@ -448,6 +459,13 @@ pub fn merge<'a>(
         Some(_) => None,
         None => specs.iter().filter_map(|s| s.max_layers).min(),
     };
+    let from_image = match overrides.from {
+        true => None,
+        false => one(
+            specs.iter().filter_map(|s| s.from_image.as_ref()).collect(),
+            MergeError::FromImage,
+        )?,
+    };
     let mut annotations = BTreeMap::new();
     for spec in &specs {
         for (k, v) in &spec.annotations {
@@ -459,6 +477,7 @@ pub fn merge<'a>(
         created,
         max_layers,
         annotations,
+        from_image,
     })
 }
 
@@ -698,6 +717,7 @@ mod tests {
             tag: Some("3.0"),
             created: Some("1"),
             max_layers: Some(5),
+            from: false,
         };
         let merged = merge([&a, &b], both).unwrap();
         assert_eq!(

@@ -234,6 +234,20 @@ pub struct Args {
     #[arg(long = "layer", value_name = "PATH[,PATH…]", help_heading = LAYERING)]
     pub layer: Vec<String>,
 
+    /// A base image to build on (dockerTools' and nix2container's
+    /// fromImage): an OCI layout (oci:DIR[:TAG], or DIR[:TAG] when it
+    /// exists) or a registry image (docker://REGISTRY/NAME[:TAG|@DIGEST]),
+    /// named as for --previous. Each platform's image is the base's image
+    /// of that platform (linux/arm64 is linux/arm64/v8) with our layers on
+    /// top: the base's layers come first, exactly as they are (same
+    /// digests, never recompressed, fetched once into the layer cache) and
+    /// count in --max-layers. Its config is kept where we set nothing: Env
+    /// merged by key (ours win), ExposedPorts, Labels and Volumes merged,
+    /// Entrypoint, Cmd, WorkingDir, User and StopSignal the base's unless
+    /// given; its history comes first. Default: the image spec's fromImage.
+    #[arg(long = "from", value_name = "IMAGE", help_heading = INPUT)]
+    pub from: Option<String>,
+
     /// A previous build of this image: an OCI layout (and its tag if it
     /// holds several), or an image in a registry. Its layers whose store
     /// paths are all still in the closure are kept as they were, with the
@@ -259,8 +273,11 @@ pub struct Args {
     #[arg(long, requires = "previous", help_heading = LAYERING)]
     pub previous_optional: bool,
 
-    /// The registry of a --previous image.
-    #[command(flatten, next_help_heading = "Registry (of a --previous image)")]
+    /// The registry of a --from or --previous image.
+    #[command(
+        flatten,
+        next_help_heading = "Registry (of a --from or --previous image)"
+    )]
     pub registry: RegistryArgs,
 
     /// The layout to create or add to: DIR, or DIR:TAG to name the tag as

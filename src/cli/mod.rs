@@ -13,6 +13,7 @@ pub mod export_static;
 pub mod flags;
 pub mod gc;
 pub mod plan;
+pub mod pull;
 pub mod push;
 pub mod resolve;
 pub mod save;
@@ -47,6 +48,7 @@ pub enum Command {
     #[command(hide = true)]
     WriteSpec(write_spec::Args),
     Push(push::Args),
+    Pull(pull::Args),
     Save(save::Args),
     ExportStatic(export_static::Args),
     Cache(cache::Args),
@@ -111,6 +113,7 @@ user_fault!(
     crate::oci::verify::VerifyError,
     crate::pipeline::BuildError,
     crate::publish::previous::PreviousError,
+    crate::publish::base::BaseError,
 );
 
 /// Marks the error of a library call as the user's to fix where it is.
@@ -401,6 +404,7 @@ pub fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::WriteSpec(args) => write_spec::run(args),
         Command::Push(args) => push::run(args),
+        Command::Pull(args) => pull::run(args),
         Command::Save(args) => save::run(args),
         Command::ExportStatic(args) => export_static::run(args),
         Command::Cache(args) => cache::run(args),

@@ -128,12 +128,64 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|(p, i)| (p.clone(), i.rootfs.entries.len()))
             .collect();
-        with_root_layers(&table(&plan), &roots).into_bytes()
+        let bases: BTreeMap<_, (usize, u64)> = req
+            .images
+            .iter()
+            .map(|(p, i)| {
+                let layers = i
+                    .base
+                    .as_ref()
+                    .map(|b| b.layers.as_slice())
+                    .unwrap_or_default();
+                let size = layers.iter().filter_map(|l| l.size).sum();
+                (p.clone(), (layers.len(), size))
+            })
+            .collect();
+        let table = with_base_layers(&table(&plan), &bases, args.from.as_deref());
+        with_root_layers(&table, &roots).into_bytes()
     };
     if bytes.is_empty() {
         bytes.push(b'\n');
     }
     super::print_stdout(&bytes)
+}
+
+/// `table` with a first line per platform whose image is on a base image
+/// (`--from`, or the image spec's `fromImage`): its layers come below the
+/// planned ones and count in the budget.
+fn with_base_layers(
+    table: &str,
+    bases: &BTreeMap<crate::platform::Platform, (usize, u64)>,
+    from: Option<&str>,
+) -> String {
+    if bases.values().all(|(n, _)| *n == 0) {
+        return table.to_owned();
+    }
+    let mut out = String::new();
+    for (n, (block, (_, &(count, size)))) in table.split("\n\n").zip(bases).enumerate() {
+        if n > 0 {
+            out.push('\n');
+        }
+        let mut lines = block.trim_end_matches('\n').lines();
+        for line in lines.by_ref().take(2) {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "{:>5}  {:>10}  {:<8}  {:<6}  {count} layer{} of the base image{}, below the store layers, counted in the budget\n",
+            "base",
+            human_bytes(size),
+            "base",
+            "-",
+            if count == 1 { "" } else { "s" },
+            from.map(|f| format!(" {f}")).unwrap_or_default(),
+        ));
+        for line in lines {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// `table` with a last line per platform whose image has a root layer

@@ -117,8 +117,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .registry
         .credentials(&dest)
         .map_err(|e| usage(error_chain(&e)))?;
-    let mut scopes = vec![format!("repository:{}:pull,push", dest.repository)];
+    // The base's repository (`build --from` on this registry) first, then
+    // the --mount-from ones.
+    let mut mount_from = push::base_repositories(&image, &dest);
     for m in &args.mount_from {
+        if !mount_from.contains(m) {
+            mount_from.push(m.clone());
+        }
+    }
+    let mut scopes = vec![format!("repository:{}:pull,push", dest.repository)];
+    for m in &mount_from {
         scopes.push(format!("repository:{m}:pull"));
     }
 
@@ -179,7 +187,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &PushOptions {
             jobs,
             chunk_size,
-            mount_from: args.mount_from.clone(),
+            mount_from,
         },
         &events,
     )

@@ -24,6 +24,7 @@ use crate::oci::layout::{check_output, LayoutArg};
 use crate::pipeline::{ArchCheck, BuildRequest, ImageRequest, PlanRequest};
 use crate::plan::{Layering, DEFAULT_MAX_LAYERS};
 use crate::platform::Platform;
+use crate::publish::base::{read_base, Base, BaseRequest};
 use crate::publish::previous::{read_previous, PreviousRequest};
 use crate::rootfs::{Perms, RootSpec};
 use crate::spec::{self, ImageSpec, Overrides};
@@ -61,6 +62,7 @@ pub fn build_request(args: &Args) -> anyhow::Result<BuildRequest> {
     }
     let resolved = resolve(args, &store_dir, true)?;
     Ok(BuildRequest {
+        base: resolved.base,
         plan: resolved.plan,
         tag: resolved.tag,
         output,
@@ -100,6 +102,7 @@ fn store_dir(args: &Args) -> anyhow::Result<StoreDir> {
 /// What the flags and the image specs say for the whole image.
 struct Resolved {
     plan: PlanRequest,
+    base: Option<Base>,
     perms: Perms,
     tag: String,
     created: Created,
@@ -121,9 +124,9 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
     if args.max_layers == Some(0) {
         bail!(UsageError("--max-layers 0: expected at least 1".into()));
     }
-    if args.previous.is_none() && args.registry.given() {
+    if args.previous.is_none() && args.from.is_none() && args.registry.given() {
         bail!(UsageError(
-            "--creds, --insecure, --ca-file and --timeout are for the registry of a --previous image: give --previous".into()
+            "--creds, --insecure, --ca-file and --timeout are for the registry of a --from or --previous image: give one".into()
         ));
     }
     let created_flag = match &args.created {
@@ -268,6 +271,7 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
             tag: tag_flag.as_deref(),
             created: args.created.as_ref().map(Created::as_str),
             max_layers: args.max_layers,
+            from: args.from.is_some(),
         },
     )
     .map_err(|e| usage(e.to_string()))?;
@@ -286,6 +290,33 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
         // The root layer counts in the budget.
         layering.reserve_layers += 1;
     }
+    // The base image, for every platform: --from, else the specs'.
+    let from = match &args.from {
+        Some(f) => Some(f.clone()),
+        None => merged.from_image.clone(),
+    };
+    let base = match &from {
+        None => None,
+        Some(arg) => Some(
+            read_base(BaseRequest {
+                flag: "--from",
+                arg,
+                wanted: &roots.keys().cloned().collect(),
+                creds: args.registry.creds.as_deref(),
+                options: args.registry.client_options(),
+                note: Arc::new(|msg| eprintln!("nixoci: {msg}")),
+            })
+            .classify()?,
+        ),
+    };
+    // The base's layers count in the budget: the most of any platform.
+    let base_layers = base
+        .iter()
+        .flat_map(|b| b.platforms.values())
+        .map(|p| p.layers.len())
+        .max()
+        .unwrap_or(0);
+    layering.reserve_layers += base_layers;
     let tag = match (&tag_flag, merged.tag) {
         (Some(t), _) => t.clone(),
         (None, Some(t)) => {
@@ -300,6 +331,13 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
         .unwrap_or(DEFAULT_MAX_LAYERS);
     if max_layers == 0 {
         bail!(UsageError("the image spec's maxLayers is 0".into()));
+    }
+    if base_layers > 0 && layering.reserve_layers >= max_layers {
+        bail!(UsageError(format!(
+            "--from {}: its {base_layers} layers and {} reserved leave no layer of --max-layers {max_layers} for the store paths",
+            from.as_deref().unwrap_or_default(),
+            layering.reserve_layers - base_layers
+        )));
     }
     // --created, then the specs' own time, then SOURCE_DATE_EPOCH, then the
     // epoch: what the image says beats what the environment says, so the
@@ -400,11 +438,19 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
                 )));
             }
         }
-        let base = specs
+        let spec_run = specs
             .get(&platform)
             .map(ImageSpec::run_config)
             .unwrap_or_default();
-        let run = run_config(args, base, &rs[0])?;
+        let base_image = base
+            .as_ref()
+            .and_then(|b| b.platforms.get(&platform))
+            .cloned();
+        let spec_run = match &base_image {
+            Some(b) => spec_run.on_base(&b.run),
+            None => spec_run,
+        };
+        let run = run_config(args, spec_run, &rs[0])?;
         run.check()
             .map_err(|e| usage(format!("the image config of {platform}: {e}")))?;
         let mut spec = root_spec.clone();
@@ -436,6 +482,7 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
                 closure,
                 run,
                 rootfs,
+                base: base_image,
             },
         );
     }
@@ -454,6 +501,7 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
     }
     let perms = perms(args, spec_rules, &images)?;
     Ok(Resolved {
+        base,
         perms,
         plan: PlanRequest {
             images,

@@ -51,7 +51,7 @@ pub struct Args {
 }
 
 /// This machine's platform, as the runtimes pick it.
-fn host_platform() -> anyhow::Result<Platform> {
+pub(crate) fn host_platform() -> anyhow::Result<Platform> {
     let system = match std::env::consts::ARCH {
         "x86_64" => "x86_64-linux",
         "aarch64" => "aarch64-linux",

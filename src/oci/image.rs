@@ -10,6 +10,7 @@ use oci_spec::image::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::base::BasePlatform;
 use super::json::to_canonical_vec;
 use super::Digest;
 use crate::platform::Platform;
@@ -32,6 +33,18 @@ pub const ANNOTATION_STORE_PATHS: &str = "dev.nixoci.store-paths";
 /// directories, symlinks, the user database) instead of
 /// [`ANNOTATION_STORE_PATHS`]; `--previous` leaves such a layer out.
 pub const ANNOTATION_ROOT_LAYER: &str = "dev.nixoci.root-layer";
+
+/// The annotation that marks a layer of the base image (`--from`): it
+/// holds no store path of ours, and `--previous` leaves it out.
+pub const ANNOTATION_BASE_LAYER: &str = "dev.nixoci.base-layer";
+
+/// The manifest annotation naming the base image's manifest digest.
+pub const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
+
+/// The manifest annotation naming the base image's repository
+/// (`REGISTRY/NAME`), when it is known; `nixoci push` mounts the base's
+/// blobs from there when it pushes to the same registry.
+pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
 
 /// What `history` entries say created each layer.
 pub const CREATED_BY: &str = "nixoci";
@@ -72,6 +85,44 @@ fn has_control(s: &str) -> bool {
 }
 
 impl RunConfig {
+    /// This config on top of a base image's: `Env` merged by key (ours
+    /// win; the base's order first, then our new keys), `ExposedPorts`,
+    /// `Labels` and `Volumes` merged (ours win), `Entrypoint`, `Cmd`,
+    /// `WorkingDir`, `User` and `StopSignal` the base's unless we set them.
+    pub fn on_base(self, base: &RunConfig) -> RunConfig {
+        let key = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_owned();
+        let ours: BTreeMap<String, String> = self.env.iter().map(|e| (key(e), e.clone())).collect();
+        let mut env: Vec<String> = base
+            .env
+            .iter()
+            .map(|e| ours.get(&key(e)).unwrap_or(e).clone())
+            .collect();
+        let in_base: BTreeSet<String> = base.env.iter().map(|e| key(e)).collect();
+        env.extend(
+            self.env
+                .iter()
+                .filter(|e| !in_base.contains(&key(e)))
+                .cloned(),
+        );
+        let mut labels = base.labels.clone();
+        labels.extend(self.labels);
+        RunConfig {
+            entrypoint: self.entrypoint.or_else(|| base.entrypoint.clone()),
+            cmd: self.cmd.or_else(|| base.cmd.clone()),
+            env,
+            working_dir: self.working_dir.or_else(|| base.working_dir.clone()),
+            user: self.user.or_else(|| base.user.clone()),
+            exposed_ports: base
+                .exposed_ports
+                .union(&self.exposed_ports)
+                .cloned()
+                .collect(),
+            labels,
+            volumes: base.volumes.union(&self.volumes).cloned().collect(),
+            stop_signal: self.stop_signal.or_else(|| base.stop_signal.clone()),
+        }
+    }
+
     /// Checks what the OCI image spec and runtimes require: an absolute
     /// working directory, environment and label keys that are not empty and
     /// hold no control character (a newline would end the line they sit
@@ -263,12 +314,15 @@ pub fn store_paths_annotation(layer: &Layer) -> String {
     names.join(" ")
 }
 
-/// The image configuration of one platform.
+/// The image configuration of one platform; on a base image, the base's
+/// `diff_ids` and `history` come first (its runtime settings are merged
+/// into `run` already).
 pub fn config_blob(
     platform: &Platform,
     run: &RunConfig,
     layers: &[Layer],
     created: &str,
+    base: Option<&BasePlatform>,
 ) -> Result<Blob, ImageError> {
     let mut cb = ConfigBuilder::default();
     if let Some(e) = &run.entrypoint {
@@ -305,17 +359,30 @@ pub fn config_blob(
     }
     let config = cb.build().map_err(spec("image configuration"))?;
 
+    let base_diff_ids = base.map(|b| b.diff_ids.as_slice()).unwrap_or_default();
     let rootfs = RootFsBuilder::default()
         .typ("layers")
         .diff_ids(
-            layers
+            base_diff_ids
                 .iter()
-                .map(|l| l.diff_id.to_string())
+                .chain(layers.iter().map(|l| l.diff_id))
+                .map(|d| d.to_string())
                 .collect::<Vec<_>>(),
         )
         .build()
         .map_err(spec("image configuration"))?;
-    let history = layers
+    let mut history = Vec::new();
+    for h in base.map(|b| b.history.as_slice()).unwrap_or_default() {
+        history.push(
+            serde_json::from_value::<oci_spec::image::History>(h.clone()).map_err(|source| {
+                ImageError::Json {
+                    what: "base image's history",
+                    source,
+                }
+            })?,
+        );
+    }
+    let ours = layers
         .iter()
         .map(|l| {
             HistoryBuilder::default()
@@ -326,6 +393,7 @@ pub fn config_blob(
                 .map_err(spec("image configuration"))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    history.extend(ours);
 
     let mut ib = ImageConfigurationBuilder::default()
         .created(created)
@@ -344,11 +412,16 @@ pub fn config_blob(
     ))
 }
 
-/// The manifest of one platform's image.
+/// The manifest of one platform's image; on a base image, the base's
+/// layers come first, as the base names them (marked
+/// [`ANNOTATION_BASE_LAYER`]), and the manifest names the base
+/// ([`ANNOTATION_BASE_DIGEST`], and [`ANNOTATION_BASE_NAME`] when
+/// `base_name` is known).
 pub fn manifest_blob(
     config: &Blob,
     layers: &[Layer],
     annotations: &BTreeMap<String, String>,
+    base: Option<(&BasePlatform, Option<&str>)>,
 ) -> Result<Blob, ImageError> {
     let config_desc = DescriptorBuilder::default()
         .media_type(media_type(config.media_type))
@@ -356,7 +429,31 @@ pub fn manifest_blob(
         .size(config.size())
         .build()
         .map_err(spec("image manifest"))?;
-    let layer_descs = layers
+    let mut layer_descs = Vec::new();
+    let mut annotations = annotations.clone();
+    if let Some((b, name)) = base {
+        for l in &b.layers {
+            let mut marked = l.annotations.clone();
+            marked.insert(ANNOTATION_BASE_LAYER.to_owned(), "true".to_owned());
+            layer_descs.push(
+                DescriptorBuilder::default()
+                    .media_type(media_type(l.media_type.as_str()))
+                    .digest(oci_digest(&l.digest)?)
+                    .size(l.size.unwrap_or_default())
+                    .annotations(hash_map(&marked))
+                    .build()
+                    .map_err(spec("image manifest"))?,
+            );
+        }
+        annotations.insert(
+            ANNOTATION_BASE_DIGEST.to_owned(),
+            b.manifest.digest.to_string(),
+        );
+        if let Some(name) = name {
+            annotations.insert(ANNOTATION_BASE_NAME.to_owned(), name.to_owned());
+        }
+    }
+    let ours = layers
         .iter()
         .map(|l| {
             DescriptorBuilder::default()
@@ -374,13 +471,14 @@ pub fn manifest_blob(
                 .map_err(spec("image manifest"))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    layer_descs.extend(ours);
     let mut mb = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
         .config(config_desc)
         .layers(layer_descs);
     if !annotations.is_empty() {
-        mb = mb.annotations(hash_map(annotations));
+        mb = mb.annotations(hash_map(&annotations));
     }
     let doc = mb.build().map_err(spec("image manifest"))?;
     Ok(Blob::new(
@@ -724,8 +822,14 @@ mod tests {
             ..RunConfig::default()
         };
         let p: Platform = "linux/arm64".parse().unwrap();
-        let blob =
-            config_blob(&p, &run, &[l1.layer(), l2.layer()], "1970-01-01T00:00:00Z").unwrap();
+        let blob = config_blob(
+            &p,
+            &run,
+            &[l1.layer(), l2.layer()],
+            "1970-01-01T00:00:00Z",
+            None,
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&blob.bytes).unwrap();
         assert_eq!(v["architecture"], "arm64");
         assert_eq!(v["os"], "linux");
@@ -755,9 +859,10 @@ mod tests {
             &RunConfig::default(),
             &[l1.layer()],
             "1970-01-01T00:00:00Z",
+            None,
         )
         .unwrap();
-        let m = manifest_blob(&cfg, &[l1.layer()], &BTreeMap::new()).unwrap();
+        let m = manifest_blob(&cfg, &[l1.layer()], &BTreeMap::new(), None).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap();
         assert_eq!(v["schemaVersion"], 2);
         assert_eq!(v["mediaType"], MEDIA_TYPE_MANIFEST);

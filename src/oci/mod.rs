@@ -11,6 +11,7 @@
 //!
 //! `oci` imports nothing above it: not `layer`, `plan` or `publish`.
 
+pub mod base;
 pub mod digest;
 pub mod files;
 pub mod gc;

@@ -158,6 +158,13 @@ impl Descriptor {
         self.check_size(bytes.len() as u64)
     }
 
+    /// Checks a blob hashed on its way (its digest and length) against
+    /// the descriptor: digest, then size.
+    pub fn check_hashed(&self, found: Digest, len: u64) -> Result<(), Mismatch> {
+        self.check_digest(found)?;
+        self.check_size(len)
+    }
+
     fn check_digest(&self, found: Digest) -> Result<(), Mismatch> {
         if found == self.digest {
             Ok(())

@@ -21,7 +21,7 @@ use std::io;
 use std::path::PathBuf;
 
 use super::files::{self, FileError};
-use super::image::{ANNOTATION_ROOT_LAYER, ANNOTATION_STORE_PATHS};
+use super::image::{ANNOTATION_BASE_LAYER, ANNOTATION_ROOT_LAYER, ANNOTATION_STORE_PATHS};
 use super::layout::{tagged_entry, LayoutArg, TagError};
 use super::model::{parse, Descriptor, ImageConfig, Manifest};
 use super::walk::{self, At, BlobError, BlobSource, Kind, LayoutBlobs, ReadError, Visitor};
@@ -117,7 +117,11 @@ impl<S: BlobSource> Visitor<S> for Reader {
         let layers = manifest.layers(&what)?;
         // The root layer holds no store path: nothing to keep from it (it
         // is made anew, the same bytes when nothing changed).
-        let root_layer = |l: &&Descriptor| l.annotation(ANNOTATION_ROOT_LAYER).is_some();
+        // Nor does a layer of a base image (`--from`): it comes first anew.
+        let root_layer = |l: &&Descriptor| {
+            l.annotation(ANNOTATION_ROOT_LAYER).is_some()
+                || l.annotation(ANNOTATION_BASE_LAYER).is_some()
+        };
         let from_annotations: Option<Vec<Vec<String>>> = layers
             .iter()
             .filter(|l| !root_layer(l))
@@ -194,12 +198,25 @@ pub fn read(arg: &LayoutArg) -> Result<PreviousImage, PreviousError> {
     files::check_layout(&dir)?;
     let entry = tagged_entry(&dir, tag.as_deref())?;
     let mut blobs = LayoutBlobs::<ReadError>::new(&dir);
+    let found =
+        from_documents(&mut blobs, &Descriptor::from(&entry)).map_err(|e| read_error(&dir, e))?;
+    Ok(PreviousImage {
+        layout: dir,
+        tag,
+        previous: found.previous,
+        unknown: found.unknown,
+    })
+}
+
+/// The error of a walk over the layout `dir`, for a reader of an image
+/// from a layout (`--previous`, `--from`).
+pub fn read_error(dir: &std::path::Path, e: ReadError) -> PreviousError {
     let invalid = |what: String, problem: String| PreviousError::Invalid {
-        layout: dir.clone(),
+        layout: dir.to_owned(),
         what,
         problem,
     };
-    let found = from_documents(&mut blobs, &Descriptor::from(&entry)).map_err(|e| match e {
+    match e {
         ReadError::Invalid(e) => invalid(e.what, e.problem),
         ReadError::Blob(BlobError::File { source, .. }) => PreviousError::File(source),
         ReadError::Blob(BlobError::Io { path, source }) => {
@@ -218,13 +235,7 @@ pub fn read(arg: &LayoutArg) -> Result<PreviousImage, PreviousError> {
             format!("{} {digest}", kind.what()),
             format!("larger than {limit} bytes"),
         ),
-    })?;
-    Ok(PreviousImage {
-        layout: dir,
-        tag,
-        previous: found.previous,
-        unknown: found.unknown,
-    })
+    }
 }
 
 /// True when neither `arg` nor any part of it before a colon (the

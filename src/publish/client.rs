@@ -781,15 +781,38 @@ impl Client {
         resp: &mut Response<ureq::Body>,
         limit: u64,
     ) -> Result<Option<Vec<u8>>, ClientError> {
+        let mut bytes = Vec::new();
+        Ok(self
+            .read_body_into(method, url, resp, limit, &mut bytes, Path::new("memory"))?
+            .map(|_| bytes))
+    }
+
+    /// [`Client::read_body`] into `to` (a file at `path`, for messages):
+    /// the bytes written, `None` when there were more than `limit`.
+    pub fn read_body_into(
+        &self,
+        method: &'static str,
+        url: &Url,
+        resp: &mut Response<ureq::Body>,
+        limit: u64,
+        to: &mut dyn io::Write,
+        path: &Path,
+    ) -> Result<Option<u64>, ClientError> {
         let bounds = self.options.bounds;
         let start = Instant::now();
         let mut reader = resp.body_mut().with_config().limit(limit).reader();
-        let mut bytes = Vec::new();
+        let mut written = 0u64;
         let mut buf = vec![0; 64 << 10];
         loop {
             match reader.read(&mut buf) {
-                Ok(0) => return Ok(Some(bytes)),
-                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                Ok(0) => return Ok(Some(written)),
+                Ok(n) => {
+                    to.write_all(&buf[..n]).map_err(|source| ClientError::Io {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                    written += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     return match ureq::Error::from(e) {
@@ -799,14 +822,14 @@ impl Client {
                 }
             }
             let elapsed = start.elapsed();
-            if bounds.behind(elapsed, bytes.len() as u64) {
+            if bounds.behind(elapsed, written) {
                 return Err(ClientError::Timeout(Box::new(TimedOut {
                     who: self.who(url),
                     method,
                     path: url.path().to_owned(),
                     limit: Limit::Rate {
                         rate: bounds.min_rate,
-                        bytes: bytes.len() as u64,
+                        bytes: written,
                         elapsed,
                     },
                 })));

@@ -12,10 +12,14 @@ use url::Url;
 use super::client::{
     response_header, status_error, Body, Client, ClientError, Extra, MANIFEST_ACCEPT,
 };
+use std::collections::BTreeSet;
+
+use crate::oci::base::BaseImage;
 use crate::oci::model::{parse, Descriptor, Invalid, Mismatch};
 use crate::oci::previous::{from_documents, ImageLayers};
 use crate::oci::walk::{BlobSource, Kind};
-use crate::oci::{Digest, MediaType};
+use crate::oci::{Digest, DigestWriter, MediaType};
+use crate::platform::Platform;
 
 /// Largest manifest or image index read.
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
@@ -201,14 +205,14 @@ fn media_type(doc: &MediaTypeOnly, content_type: Option<&str>) -> MediaType {
     }
 }
 
-/// Reads the layers of the image `reference` (a tag or a digest) names in
-/// the client's repository; `image` names it in messages.
-pub fn read_layers(
-    client: &Client,
+/// The document a reference names, read and checked, as the root of a
+/// walk over the client's repository.
+fn open_root<'a>(
+    client: &'a Client,
     reference: &str,
     expected: Option<&Digest>,
     image: &str,
-) -> Result<RemoteImage, FetchError> {
+) -> Result<(Registry<'a>, Descriptor), FetchError> {
     let what = format!("the manifest of {image}");
     let client_err = |source| FetchError::Client {
         what: what.clone(),
@@ -258,22 +262,100 @@ pub fn read_layers(
             problem: format!("not an image index or manifest (media type '{media_type}')"),
         });
     }
-    let root = Descriptor::new(
-        media_type.clone(),
-        digest.clone(),
-        answer.bytes.len() as u64,
-    );
-    let mut registry = Registry {
+    let root = Descriptor::new(media_type, digest.clone(), answer.bytes.len() as u64);
+    let registry = Registry {
         client,
-        root: digest.clone(),
+        root: digest,
         root_bytes: answer.bytes,
     };
+    Ok((registry, root))
+}
+
+/// Reads the layers of the image `reference` (a tag or a digest) names in
+/// the client's repository; `image` names it in messages.
+pub fn read_layers(
+    client: &Client,
+    reference: &str,
+    expected: Option<&Digest>,
+    image: &str,
+) -> Result<RemoteImage, FetchError> {
+    let (mut registry, root) = open_root(client, reference, expected, image)?;
     let layers = from_documents(&mut registry, &root)?;
     Ok(RemoteImage {
-        digest,
-        media_type,
+        digest: root.digest,
+        media_type: root.media_type,
         layers,
     })
+}
+
+/// Reads the platforms `wanted` of the base image `reference` (a tag or a
+/// digest) names in the client's repository (`--from`, `nixoci pull`).
+pub fn read_base(
+    client: &Client,
+    reference: &str,
+    expected: Option<&Digest>,
+    image: &str,
+    wanted: &BTreeSet<Platform>,
+) -> Result<BaseImage, FetchError> {
+    let (mut registry, root) = open_root(client, reference, expected, image)?;
+    crate::oci::base::from_documents(&mut registry, &root, wanted)
+}
+
+/// The bytes of a blob or document `d` names (`Kind::Config` for any blob
+/// from `blobs/`), checked against it: what `nixoci pull` copies.
+pub fn read_document(client: &Client, kind: Kind, d: &Descriptor) -> Result<Vec<u8>, FetchError> {
+    by_digest(client, kind, d)
+}
+
+/// Streams the blob `d` names (a layer) from the client's repository into
+/// `to` (a file at `path`), checking its size and digest on the way.
+pub fn fetch_blob(
+    client: &Client,
+    d: &Descriptor,
+    to: &mut dyn std::io::Write,
+    path: &std::path::Path,
+) -> Result<(), FetchError> {
+    let what = format!("layer {}", d.digest);
+    let size = d.size.unwrap_or(u64::MAX);
+    let client_err = |source| FetchError::Client {
+        what: what.clone(),
+        source: Box::new(source),
+    };
+    let url = client
+        .repo_url(&format!("blobs/{}", d.digest))
+        .map_err(client_err)?;
+    let mut resp = client
+        .send_with(
+            "GET",
+            &url,
+            &[],
+            &Body::Empty,
+            Extra {
+                read: size.min(1 << 40),
+                work: 0,
+            },
+        )
+        .map_err(client_err)?;
+    if !resp.status().is_success() {
+        return Err(client_err(status_error("GET", &url, resp)));
+    }
+    let mut hashing = DigestWriter::new(to);
+    let read = client
+        .read_body_into("GET", &url, &mut resp, size, &mut hashing, path)
+        .map_err(client_err)?;
+    let (_, found, len) = hashing.finish();
+    let Some(_) = read else {
+        return Err(FetchError::TooLarge { what, limit: size });
+    };
+    match d.check_hashed(found, len) {
+        Ok(()) => Ok(()),
+        Err(Mismatch::Digest { found, .. }) => Err(FetchError::DigestMismatch { what, found }),
+        Err(Mismatch::Size { expected, found }) => Err(FetchError::SizeMismatch {
+            what,
+            expected,
+            found,
+        }),
+    }
 }
 
 #[cfg(test)]

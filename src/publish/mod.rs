@@ -9,6 +9,8 @@
 //!   registry over the same client, for `build --previous`;
 //!   [`previous`] says where a `--previous IMAGE` is (a layout or a
 //!   registry) and reads its layers from there.
+//! - [`base`] reads a base image (`build --from`, `nixoci pull`) from a
+//!   layout or a registry, and copies its layer blobs as they are.
 //! - [`static_export`] writes a static registry tree that a plain web
 //!   server or an S3 bucket serves read-only, with the nginx, Caddy and S3
 //!   metadata a static server cannot guess.
@@ -20,6 +22,7 @@
 pub mod archive;
 pub mod auth;
 pub mod aws;
+pub mod base;
 pub mod client;
 pub mod fetch;
 pub mod gc;

@@ -1,7 +1,7 @@
 //! `--previous IMAGE`: where the previous build of an image is (a layout or
 //! a registry image), and reading its layers from there for the planner.
 
-use crate::oci::layout::LayoutArg;
+use crate::oci::layout::{LayoutArg, LayoutArgError};
 use crate::oci::previous::{self as layout_previous, PreviousError as LayoutPreviousError};
 use crate::oci::Digest;
 use crate::plan::Previous;
@@ -85,42 +85,59 @@ impl PreviousSource {
     /// when nothing is at the path and the first component is a host, a
     /// layout otherwise. Layouts are [`LayoutArg`]s, as for every command.
     pub fn parse(arg: &str) -> Result<PreviousSource, PreviousError> {
-        let registry = |s: &str| {
-            let (mut reference, digest) =
-                Reference::parse_with_digest(s).map_err(|source| PreviousError::Reference {
-                    arg: arg.to_owned(),
-                    source: Box::new(source),
-                })?;
-            if digest.is_none() && reference.tag.is_none() {
-                reference.tag = Some("latest".to_owned());
-            }
-            Ok(PreviousSource::Registry(reference, digest))
-        };
-        let layout = || {
-            LayoutArg::parse(arg)
-                .map(PreviousSource::Layout)
-                .map_err(|e| PreviousError::Layout {
-                    arg: arg.to_owned(),
-                    source: Box::new(LayoutPreviousError::Tag(e.into())),
-                })
-        };
-        if arg.starts_with("docker://") {
-            return registry(arg);
-        }
-        if arg.starts_with(LayoutArg::PREFIX) {
-            return layout();
-        }
-        if LayoutArg::parse(arg).is_ok_and(|l| l.is_layout()) {
-            return layout();
-        }
-        let host = arg.split_once('/').map(|(first, _)| first);
-        if layout_previous::nothing_at(arg)
-            && host.is_some_and(|h| names_registry(h) && valid_registry(h))
-        {
-            return registry(arg);
-        }
-        layout()
+        image_source(arg).map_err(|e| match e {
+            SourceError::Reference(source) => PreviousError::Reference {
+                arg: arg.to_owned(),
+                source: Box::new(source),
+            },
+            SourceError::Layout(e) => PreviousError::Layout {
+                arg: arg.to_owned(),
+                source: Box::new(LayoutPreviousError::Tag(e.into())),
+            },
+        })
     }
+}
+
+/// Why an image named on the command line names nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Layout(#[from] LayoutArgError),
+}
+
+/// Where an image named on the command line is (`--previous`, `--from`,
+/// `nixoci pull`): `docker://…` a registry image and `oci:…` a layout;
+/// else a layout that exists, as always; else a registry image when
+/// nothing is at the path and the first component is a host, a layout
+/// otherwise. Layouts are [`LayoutArg`]s, as for every command; a registry
+/// image without tag or digest is `:latest`.
+pub fn image_source(arg: &str) -> Result<PreviousSource, SourceError> {
+    let registry = |s: &str| {
+        let (mut reference, digest) = Reference::parse_with_digest(s)?;
+        if digest.is_none() && reference.tag.is_none() {
+            reference.tag = Some("latest".to_owned());
+        }
+        Ok(PreviousSource::Registry(reference, digest))
+    };
+    let layout = || Ok(PreviousSource::Layout(LayoutArg::parse(arg)?));
+    if arg.starts_with("docker://") {
+        return registry(arg);
+    }
+    if arg.starts_with(LayoutArg::PREFIX) {
+        return layout();
+    }
+    if LayoutArg::parse(arg).is_ok_and(|l| l.is_layout()) {
+        return layout();
+    }
+    let host = arg.split_once('/').map(|(first, _)| first);
+    if layout_previous::nothing_at(arg)
+        && host.is_some_and(|h| names_registry(h) && valid_registry(h))
+    {
+        return registry(arg);
+    }
+    layout()
 }
 
 /// The layers read from an image as the planner takes them (the planner,

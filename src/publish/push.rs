@@ -20,6 +20,7 @@ use super::client::{
 };
 use super::reference::Reference;
 use super::source::{BlobRef, Document, Image};
+use crate::oci::image::ANNOTATION_BASE_NAME;
 use crate::oci::{Digest, MediaType};
 
 /// Blobs up to this size go in one `PUT`; larger ones in chunks this big.
@@ -448,6 +449,32 @@ impl Pusher<'_> {
                 Ok(ManifestStatus::Pushed)
             })
     }
+}
+
+/// The repositories of `destination`'s registry that the image's bases
+/// come from (the `org.opencontainers.image.base.name` of its manifests,
+/// which `build --from` writes), sorted: a push mounts the base's blobs
+/// from there instead of uploading them (falling back to an upload when
+/// the registry does not mount).
+pub fn base_repositories(image: &Image, destination: &Reference) -> Vec<String> {
+    let mut repos = std::collections::BTreeSet::new();
+    for doc in image.documents.iter().filter(|d| !d.is_index()) {
+        let Ok(m) = serde_json::from_slice::<crate::oci::model::Manifest>(&doc.bytes) else {
+            continue;
+        };
+        let Some(name) = m.annotations.get(ANNOTATION_BASE_NAME) else {
+            continue;
+        };
+        if let Some((registry, repo)) = name.split_once('/') {
+            if registry == destination.registry
+                && repo != destination.repository
+                && super::reference::valid_repository(repo)
+            {
+                repos.insert(repo.to_owned());
+            }
+        }
+    }
+    repos.into_iter().collect()
 }
 
 fn with_digest(location: &Url, digest: &Digest) -> Url {
