@@ -309,9 +309,10 @@ fn a_registry_base_runs_on_both_platforms_and_is_pushed_without_its_blobs() {
         let r = run_bundle(&bundle, qemu).success();
         check_output(&r.stdout, arch, machine);
     }
-    // Each base layer came from the registry once (the /srv layer is the
-    // same blob on both platforms).
-    assert_eq!(base_layers.len(), 3, "two layers each, /srv shared");
+    // Each base layer came from the registry once (the /srv layer is
+    // usually the same blob on both platforms; umoci's tars are not always
+    // the same bytes).
+    assert!((3..=4).contains(&base_layers.len()), "{base_layers:?}");
     let gets = blob_gets(&reg);
     for d in &base_layers {
         assert_eq!(gets.get(d), Some(&1), "{d}: {gets:?}");
@@ -320,7 +321,7 @@ fn a_registry_base_runs_on_both_platforms_and_is_pushed_without_its_blobs() {
         .iter()
         .filter(|l| base_layers.contains(str_of(&l["digest"])))
         .collect();
-    assert_eq!(misses.len(), 3, "{report}");
+    assert_eq!(misses.len(), base_layers.len(), "{report}");
 
     // Again into another layout: the layer cache has the base's blobs.
     let again = work.join("again.oci");
@@ -385,7 +386,7 @@ fn a_registry_base_runs_on_both_platforms_and_is_pushed_without_its_blobs() {
             assert_eq!(b["status"], "uploaded", "{b}");
         }
     }
-    assert_eq!(pushed["mounted"], 3, "{pushed}");
+    assert_eq!(pushed["mounted"], base_layers.len(), "{pushed}");
     let uploads: Vec<String> = reg
         .access_lines()
         .into_iter()
