@@ -481,6 +481,11 @@ fn gc_and_untag_refuse_what_they_cannot_work_on() {
 
     let layout = golden_layout(work, "1.0");
     run(nixoci().arg("untag").arg(&layout).arg("hello:1.0")).refused("an OCI layout");
+    run(nixoci()
+        .arg("untag")
+        .arg(format!("oci:{}:1.0", layout.display()))
+        .arg("hello:1.0"))
+    .refused("an OCI layout; untag works on");
     let tree = work.join("site");
     export(&layout, "1.0", "hello", "1.0", &tree);
     let snap = snapshot(&tree);

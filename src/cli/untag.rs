@@ -5,6 +5,7 @@ use anyhow::Context;
 use super::flags::{NameTag, S3Args};
 use super::gc::{open_bucket, Target};
 use super::{usage, Classify};
+use crate::oci::layout::LayoutArg;
 use crate::publish::gc::{self as static_gc, bucket::BucketObjects, tree};
 
 /// Remove a tag from a static registry
@@ -39,6 +40,18 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let layout = || {
+        usage(format!(
+            "TARGET {}: an OCI layout; untag works on a static registry tree or s3://BUCKET[/PREFIX]",
+            args.target
+        ))
+    };
+    // A layout with a tag is a layout too, not gc's whole-layout refusal.
+    if !args.target.starts_with("s3://")
+        && LayoutArg::parse(&args.target).is_ok_and(|l| l.is_layout())
+    {
+        return Err(layout());
+    }
     let target = Target::find(&args.target)?;
     if args.s3.given() && !matches!(target, Target::Bucket(_)) {
         return Err(usage(format!(
@@ -47,16 +60,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )));
     }
     let report = match target {
-        Target::Layout(_) => {
-            return Err(usage(format!(
-                "TARGET {}: an OCI layout; untag works on a static registry tree or s3://BUCKET[/PREFIX]",
-                args.target
-            )))
-        }
+        Target::Layout(_) => return Err(layout()),
         Target::Tree(dir) => {
             super::refuse_in_store("TARGET", &dir, &super::default_store_dirs())?;
-            let mut tree = tree::Tree::open(&dir)
-                .with_context(|| format!("opening {}", dir.display()))?;
+            let mut tree =
+                tree::Tree::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
             static_gc::untag(
                 &mut tree,
                 &args.target,
