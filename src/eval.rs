@@ -20,6 +20,16 @@ pub struct Nix {
     pub program: PathBuf,
     /// `--option NAME VALUE` pairs passed to every call.
     pub options: Vec<(String, String)>,
+    /// `--file FILE`: installables other than store paths are attribute
+    /// paths of FILE's value ([`Installable::Attr`]), as `nix build -f`.
+    pub file: Option<PathBuf>,
+    /// `--impure`, to every call that evaluates.
+    pub impure: bool,
+    /// `--override-input INPUT REF` pairs, to every call that evaluates a
+    /// flake.
+    pub override_inputs: Vec<(String, String)>,
+    /// `--print-build-logs` (`-L`), to `nix build`.
+    pub print_build_logs: bool,
 }
 
 impl Default for Nix {
@@ -27,6 +37,10 @@ impl Default for Nix {
         Nix {
             program: PathBuf::from("nix"),
             options: Vec::new(),
+            file: None,
+            impure: false,
+            override_inputs: Vec::new(),
+            print_build_logs: false,
         }
     }
 }
@@ -41,6 +55,31 @@ impl Nix {
             cmd.args(["--option", name, value]);
         }
         cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// `nix SUBCOMMAND` that evaluates installables, with what the user
+    /// asked of evaluation: `--impure`, and `--override-input` for flakes
+    /// or `--file FILE` with `system` (`--option system SYSTEM`, which is
+    /// `builtins.currentSystem`) for attributes of a file.
+    fn eval_command(&self, subcommand: &str, system: Option<&str>) -> Command {
+        let mut cmd = self.command(FLAKES, subcommand);
+        if self.impure {
+            cmd.arg("--impure");
+        }
+        match &self.file {
+            Some(file) => {
+                cmd.arg("--file").arg(file);
+                if let Some(system) = system {
+                    cmd.args(["--option", "system", system]);
+                }
+            }
+            None => {
+                for (input, reference) in &self.override_inputs {
+                    cmd.args(["--override-input", input, reference]);
+                }
+            }
+        }
         cmd
     }
 
@@ -73,6 +112,13 @@ pub enum EvalError {
         /// Where nixoci looked and what the flake does have.
         detail: String,
     },
+    #[error("-f {file}: its value has no attribute {attr}{system}")]
+    MissingFileAttr {
+        attr: String,
+        file: PathBuf,
+        /// ` (evaluated for SYSTEM)`, or empty.
+        system: String,
+    },
     #[error("nix build failed for {what}: {detail}")]
     BuildFailed { what: String, detail: String },
     #[error("'{command}' printed output nixoci cannot read: {detail}")]
@@ -90,7 +136,10 @@ impl EvalError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            EvalError::NixMissing { .. } | EvalError::NotInStore(_) | EvalError::MissingAttr { .. }
+            EvalError::NixMissing { .. }
+                | EvalError::NotInStore(_)
+                | EvalError::MissingAttr { .. }
+                | EvalError::MissingFileAttr { .. }
         )
     }
 }
@@ -113,6 +162,8 @@ pub struct TargetArgs<'a> {
     /// The closure comes from a file: installables must be store paths
     /// and INSTALLABLE needs explicit systems.
     pub closure_file: bool,
+    /// `--file FILE`: installables are attribute paths of its value.
+    pub file: bool,
 }
 
 /// Why the installables and platforms name no set of targets, or no flake
@@ -203,9 +254,11 @@ pub fn targets(
     };
     if let Some(text) = args.installable {
         let installable =
-            Installable::parse(text, store_dir).map_err(|source| TargetError::Installable {
-                given: format!("'{text}'"),
-                source,
+            Installable::parse_with(text, store_dir, args.file).map_err(|source| {
+                TargetError::Installable {
+                    given: format!("'{text}'"),
+                    source,
+                }
             })?;
         let systems = if args.systems.is_empty() {
             if args.closure_file || !args.platforms.is_empty() {
@@ -236,9 +289,11 @@ pub fn targets(
             source,
         })?;
         let installable =
-            Installable::parse(text, store_dir).map_err(|source| TargetError::Installable {
-                given: format!("--platform '{spec}'"),
-                source,
+            Installable::parse_with(text, store_dir, args.file).map_err(|source| {
+                TargetError::Installable {
+                    given: format!("--platform '{spec}'"),
+                    source,
+                }
             })?;
         // Short attributes resolve for the current system, as `nix build`
         // resolves them: that is where outputs cross-compiled on this host
@@ -256,21 +311,59 @@ pub fn targets(
     Ok(out)
 }
 
-/// Flake outputs to `nix build` arguments: short attributes resolve per
-/// system as `nix build` would; a missing one lists what the flake has.
+/// One installable for `nix build`: a flake output (`REF#ATTR`), or an
+/// attribute path of the `--file` expression evaluated with `system` as
+/// `builtins.currentSystem` (`None`: Nix's own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildTarget {
+    pub installable: String,
+    pub system: Option<String>,
+}
+
+impl BuildTarget {
+    fn flake(installable: String) -> BuildTarget {
+        BuildTarget {
+            installable,
+            system: None,
+        }
+    }
+}
+
+impl std::fmt::Display for BuildTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.installable)
+    }
+}
+
+/// Flake outputs and attributes of `--file` to `nix build` arguments:
+/// short flake attributes resolve per system as `nix build` would (a
+/// missing one lists what the flake has); a file's attribute is evaluated
+/// for the target's system.
 pub fn resolve_attrs(
     nix: &Nix,
     targets: &BTreeMap<Platform, Target>,
-) -> Result<Vec<(Platform, String)>, TargetError> {
+) -> Result<Vec<(Platform, BuildTarget)>, TargetError> {
     let mut packages: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
     let mut host: Option<String> = None;
     let mut out = Vec::new();
     for (platform, target) in targets {
-        let Installable::Flake { flake_ref, attr } = &target.installable else {
-            continue;
+        let (flake_ref, attr) = match &target.installable {
+            Installable::Flake { flake_ref, attr } => (flake_ref, attr),
+            Installable::Attr(attr) => {
+                let build = BuildTarget {
+                    installable: attr.clone(),
+                    system: target.system.clone(),
+                };
+                out.push((platform.clone(), build));
+                continue;
+            }
+            Installable::StorePath(_) => continue,
         };
         if attr.contains('.') {
-            out.push((platform.clone(), format!("{flake_ref}#{attr}")));
+            out.push((
+                platform.clone(),
+                BuildTarget::flake(format!("{flake_ref}#{attr}")),
+            ));
             continue;
         }
         let system = match (&target.system, &host) {
@@ -324,7 +417,10 @@ pub fn resolve_attrs(
             }
             .into());
         };
-        out.push((platform.clone(), format!("{flake_ref}#{chosen}")));
+        out.push((
+            platform.clone(),
+            BuildTarget::flake(format!("{flake_ref}#{chosen}")),
+        ));
     }
     Ok(out)
 }
@@ -434,7 +530,7 @@ pub fn flake_packages(
     flake_ref: &str,
 ) -> Result<BTreeMap<String, Vec<String>>, EvalError> {
     let target = format!("{flake_ref}#packages");
-    let mut cmd = nix.command(FLAKES, "eval");
+    let mut cmd = nix.eval_command("eval", None);
     cmd.args([
         "--json",
         &target,
@@ -454,7 +550,7 @@ pub fn flake_packages(
 /// True when `flake_ref#attr_path` exists (`nix eval` of its type).
 pub fn flake_has_attr(nix: &Nix, flake_ref: &str, attr_path: &str) -> Result<bool, EvalError> {
     let target = format!("{flake_ref}#{attr_path}");
-    let mut cmd = nix.command(FLAKES, "eval");
+    let mut cmd = nix.eval_command("eval", None);
     cmd.args(["--raw", &target, "--apply", "builtins.typeOf"]);
     match run_captured(nix, cmd, &format!("nix eval {target}")) {
         Ok(_) => Ok(true),
@@ -493,12 +589,14 @@ fn failed_derivations(stderr: &str) -> Vec<String> {
 
 /// Builds `targets` (label, installable) with ONE `nix build --json
 /// --no-link`, so Nix schedules them together and sends foreign systems to
-/// the user's remote builders. Nix's own progress and errors stream to
-/// stderr. Returns one store path per target, in order.
+/// the user's remote builders (attributes of a `--file` evaluated for
+/// several systems take one call per system: the system is a setting of
+/// the call). Nix's own progress and errors stream to stderr. Returns one
+/// store path per target, in order.
 pub fn build(
     nix: &Nix,
     store_dir: &StoreDir,
-    targets: &[(String, String)],
+    targets: &[(String, BuildTarget)],
 ) -> Result<Vec<StorePath>, EvalError> {
     if targets.is_empty() {
         return Ok(Vec::new());
@@ -507,57 +605,52 @@ pub fn build(
         .iter()
         .map(|(_, t)| drv_path(nix, t))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut cmd = nix.command(FLAKES, "build");
-    cmd.args(["--json", "--no-link", "--"]);
-    cmd.args(targets.iter().map(|(_, t)| t));
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(nix.missing())?;
-    // Forward Nix's stderr as it comes, keeping it to explain a failure.
-    let stderr = child.stderr.take();
-    let forward = std::thread::spawn(move || {
-        use std::io::{BufRead, Write};
-        let mut kept = String::new();
-        if let Some(stderr) = stderr {
-            for line in io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = writeln!(io::stderr(), "{line}");
-                kept.push_str(&line);
-                kept.push('\n');
-            }
-        }
-        kept
-    });
-    let mut stdout = Vec::new();
-    if let Some(mut out) = child.stdout.take() {
-        use std::io::Read;
-        let _ = out.read_to_end(&mut stdout);
-    }
-    let status = child.wait().map_err(nix.missing())?;
-    let stderr = strip_ansi(&forward.join().unwrap_or_default());
-    if !status.success() {
-        let failed = failed_derivations(&stderr);
-        // Nix's whole output is on the terminal already; repeat its first
-        // error line only.
-        let detail = stderr
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("error: "))
-            .map(|l| l.trim_end_matches(';').to_owned())
-            .unwrap_or_else(|| format!("nix exited with {status}"));
-        let what = match blame(nix, targets, &drvs, &failed) {
-            Some(labels) => labels,
-            None => targets
-                .iter()
-                .map(|(l, t)| format!("{l} ({t})"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        };
-        return Err(EvalError::BuildFailed { what, detail });
+    let mut calls: BTreeMap<Option<&str>, Vec<usize>> = BTreeMap::new();
+    for (i, (_, t)) in targets.iter().enumerate() {
+        calls.entry(t.system.as_deref()).or_default().push(i);
     }
     let command = "nix build --json".to_owned();
-    let entries: Vec<serde_json::Value> =
-        serde_json::from_slice(&stdout).map_err(|e| EvalError::Output {
-            command: command.clone(),
-            detail: e.to_string(),
-        })?;
+    let mut entries: Vec<serde_json::Value> = Vec::new();
+    for (system, members) in calls {
+        let mut cmd = nix.eval_command("build", system);
+        cmd.args(["--json", "--no-link"]);
+        if nix.print_build_logs {
+            cmd.arg("--print-build-logs");
+        }
+        cmd.arg("--");
+        cmd.args(members.iter().map(|&i| &targets[i].1.installable));
+        let run = run_build(nix, cmd)?;
+        if !run.status.success() {
+            let failed = failed_derivations(&run.stderr);
+            // Nix's whole output is on the terminal already; repeat its
+            // first error line only.
+            let detail = run
+                .stderr
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("error: "))
+                .map(|l| l.trim_end_matches(';').to_owned())
+                .unwrap_or_else(|| format!("nix exited with {}", run.status));
+            let group: Vec<(String, BuildTarget)> =
+                members.iter().map(|&i| targets[i].clone()).collect();
+            let group_drvs: Vec<String> = members.iter().map(|&i| drvs[i].clone()).collect();
+            let what = match blame(nix, &group, &group_drvs, &failed) {
+                Some(labels) => labels,
+                None => group
+                    .iter()
+                    .map(|(l, t)| format!("{l} ({t})"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            return Err(EvalError::BuildFailed { what, detail });
+        }
+        let stdout = run.stdout;
+        let mut more: Vec<serde_json::Value> =
+            serde_json::from_slice(&stdout).map_err(|e| EvalError::Output {
+                command: command.clone(),
+                detail: e.to_string(),
+            })?;
+        entries.append(&mut more);
+    }
     // Nix prints results in its own order (2.8 sorts them by derivation),
     // so match them to targets by derivation path.
     let mut by_drv: BTreeMap<&str, &str> = BTreeMap::new();
@@ -583,12 +676,67 @@ pub fn build(
         .collect()
 }
 
-/// The derivation a flake output evaluates to (`nix eval --raw X.drvPath`).
-fn drv_path(nix: &Nix, target: &str) -> Result<String, EvalError> {
-    let what = format!("{target}.drvPath");
-    let mut cmd = nix.command(FLAKES, "eval");
+/// What one `nix build` did.
+struct BuildRun {
+    status: std::process::ExitStatus,
+    stdout: Vec<u8>,
+    /// Without terminal escapes.
+    stderr: String,
+}
+
+/// Runs one `nix build`, forwarding its stderr as it comes and keeping it
+/// to explain a failure.
+fn run_build(nix: &Nix, mut cmd: Command) -> Result<BuildRun, EvalError> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(nix.missing())?;
+    let stderr = child.stderr.take();
+    let forward = std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let mut kept = String::new();
+        if let Some(stderr) = stderr {
+            for line in io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(io::stderr(), "{line}");
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        }
+        kept
+    });
+    let mut stdout = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        use std::io::Read;
+        let _ = out.read_to_end(&mut stdout);
+    }
+    let status = child.wait().map_err(nix.missing())?;
+    let stderr = strip_ansi(&forward.join().unwrap_or_default());
+    Ok(BuildRun {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// The derivation a flake output or a file's attribute evaluates to
+/// (`nix eval --raw X.drvPath`).
+fn drv_path(nix: &Nix, target: &BuildTarget) -> Result<String, EvalError> {
+    let what = format!("{}.drvPath", target.installable);
+    let mut cmd = nix.eval_command("eval", target.system.as_deref());
     cmd.args(["--raw", "--", &what]);
-    let out = run_captured(nix, cmd, &format!("nix eval {what}")).map_err(|f| f.1)?;
+    let out = run_captured(nix, cmd, &format!("nix eval {what}")).map_err(|f| match &nix.file {
+        // What Nix says of an attribute path a file's value lacks.
+        Some(file) if f.0.contains("in selection path") && f.0.contains("not found") => {
+            EvalError::MissingFileAttr {
+                attr: target.installable.clone(),
+                file: file.clone(),
+                system: target
+                    .system
+                    .as_ref()
+                    .map(|s| format!(" (evaluated for {s})"))
+                    .unwrap_or_default(),
+            }
+        }
+        _ => f.1,
+    })?;
     String::from_utf8(out)
         .ok()
         .filter(|s| s.ends_with(".drv"))
@@ -602,7 +750,7 @@ fn drv_path(nix: &Nix, target: &str) -> Result<String, EvalError> {
 /// target's derivation is asked of Nix (nothing is built).
 fn blame(
     nix: &Nix,
-    targets: &[(String, String)],
+    targets: &[(String, BuildTarget)],
     drvs: &[String],
     failed: &[String],
 ) -> Option<String> {
@@ -706,6 +854,7 @@ mod tests {
                     systems: &systems,
                     platforms: &platforms,
                     closure_file,
+                    file: false,
                 },
                 &store,
                 &nix,

@@ -1,7 +1,9 @@
 //! Installables: what a user names an image's contents with. A store path
-//! (`/nix/store/…-hello`) or a flake output (`.#hello`, `path:./x#hello`,
-//! `github:owner/repo#hello`). Pure: parsing and the attribute paths Nix
-//! would try, nothing is evaluated here.
+//! (`/nix/store/…-hello`), a flake output (`.#hello`, `path:./x#hello`,
+//! `github:owner/repo#hello`), or with `--file FILE` an attribute path of
+//! FILE's value (`hello`, `pkgs.hello`), as `nix build -f` reads them.
+//! Pure: parsing and the attribute paths Nix would try, nothing is
+//! evaluated here.
 
 use std::fmt;
 
@@ -11,7 +13,12 @@ use crate::store_path::{StoreDir, StorePath, StorePathError};
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Installable {
     StorePath(StorePath),
-    Flake { flake_ref: String, attr: String },
+    Flake {
+        flake_ref: String,
+        attr: String,
+    },
+    /// An attribute path of the `--file` expression's value.
+    Attr(String),
 }
 
 /// Why a string is not an installable.
@@ -28,6 +35,23 @@ pub enum InstallableError {
 }
 
 impl Installable {
+    /// Parses `input` as `nix build` does: with `file` (`--file FILE`),
+    /// anything but a store path is an attribute path of FILE's value;
+    /// without it, a flake output.
+    pub fn parse_with(
+        input: &str,
+        store_dir: &StoreDir,
+        file: bool,
+    ) -> Result<Installable, InstallableError> {
+        if !file || input.starts_with('/') {
+            return Installable::parse(input, store_dir);
+        }
+        if input.is_empty() {
+            return Err(InstallableError::Empty(input.to_owned()));
+        }
+        Ok(Installable::Attr(input.to_owned()))
+    }
+
     /// Parses `input`. Absolute paths without `#` must be store paths; a
     /// flake reference without `#` means its `default` output, as in Nix.
     pub fn parse(input: &str, store_dir: &StoreDir) -> Result<Installable, InstallableError> {
@@ -81,6 +105,7 @@ impl fmt::Display for Installable {
         match self {
             Installable::StorePath(p) => write!(f, "{p}"),
             Installable::Flake { flake_ref, attr } => write!(f, "{flake_ref}#{attr}"),
+            Installable::Attr(attr) => write!(f, "{attr}"),
         }
     }
 }
@@ -131,6 +156,34 @@ mod tests {
             Installable::parse("/nix/store/short-x", &dir),
             Err(InstallableError::StorePath(_))
         ));
+    }
+
+    #[test]
+    fn with_a_file_attributes_are_its_own() {
+        let dir = StoreDir::default();
+        let sp = "/nix/store/1s2v3w4x5y6z7a8b9c0d1f2g3h4i5j6k-hello";
+        assert!(matches!(
+            Installable::parse_with(sp, &dir, true),
+            Ok(Installable::StorePath(_))
+        ));
+        for attr in ["hello", "pkgs.hello", ".#hello"] {
+            assert_eq!(
+                Installable::parse_with(attr, &dir, true).unwrap(),
+                Installable::Attr(attr.into())
+            );
+        }
+        assert!(matches!(
+            Installable::parse_with("/etc", &dir, true),
+            Err(InstallableError::OutsideStore { .. })
+        ));
+        assert!(matches!(
+            Installable::parse_with("", &dir, true),
+            Err(InstallableError::Empty(_))
+        ));
+        assert_eq!(
+            Installable::parse_with("hello", &dir, false).unwrap(),
+            Installable::parse("hello", &dir).unwrap()
+        );
     }
 
     #[test]

@@ -91,6 +91,38 @@ pub struct Args {
     #[arg(long, value_name = "FILE", help_heading = INPUT)]
     pub closure_json: Option<PathBuf>,
 
+    /// Evaluate FILE, a Nix expression rather than a flake, as `nix build
+    /// -f FILE`: INSTALLABLE and the installables of --platform and
+    /// --copy-to-root are then attribute paths of its value (a function is
+    /// called with its default arguments); store paths stay store paths.
+    /// --system SYSTEM evaluates FILE with Nix's `system` setting, that is
+    /// builtins.currentSystem, set to SYSTEM (as `nix build -f FILE
+    /// --system SYSTEM`): an expression that builds for
+    /// builtins.currentSystem gives each system its package. A --platform
+    /// attribute evaluates for the current system.
+    #[arg(long, short = 'f', value_name = "FILE", help_heading = INPUT)]
+    pub file: Option<PathBuf>,
+
+    /// Evaluate impurely (`nix --impure`): flakes may read the environment,
+    /// builtins.currentSystem and paths outside the flake.
+    #[arg(long, help_heading = INPUT)]
+    pub impure: bool,
+
+    /// Override a flake input, as `nix build --override-input INPUT REF`
+    /// (INPUT as in flake.lock, such as nixpkgs or dep/nixpkgs).
+    /// Repeatable.
+    #[arg(
+        long = "override-input",
+        num_args = 2,
+        value_names = ["INPUT", "REF"],
+        help_heading = INPUT
+    )]
+    pub override_inputs: Vec<String>,
+
+    /// Show the build logs of what Nix builds, as `nix build -L`.
+    #[arg(long, short = 'L', help_heading = INPUT)]
+    pub print_build_logs: bool,
+
     /// Pass `--option NAME VALUE` to every nix call. Repeatable.
     #[arg(long = "option", num_args = 2, value_names = ["NAME", "VALUE"], help_heading = INPUT)]
     pub options: Vec<String>,

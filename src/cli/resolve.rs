@@ -112,12 +112,22 @@ struct Resolved {
 /// Everything but the output: `read_all` also checks that every path of
 /// the closures is on disk (a build reads them all; a plan none).
 fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<Resolved> {
-    let nix = Nix {
-        options: args
-            .options
-            .chunks(2)
+    let pairs = |flat: &[String]| -> Vec<(String, String)> {
+        flat.chunks(2)
             .map(|c| (c[0].clone(), c.get(1).cloned().unwrap_or_default()))
-            .collect(),
+            .collect()
+    };
+    if args.file.is_some() && !args.override_inputs.is_empty() {
+        bail!(UsageError(
+            "--override-input is for flakes; -f FILE evaluates a file without inputs".into()
+        ));
+    }
+    let nix = Nix {
+        options: pairs(&args.options),
+        file: args.file.clone(),
+        impure: args.impure,
+        override_inputs: pairs(&args.override_inputs),
+        print_build_logs: args.print_build_logs,
         ..Nix::default()
     };
     let tag_flag = tag_flag(args)?;
@@ -175,6 +185,7 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
             systems: &args.systems,
             platforms: &args.platforms,
             closure_file: args.closure_json.is_some(),
+            file: args.file.is_some(),
         },
         store_dir,
         &nix,
@@ -185,8 +196,9 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
     // the platform's own (a flake attribute for its system).
     let mut copies: Vec<BTreeMap<Platform, eval::Target>> = Vec::new();
     for copy in &args.copy_to_root {
-        let installable = Installable::parse(&copy.installable, store_dir)
-            .map_err(|e| usage(format!("--copy-to-root '{}': {e}", copy.installable)))?;
+        let installable =
+            Installable::parse_with(&copy.installable, store_dir, args.file.is_some())
+                .map_err(|e| usage(format!("--copy-to-root '{}': {e}", copy.installable)))?;
         if let Some(p) = &copy.platform {
             if !targets.contains_key(p) {
                 bail!(UsageError(format!(
@@ -213,7 +225,7 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
     // Build the flake outputs with one nix call.
     let mut roots: BTreeMap<Platform, StorePath> = BTreeMap::new();
     let mut copy_paths: Vec<BTreeMap<Platform, StorePath>> = vec![BTreeMap::new(); copies.len()];
-    let mut labelled: Vec<(String, String)> = Vec::new();
+    let mut labelled: Vec<(String, eval::BuildTarget)> = Vec::new();
     // Where each built path goes: the image's root, or copy `i`.
     let mut goes: Vec<(Option<usize>, Platform)> = Vec::new();
     for (i, group) in std::iter::once(&targets).chain(&copies).enumerate() {
@@ -226,7 +238,7 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
                 (Installable::StorePath(p), _) => {
                     copy_paths[i - 1].insert(platform.clone(), p.clone());
                 }
-                (Installable::Flake { .. }, _) => {
+                (Installable::Flake { .. } | Installable::Attr(_), _) => {
                     flakes.insert(platform.clone(), target.clone());
                 }
             }
