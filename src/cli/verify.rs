@@ -40,9 +40,12 @@ pub struct Args {
 struct Report {
     #[serde(flatten)]
     verify: VerifyReport,
-    /// Blobs that no tag reaches (`nixoci gc` removes them).
-    unreachable_blobs: usize,
-    unreachable_bytes: u64,
+    /// Blobs that no tag reaches (`nixoci gc` removes them); absent with
+    /// a TAG, whose verification reads no other tag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unreachable_blobs: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unreachable_bytes: Option<u64>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -52,13 +55,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let report = verify(&args.layout.dir, args.layout.tag.as_deref(), jobs)
         .classify()
         .with_context(context)?;
-    let unreachable = unreachable(&args.layout.dir)
-        .classify()
-        .with_context(context)?;
+    // Which blobs no tag reaches needs every tag: not with one TAG.
+    let unreachable = match args.layout.tag {
+        Some(_) => None,
+        None => Some(
+            unreachable(&args.layout.dir)
+                .classify()
+                .with_context(context)?,
+        ),
+    };
     let report = Report {
         verify: report,
-        unreachable_blobs: unreachable.len(),
-        unreachable_bytes: unreachable.iter().map(|u| u.size).sum(),
+        unreachable_blobs: unreachable.as_ref().map(Vec::len),
+        unreachable_bytes: unreachable.as_ref().map(|u| u.iter().map(|u| u.size).sum()),
     };
     if args.json {
         let mut bytes = serde_json::to_vec_pretty(&report)?;
@@ -78,16 +87,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             r.tags.join(", ")
         }
     );
-    if report.unreachable_blobs > 0 {
+    if let Some(count @ 1..) = report.unreachable_blobs {
         eprintln!(
             "{dir}: {} blob{} ({}) that no tag reaches; `nixoci gc {dir}` removes them",
-            report.unreachable_blobs,
-            if report.unreachable_blobs == 1 {
-                ""
-            } else {
-                "s"
-            },
-            human_bytes(report.unreachable_bytes)
+            count,
+            if count == 1 { "" } else { "s" },
+            human_bytes(report.unreachable_bytes.unwrap_or(0))
         );
     }
     Ok(())

@@ -78,28 +78,32 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `build` arguments for the two-platform image of the golden fixture tree
+/// (no Nix: `--closure-json` and `--store-root`), without `-o` and `--tag`.
+pub fn golden_build_args() -> Vec<String> {
+    let root = repo_root().join("tests/fixtures/golden");
+    let path = |p: PathBuf| p.to_str().expect("utf-8 path").to_owned();
+    vec![
+        "build".into(),
+        "--platform".into(),
+        "linux/amd64=/nix/store/1s2v3w4x5y6z7a8b9c0d1f2g3h4i5j6k-hello".into(),
+        "--platform".into(),
+        "linux/arm64=/nix/store/2c3d4f5g6h7i8j9k0l1m2n3p4q5r6s7v-hello".into(),
+        "--closure-json".into(),
+        path(root.join("closure.json")),
+        "--store-root".into(),
+        path(root.join("root")),
+    ]
+}
+
 /// A two-platform layout of the golden fixture tree, tagged `tag`.
 pub fn golden_layout(dir: &Path, tag: &str) -> PathBuf {
     let out = dir.join("golden.oci");
     let cache = dir.join("cache");
-    let root = repo_root().join("tests/fixtures/golden");
     let o = output_of(
         nixoci()
-            .args([
-                "build",
-                "--platform",
-                "linux/amd64=/nix/store/1s2v3w4x5y6z7a8b9c0d1f2g3h4i5j6k-hello",
-                "--platform",
-                "linux/arm64=/nix/store/2c3d4f5g6h7i8j9k0l1m2n3p4q5r6s7v-hello",
-                "--closure-json",
-                root.join("closure.json").to_str().expect("utf-8 path"),
-                "--store-root",
-                root.join("root").to_str().expect("utf-8 path"),
-                "--tag",
-                tag,
-                "-o",
-                out.to_str().expect("utf-8 path"),
-            ])
+            .args(golden_build_args())
+            .args(["--tag", tag, "-o", out.to_str().expect("utf-8 path")])
             // A layer cache of the test's own.
             .env("XDG_CACHE_HOME", &cache),
     );
