@@ -290,3 +290,233 @@ fn copy_to_root_resolves_flake_attributes_per_system() {
         assert!(listing.stdout.contains(" bin/hello"), "{}", listing.stdout);
     }
 }
+
+/// A folder for a flake or a Nix file: hello.nix and the busybox folders
+/// it imports (./bb-amd64, ./bb-arm64), and `file` (flake.nix or a
+/// file's name) holding `text`.
+fn hello_dir(dir: &Path, file: &str, text: &str) -> PathBuf {
+    let bb = busybox_dirs().expect("required by the caller");
+    fs::create_dir_all(dir).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    fs::copy(repo.join("nix/tests/hello.nix"), dir.join("hello.nix")).unwrap();
+    for (src, name) in [(&bb.amd64, "bb-amd64"), (&bb.arm64, "bb-arm64")] {
+        let d = dir.join(name);
+        fs::create_dir_all(&d).unwrap();
+        fs::copy(src.join("busybox"), d.join("busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", d.join("sh")).unwrap();
+    }
+    fs::write(dir.join(file), text).unwrap();
+    dir.to_owned()
+}
+
+const HELLO: &str = "import ./hello.nix { busyboxAmd64 = ./bb-amd64; busyboxArm64 = ./bb-arm64; }";
+
+/// `-f FILE ATTR` as `nix build -f`: ATTR is an attribute path of FILE's
+/// value; `--system` is Nix's `system` setting (builtins.currentSystem)
+/// for each system's evaluation, so one attribute gives each system its
+/// package; a `--platform` attribute evaluates for the current system.
+#[test]
+fn a_file_builds_attributes_per_system_like_nix_build_f() {
+    if !require(&["nix", "busybox"]) {
+        return;
+    }
+    let h = hello();
+    let tmp = tempdir();
+    let dir = hello_dir(
+        &tmp.path().join("file"),
+        "images.nix",
+        &format!(
+            "let h = {HELLO}; in {{\n  hello = if builtins.currentSystem == \"aarch64-linux\" then h.hello-arm64 else h.hello-amd64;\n  cross.arm64 = h.hello-arm64;\n}}\n"
+        ),
+    );
+    let file = dir.join("images.nix");
+    let file = file.to_str().unwrap();
+    let out = tmp.path().join("f.oci");
+    let out = out.to_str().unwrap();
+    let r = run(nixoci().args([
+        "build",
+        "-f",
+        file,
+        "hello",
+        "--system",
+        "x86_64-linux",
+        "--system",
+        "aarch64-linux",
+        "--json",
+        "-o",
+        out,
+    ]))
+    .success();
+    assert_eq!(
+        roots_by_platform(&r.json()),
+        [
+            ("linux/amd64".to_owned(), h.amd64.clone()),
+            ("linux/arm64/v8".to_owned(), h.arm64.clone())
+        ]
+    );
+    let o = format!("{out}:cross");
+    let r = run(nixoci().args([
+        "build",
+        "--file",
+        file,
+        "--platform",
+        "linux/arm64=cross.arm64",
+        "--json",
+        "-o",
+        &o,
+    ]))
+    .success();
+    assert_eq!(
+        roots_by_platform(&r.json()),
+        [("linux/arm64/v8".to_owned(), h.arm64.clone())]
+    );
+
+    // What the file lacks is the user's to fix; flake inputs are not a
+    // file's.
+    let r = run(nixoci().args(["build", "-f", file, "nope", "--json", "-o", out]));
+    r.refused("no attribute nope");
+    assert_eq!(r.json()["error"]["kind"], "usage");
+    let r = run(nixoci().args([
+        "build",
+        "-f",
+        file,
+        "hello",
+        "--override-input",
+        "dep",
+        "path:/x",
+        "-o",
+        out,
+    ]));
+    r.refused("--override-input is for flakes");
+}
+
+/// `--override-input INPUT REF` and `--impure` reach every nix call that
+/// evaluates the flake: the overridden input's package is imaged, and an
+/// output that needs impure evaluation fails without `--impure` (exit 1,
+/// Nix's message) and builds with it.
+#[test]
+fn override_input_and_impure_pass_through_to_nix() {
+    if !require(&["nix", "busybox"]) {
+        return;
+    }
+    if !host_is_x86_64() {
+        eprintln!("SKIPPED: the test flakes' outputs are for an x86-64 host");
+        return;
+    }
+    let h = hello();
+    let tmp = tempdir();
+    let dep = |name: &str, attr: &str| {
+        hello_dir(
+            &tmp.path().join(name),
+            "flake.nix",
+            &format!(
+                "{{ outputs = {{ self }}: {{ packages.x86_64-linux.hello = ({HELLO}).{attr}; }}; }}\n"
+            ),
+        )
+    };
+    let one = dep("one", "hello-amd64");
+    let two = dep("two", "hello-arm64");
+    let main = tmp.path().join("main");
+    fs::create_dir_all(&main).unwrap();
+    fs::write(
+        main.join("flake.nix"),
+        format!(
+            r#"{{
+  inputs.dep.url = "path:{}";
+  outputs = {{ self, dep }}: {{
+    packages.x86_64-linux.fromdep = dep.packages.x86_64-linux.hello;
+    packages.x86_64-linux.impure =
+      if builtins ? currentSystem then dep.packages.x86_64-linux.hello
+      else throw "nixoci-test: this output needs --impure";
+  }};
+}}
+"#,
+            one.display()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("o.oci");
+    let out = out.to_str().unwrap();
+    let root = |args: &[&str]| {
+        let r = build_in(&main, &[args, &["--json", "-o", out]].concat()).success();
+        roots_by_platform(&r.json())[0].1.clone()
+    };
+    assert_eq!(root(&["--platform", "linux/amd64=.#fromdep"]), h.amd64);
+    let two_ref = format!("path:{}", two.display());
+    assert_eq!(
+        root(&[
+            "--platform",
+            "linux/amd64=.#fromdep",
+            "--override-input",
+            "dep",
+            &two_ref
+        ]),
+        h.arm64
+    );
+    // .#fromdep resolves (packages.SYSTEM.fromdep) in the overridden flake too.
+    assert_eq!(
+        root(&[
+            ".#fromdep",
+            "--system",
+            "x86_64-linux",
+            "--override-input",
+            "dep",
+            &two_ref
+        ]),
+        h.arm64
+    );
+
+    let r = build_in(&main, &[".#impure", "--json", "-o", out]).expect_code(1);
+    assert!(
+        r.stderr.contains("this output needs --impure"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(r.json()["error"]["kind"], "failed");
+    assert_eq!(root(&[".#impure", "--impure"]), h.amd64);
+}
+
+/// `-L` shows the build log of what Nix builds, as `nix build -L`; without
+/// it the log stays Nix's.
+#[test]
+fn print_build_logs_shows_the_build_log() {
+    if !require(&["nix", "busybox"]) {
+        return;
+    }
+    let tmp = tempdir();
+    // A derivation no store has yet: its name holds the temporary folder's.
+    let nonce = tmp
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+    let dir = hello_dir(
+        &tmp.path().join("file"),
+        "loud.nix",
+        &format!(
+            r#"let bb = builtins.path {{ path = ./bb-amd64; name = "busybox"; }};
+    loud = n: derivation {{
+      name = "nixoci-loud-${{n}}-{nonce}"; system = builtins.currentSystem; builder = "${{bb}}/sh";
+      args = [ "-c" "echo NIXOCI-LOG-${{n}}-{nonce}; ${{bb}}/busybox mkdir $out" ];
+    }};
+in {{ a = loud "a"; b = loud "b"; }}
+"#
+        ),
+    );
+    let file = dir.join("loud.nix");
+    let file = file.to_str().unwrap();
+    for (attr, flag, shown) in [("a", Some("-L"), true), ("b", None, false)] {
+        let out = tmp.path().join(format!("{attr}.oci"));
+        let mut cmd = nixoci();
+        cmd.args(["build", "-f", file, attr, "-o", out.to_str().unwrap()]);
+        cmd.args(flag);
+        let r = run(&mut cmd).success();
+        assert_eq!(
+            r.stderr.contains(&format!("NIXOCI-LOG-{attr}-{nonce}")),
+            shown,
+            "{}",
+            r.describe()
+        );
+    }
+}
