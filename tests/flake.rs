@@ -415,7 +415,8 @@ fn override_input_and_impure_pass_through_to_nix() {
         )
     };
     let one = dep("one", "hello-amd64");
-    let two = dep("two", "hello-arm64");
+    // Another package for the same platform: the shared data path.
+    let two = dep("two", "data");
     let main = tmp.path().join("main");
     fs::create_dir_all(&main).unwrap();
     fs::write(
@@ -451,7 +452,7 @@ fn override_input_and_impure_pass_through_to_nix() {
             "dep",
             &two_ref
         ]),
-        h.arm64
+        h.data
     );
     // .#fromdep resolves (packages.SYSTEM.fromdep) in the overridden flake too.
     assert_eq!(
@@ -463,7 +464,7 @@ fn override_input_and_impure_pass_through_to_nix() {
             "dep",
             &two_ref
         ]),
-        h.arm64
+        h.data
     );
 
     let r = build_in(&main, &[".#impure", "--json", "-o", out]).expect_code(1);
