@@ -1,7 +1,7 @@
 //! The command-line contract every command keeps (issue #15, part 3): one
 //! layout syntax, `[oci:]DIR[:TAG]`, read and written alike by `build -o`,
-//! `build --previous`, `plan --previous`, `verify`, `gc`, `save`, `push`
-//! and `export-static`; one exit code table (0 ok, 1 failed, 2 usage); and
+//! `build --previous`, `build --from`, `plan --previous`, `verify`, `gc`,
+//! `save`, `push`, `export-static` and `pull` (and its `-o`); one exit code table (0 ok, 1 failed, 2 usage); and
 //! with `--json`, one error object on stdout for every failure.
 //!
 //! The layouts are built from the golden fixture tree (`--closure-json`),
@@ -147,6 +147,8 @@ fn every_command_reads_a_layout_the_same_way() {
         ("export-static", [0, 0, 0, 0, 2, 2, 2]),
         ("build --previous", [0, 0, 0, 0, 2, 2, 2]),
         ("plan --previous", [0, 0, 0, 0, 2, 2, 2]),
+        ("build --from", [0, 0, 0, 0, 2, 2, 2]),
+        ("pull", [0, 0, 0, 0, 2, 2, 2]),
     ];
     for (command, codes) in reading {
         for (i, (case, code)) in CASES.iter().zip(codes).enumerate() {
@@ -154,7 +156,7 @@ fn every_command_reads_a_layout_the_same_way() {
             let out = work.join(format!("out-{}-{i}", command.replace([' ', '-'], "")));
             let mut cmd = nixoci();
             cmd.env("XDG_CACHE_HOME", &cache);
-            let json = *command != "save";
+            let json = !matches!(*command, "save" | "pull");
             match *command {
                 "verify" | "gc" => {
                     cmd.args([*command, arg.as_str()]);
@@ -181,6 +183,15 @@ fn every_command_reads_a_layout_the_same_way() {
                         .args(["--previous", &arg, "-o"])
                         .arg(&out);
                 }
+                "build --from" => {
+                    cmd.args(golden_build_args())
+                        .args(["--from", &arg, "-o"])
+                        .arg(&out);
+                }
+                "pull" => {
+                    cmd.args(["pull", &arg, "--platform", "linux/amd64", "-o"])
+                        .arg(&out);
+                }
                 "plan --previous" => {
                     let mut build = golden_build_args();
                     build[0] = "plan".into();
@@ -202,9 +213,9 @@ fn every_command_reads_a_layout_the_same_way() {
     run(nixoci().args(["verify", s(&layout)])).success();
 }
 
-/// `build -o` takes the same forms: `oci:DIR[:TAG]` writes DIR (never a
-/// directory named `oci:…`), `:TAG` is `--tag TAG`, and a TAG that is not
-/// a reference name is refused before anything is written.
+/// `build -o` and `pull -o` take the same forms: `oci:DIR[:TAG]` writes
+/// DIR (never a directory named `oci:…`), `:TAG` is `--tag TAG`, and a TAG
+/// that is not a reference name is refused before anything is written.
 #[test]
 fn build_writes_a_layout_named_the_same_way() {
     let tmp = tempdir();
@@ -238,6 +249,45 @@ fn build_writes_a_layout_named_the_same_way() {
             }
         }
         for entry in fs::read_dir(layout.parent().expect("parent")).expect("read_dir") {
+            let name = entry.expect("entry").file_name();
+            assert!(
+                !name.to_string_lossy().starts_with("oci:"),
+                "{case:?} created {name:?}"
+            );
+        }
+    }
+
+    // pull -o writes the same way.
+    for (i, case) in CASES.iter().enumerate() {
+        let dir = work.join(format!("p{i}"));
+        fs::create_dir_all(&dir).expect("mkdir");
+        let layout = dir.join("pulled.oci");
+        let arg = case.arg(&layout);
+        let r = run(nixoci().args(["pull", s(&base), "--platform", "linux/arm64", "-o", &arg]));
+        let written = match case {
+            Case::Missing => layout.with_file_name("missing.oci"),
+            _ => layout.clone(),
+        };
+        match case {
+            // The base's own tag when -o names none.
+            Case::Dir | Case::OciDir | Case::Missing => {
+                check(&r, 0, false);
+                assert_eq!(tags(&written), [TAG], "{case:?}");
+            }
+            Case::OciDirTag | Case::DirTag | Case::NoSuchTag => {
+                check(&r, 0, false);
+                assert_eq!(
+                    tags(&written),
+                    [case.written_tag().expect("a tag")],
+                    "{case:?}"
+                );
+            }
+            Case::BadTag => {
+                check(&r, 2, false);
+                assert!(!layout.exists(), "{case:?}");
+            }
+        }
+        for entry in fs::read_dir(&dir).expect("read_dir") {
             let name = entry.expect("entry").file_name();
             assert!(
                 !name.to_string_lossy().starts_with("oci:"),

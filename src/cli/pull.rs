@@ -15,7 +15,7 @@ use super::save::host_platform;
 use super::{usage, Classify};
 use crate::layer::Cache;
 use crate::oci::image::{valid_ref_name, Blob, MEDIA_TYPE_CONFIG, MEDIA_TYPE_DOCKER_MANIFEST};
-use crate::oci::layout::{check_output, Layout};
+use crate::oci::layout::{check_output, Layout, LayoutArg};
 use crate::oci::media_type::MEDIA_TYPE_MANIFEST;
 use crate::oci::walk::Kind;
 use crate::platform::Platform;
@@ -48,9 +48,11 @@ pub struct Args {
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<Platform>,
 
-    /// The layout directory to create (or to add the tag to).
-    #[arg(long, short = 'o', value_name = "DIR")]
-    pub output: PathBuf,
+    /// The layout to create (or to add the tag to): DIR, or DIR:TAG to
+    /// name the tag as --tag does (both may be given when they agree);
+    /// `oci:DIR[:TAG]` means the same.
+    #[arg(long, short = 'o', value_name = "[oci:]DIR[:TAG]")]
+    pub output: LayoutArg,
 
     /// The tag of the image in the layout [default: the image as named,
     /// REGISTRY/NAME:TAG or REGISTRY/NAME@DIGEST; a layout's own tag].
@@ -71,12 +73,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => host_platform()?,
     };
+    let output = &args.output.dir;
+    let tag_flag = match (&args.tag, &args.output.tag) {
+        (Some(flag), Some(out)) if flag != out => {
+            return Err(usage(format!(
+                "--tag '{flag}' and -o {}: two different tags; give the tag once",
+                args.output
+            )))
+        }
+        (Some(t), _) | (None, Some(t)) => Some(t.clone()),
+        (None, None) => None,
+    };
     // The Nix library's pullImage writes its own $out, a store path.
-    if std::env::var_os("out").as_deref() != Some(args.output.as_os_str()) {
+    if std::env::var_os("out").as_deref() != Some(output.as_os_str()) {
         let stores = super::store_dirs("/nix/store", std::path::Path::new("/"));
-        super::refuse_in_store("--output", &args.output, &stores)?;
+        super::refuse_in_store("--output", output, &stores)?;
     }
-    check_output(&args.output).classify()?;
+    check_output(output).classify()?;
     let source = image_source(&args.image)
         .map_err(|e| usage(format!("{}: {}", args.image, crate::error::error_chain(&e))))?;
     let wanted: BTreeSet<Platform> = [platform.clone()].into();
@@ -89,7 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         note: Arc::new(|msg| eprintln!("nixoci: {msg}")),
     })
     .classify()?;
-    let tag = match (&args.tag, &source) {
+    let tag = match (&tag_flag, &source) {
         (Some(t), _) => t.clone(),
         (None, PreviousSource::Registry(r, Some(d))) => {
             format!("{}/{}@{d}", r.registry, r.repository)
@@ -123,7 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .or_else(default_cache_dir)
         .and_then(|dir| Cache::open(&dir).ok());
     let write = || -> anyhow::Result<()> {
-        let layout = Layout::open(&args.output).classify()?;
+        let layout = Layout::open(output).classify()?;
         base.place_blobs(cache.as_ref(), &layout.blobs_dir())
             .classify()?;
         layout.write_blob(&config)?;
@@ -131,11 +144,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         layout.commit(&tag, &manifest)?;
         Ok(())
     };
-    write().with_context(|| format!("writing {}", args.output.display()))?;
+    write().with_context(|| format!("writing {}", output.display()))?;
     eprintln!(
         "pulled {} {platform} into {}:{tag} ({} layer{}) manifest {}",
         args.image,
-        args.output.display(),
+        output.display(),
         image.layers.len(),
         if image.layers.len() == 1 { "" } else { "s" },
         manifest.digest
