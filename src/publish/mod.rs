@@ -32,3 +32,4 @@ pub mod reference;
 pub mod s3;
 pub mod source;
 pub mod static_export;
+pub mod tree;

@@ -42,10 +42,11 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::reference::{valid_repository, valid_tag};
 use super::source::Image;
+use super::tree::{self, Stage, PING_BODY, PING_KEY};
 use crate::oci::files::{self, FileError};
 use crate::oci::{Digest, DigestWriter, MediaType};
 
@@ -56,8 +57,7 @@ pub const OBJECTS_FILE: &str = "objects.json";
 pub const NGINX_FILE: &str = "nginx.conf";
 pub const CADDY_FILE: &str = "Caddyfile";
 
-const BLOB_TYPE: &str = "application/octet-stream";
-const JSON_TYPE: &str = "application/json";
+pub use super::tree::{tag_list, Kind, Object, BLOB_TYPE, JSON_TYPE};
 
 /// Why the export failed.
 #[derive(Debug, thiserror::Error)]
@@ -115,30 +115,6 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Export
         path,
         source,
     }
-}
-
-/// What kind of object a key is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Ping,
-    Manifest,
-    Blob,
-    Tags,
-}
-
-/// One object of the tree, as an S3 upload needs it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Object {
-    /// The path under the tree, and the object key.
-    pub key: String,
-    pub content_type: String,
-    /// The `Docker-Content-Digest` a registry would send.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<Digest>,
-    pub size: u64,
-    pub kind: Kind,
 }
 
 /// What an export did (the `--json` report, version 1).
@@ -615,108 +591,44 @@ fn export_locked(
     let mut objects = read_objects(tree)?;
     let blobs_dir = undo.dir(&["v2", repository, "blobs"])?;
     let manifests_dir = undo.dir(&["v2", repository, "manifests"])?;
-    let mut place = |dir: &Path,
-                     name: String,
-                     digest: &Digest,
-                     size: u64,
-                     content_type: &str,
-                     kind: Kind,
-                     report: &mut ExportReport,
-                     undo: &mut Undo|
-     -> Result<(), ExportError> {
+    for n in tree::image_objects(image, repository, tags).ok_or(ExportError::Empty)? {
+        let o = &n.object;
+        let digest = n.digest().unwrap_or(&root.digest);
         let stored = store.join(digest.hex());
         let stored_meta = fs::metadata(&stored).map_err(io_err("reading", &stored))?;
-        let dest = dir.join(&name);
-        let key = format!(
-            "v2/{repository}/{}/{name}",
-            if kind == Kind::Blob {
-                "blobs"
-            } else {
-                "manifests"
-            }
-        );
-        if is_in_place(&dest, size, Some(&stored_meta))
-            || (kind == Kind::Blob || name.starts_with("sha256:")) && is_in_place(&dest, size, None)
+        let dir = if o.kind == Kind::Blob {
+            &blobs_dir
+        } else {
+            &manifests_dir
+        };
+        let dest = dir.join(&n.name);
+        if is_in_place(&dest, o.size, Some(&stored_meta))
+            || n.stage != Stage::Tags && is_in_place(&dest, o.size, None)
         {
             report.unchanged += 1;
-        } else if kind == Kind::Manifest && !name.starts_with("sha256:") {
+        } else if n.stage == Stage::Tags {
             // A tag: re-pointed last, with the tree's metadata.
             let (tmp, copied) = link_or_copy_to_temp(&stored, &dest)?;
             undo.pending.push((tmp, dest));
             report.bytes_copied += copied;
-            report.written.push(key.clone());
+            report.written.push(o.key.clone());
         } else {
             // Named by its digest: new, or the same content again.
             undo.will_create(&dest);
             report.bytes_copied += link_or_copy(&stored, &dest)?;
-            report.written.push(key.clone());
+            report.written.push(o.key.clone());
         }
-        objects.insert(
-            key.clone(),
-            Object {
-                key,
-                content_type: content_type.to_owned(),
-                digest: Some(digest.clone()),
-                size,
-                kind,
-            },
-        );
-        Ok(())
-    };
-    for b in &image.blobs {
-        place(
-            &blobs_dir,
-            b.digest.to_string(),
-            &b.digest,
-            b.size,
-            BLOB_TYPE,
-            Kind::Blob,
-            &mut report,
-            undo,
-        )?;
-    }
-    for d in &image.documents {
-        place(
-            &manifests_dir,
-            d.digest.to_string(),
-            &d.digest,
-            d.bytes.len() as u64,
-            d.media_type.as_str(),
-            Kind::Manifest,
-            &mut report,
-            undo,
-        )?;
-    }
-    for t in tags {
-        place(
-            &manifests_dir,
-            t.clone(),
-            &root.digest,
-            root.bytes.len() as u64,
-            root.media_type.as_str(),
-            Kind::Manifest,
-            &mut report,
-            undo,
-        )?;
+        objects.insert(o.key.clone(), o.clone());
     }
 
     // 3. The ping, the tag lists, then the metadata of the whole tree.
     let v2 = undo.dir(&["v2"])?;
     let ping = v2.join("index.html");
-    if !is_in_place(&ping, 2, None) {
+    if !is_in_place(&ping, PING_BODY.len() as u64, None) {
         undo.will_create(&ping);
-        write_file(&ping, b"{}")?;
+        write_file(&ping, PING_BODY)?;
     }
-    objects.insert(
-        "v2/index.html".into(),
-        Object {
-            key: "v2/index.html".into(),
-            content_type: JSON_TYPE.into(),
-            digest: None,
-            size: 2,
-            kind: Kind::Ping,
-        },
-    );
+    objects.insert(PING_KEY.into(), tree::ping_object());
     prepare_listings(tree, &mut objects, undo)?;
     // The tags, the tag lists and the metadata, all ready: into place.
     undo.finish()?;
@@ -739,26 +651,10 @@ fn prepare_listings(
             let tmp = write_temp(&path, &body)?;
             undo.pending.push((tmp, path));
         }
-        let key = format!("v2/{repo}/tags/list");
-        objects.insert(
-            key.clone(),
-            Object {
-                key,
-                content_type: JSON_TYPE.into(),
-                digest: None,
-                size: body.len() as u64,
-                kind: Kind::Tags,
-            },
-        );
+        let o = tree::tags_object(&repo, &body);
+        objects.insert(o.key.clone(), o);
     }
     write_metadata(tree, objects, undo)
-}
-
-/// The body of `v2/NAME/tags/list`.
-pub fn tag_list(repository: &str, tags: &BTreeSet<String>) -> Vec<u8> {
-    let list = serde_json::json!({"name": repository, "tags": tags});
-    // A map of strings always serialises.
-    serde_json::to_vec(&list).unwrap_or_default()
 }
 
 /// Takes the lock of the tree export-static made at `tree`, waiting for
