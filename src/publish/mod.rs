@@ -13,7 +13,9 @@
 //!   layout or a registry, and copies its layer blobs as they are.
 //! - [`static_export`] writes a static registry tree that a plain web
 //!   server or an S3 bucket serves read-only, with the nginx, Caddy and S3
-//!   metadata a static server cannot guess.
+//!   metadata a static server cannot guess; [`s3_push`] writes the same
+//!   keys ([`tree`]) straight into an S3 bucket through the client in
+//!   [`s3`], configured as the AWS tools are ([`aws`]).
 //!
 //! `push` and `static_export` read the image through [`source`]; all three
 //! check names and tags with the pure [`reference`] grammar, so nothing a
@@ -30,6 +32,7 @@ pub mod previous;
 pub mod push;
 pub mod reference;
 pub mod s3;
+pub mod s3_push;
 pub mod source;
 pub mod static_export;
 pub mod tree;

@@ -689,7 +689,8 @@ impl Bucket {
     }
 
     /// Writes `size` bytes of the file `path` to `key` in parts of
-    /// `part_size` (a multipart upload; each part retried on its own,
+    /// `part_size` (at least 5 MiB, and larger when 10,000 parts would not
+    /// hold the file: a multipart upload; each part retried on its own,
     /// the upload aborted when it fails for good). `sent` hears the bytes
     /// as they go out, and takes them back (negative) when a part is sent
     /// again.
@@ -702,15 +703,8 @@ impl Bucket {
         part_size: u64,
         sent: &(dyn Fn(i64) + Sync),
     ) -> Result<(), S3Error> {
-        let part_size = part_size.max(MIN_PART_SIZE);
-        let parts = size.div_ceil(part_size).max(1);
-        if parts > MAX_PARTS {
-            return Err(S3Error::TooManyParts {
-                key: key.to_owned(),
-                size,
-                part_size,
-            });
-        }
+        // At least S3's smallest part, and few enough parts for S3.
+        let part_size = part_size.max(MIN_PART_SIZE).max(size.div_ceil(MAX_PARTS));
         let full = self.url.key(key);
         let upload_id = self.retrying(&format!("starting the upload of {key}"), |_| {
             let mut action =
