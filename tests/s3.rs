@@ -153,3 +153,260 @@ fn the_client_names_a_wrong_secret_and_a_missing_bucket() {
     assert!(shown.contains(&g.key_id), "{shown}");
     assert!(!shown.contains(&g.secret), "{shown}");
 }
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::publish::{big_layout, golden_layout, layout_digests, skopeo_pull};
+use common::runtime::{Podman, Runtime};
+use common::{build_hello_image, hello, nixoci, ok_json, output_of, stderr, GREETING};
+
+/// `nixoci push LAYOUT DEST ARGS…` with the Garage's key and endpoint.
+fn push_cmd(g: &Garage, layout: &Path, dest: &str, args: &[&str]) -> Command {
+    let mut c = nixoci();
+    g.env(&mut c).arg("push").arg(layout).arg(dest).args(args);
+    c
+}
+
+fn push(g: &Garage, layout: &Path, dest: &str, args: &[&str]) -> Output {
+    output_of(&mut push_cmd(g, layout, dest, args))
+}
+
+/// Every object of the bucket: key, size, time.
+fn snapshot(g: &Garage) -> Vec<(String, u64, std::time::SystemTime)> {
+    g.bucket(&format!("s3://{WEB_BUCKET}"))
+        .list("")
+        .expect("listing the bucket")
+        .into_iter()
+        .map(|o| (o.key, o.size, o.last_modified))
+        .collect()
+}
+
+/// skopeo copies `NAME:TAG` from Garage's web endpoint, both platforms,
+/// with the digests of `layout`.
+#[track_caller]
+fn assert_pulls(g: &Garage, name_tag: &str, layout: &Path, work: &Path) {
+    let dest = work.join(format!("pulled-{}", name_tag.replace([':', '/'], "-")));
+    let _ = fs::remove_dir_all(&dest);
+    let reference = format!("{}/{name_tag}", g.web_addr());
+    let o = skopeo_pull(&reference, None, &dest);
+    assert!(
+        o.status.success(),
+        "skopeo copy {reference} failed:\n{}",
+        stderr(&o)
+    );
+    let (want_root, want_blobs) = layout_digests(layout);
+    let (got_root, got_blobs) = layout_digests(&dest);
+    assert_eq!(got_root, want_root, "index digest of {reference}");
+    assert_eq!(got_blobs, want_blobs, "blobs of {reference}");
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn push_to_garage_pulls_through_the_web_endpoint_and_runs() {
+    if !require(&["nix", "busybox", "garage", "skopeo"]) {
+        return;
+    }
+    let tmp = tempdir();
+    let work = tmp.path();
+    let layout = work.join("hello.oci");
+    build_hello_image(hello(), &layout);
+    let g = Garage::start(&work.join("garage"));
+
+    let o = push(&g, &layout, "s3://localhost/hello:1.0", &["--json"]);
+    let report = ok_json(&o, "nixoci push s3://");
+    let (root, blobs) = layout_digests(&layout);
+    assert_eq!(report["destination"], "s3://localhost/hello:1.0");
+    assert_eq!(report["digest"], root.as_str());
+    let n_blobs = report["blobs"].as_array().unwrap().len();
+    assert_eq!(report["uploaded"], n_blobs);
+    assert_eq!(
+        (&report["mounted"], &report["skipped"]),
+        (&0.into(), &0.into())
+    );
+    // Two manifests and the index by digest, the index under the tag.
+    let manifests = report["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 4, "{report}");
+    assert!(manifests.iter().all(|m| m["status"] == "pushed"));
+    assert_eq!(manifests[3]["reference"], "1.0");
+    assert_eq!(n_blobs + 3, blobs.len());
+
+    // Each object has its exact content type, as the web endpoint serves it.
+    let index_type = "application/vnd.oci.image.index.v1+json";
+    let (status, h, body) = g.web_get("/v2/");
+    assert_eq!((status, body.as_slice()), (200, &b"{}"[..]));
+    assert_eq!(header(&h, "content-type"), Some("application/json"));
+    let (status, h, body) = g.web_get("/v2/hello/manifests/1.0");
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "content-type"), Some(index_type));
+    assert_eq!(common::sha256_digest(&body), root);
+    assert_eq!(
+        header(&h, "x-amz-meta-docker-content-digest"),
+        Some(root.as_str())
+    );
+    let (status, h, _) = g.web_get(&format!("/v2/hello/manifests/{root}"));
+    assert_eq!(
+        (status, header(&h, "content-type")),
+        (200, Some(index_type))
+    );
+    let layer = report["blobs"][0]["digest"].as_str().unwrap();
+    let (status, h, _) = g.web_get(&format!("/v2/hello/blobs/{layer}"));
+    assert_eq!(
+        (status, header(&h, "content-type")),
+        (200, Some("application/octet-stream"))
+    );
+    let (status, h, body) = g.web_get("/v2/hello/tags/list");
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "content-type"), Some("application/json"));
+    assert_eq!(body, br#"{"name":"hello","tags":["1.0"]}"#);
+
+    // skopeo through the web endpoint: both platforms, the same digests.
+    assert_pulls(&g, "hello:1.0", &layout, work);
+
+    // A second push writes nothing: the report says so, and no object of
+    // the bucket changed (key, size, time).
+    let before = snapshot(&g);
+    let o = push(&g, &layout, "s3://localhost/hello:1.0", &["--json"]);
+    let again = ok_json(&o, "the second push");
+    assert_eq!(again["uploaded"], 0);
+    assert_eq!(again["skipped"], n_blobs);
+    assert!(again["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["status"] == "skipped"));
+    assert_eq!(snapshot(&g), before, "the second push changed the bucket");
+
+    // Another repository and a second tag: every blob copied inside the
+    // bucket, nothing uploaded; both tags listed.
+    let o = push(&g, &layout, "s3://localhost/team/hello:2.0", &["--json"]);
+    let other = ok_json(&o, "the push to team/hello");
+    assert_eq!(
+        (&other["uploaded"], &other["mounted"]),
+        (&0.into(), &n_blobs.into())
+    );
+    assert_eq!(other["blobs"][0]["from"], "hello");
+    assert_pulls(&g, "team/hello:2.0", &layout, work);
+    let o = push(&g, &layout, "s3://localhost/hello:latest", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, _, body) = g.web_get("/v2/hello/tags/list");
+    assert_eq!(body, br#"{"name":"hello","tags":["1.0","latest"]}"#);
+
+    // podman pulls the host's platform through the web endpoint and runs it.
+    let Some(podman) = Podman::new() else {
+        return;
+    };
+    let reference = format!("{}/hello:1.0", g.web_addr());
+    let mut pull = podman.command();
+    pull.args(["pull", "--tls-verify=false", "--quiet", &reference]);
+    let o = common::run_bounded(pull, Duration::from_secs(120), "podman pull");
+    assert!(
+        o.status.success(),
+        "podman pull {reference}: {}",
+        stderr(&o)
+    );
+    let r = podman.run(&reference, None, &[]).success();
+    assert_eq!(r.stdout.lines().next(), Some(GREETING), "{}", r.describe());
+}
+
+#[test]
+fn push_to_s3_refuses_bad_input_and_names_what_failed() {
+    if !require(&["garage"]) {
+        return;
+    }
+    let tmp = tempdir();
+    let work = tmp.path();
+    let layout = golden_layout(work, "example.org/golden:1.0");
+    let g = Garage::start(&work.join("garage"));
+
+    // A wrong secret key: exit 1, naming the key, never the secret.
+    let wrong = "f".repeat(64);
+    let mut c = push_cmd(&g, &layout, "s3://localhost/golden:1.0", &[]);
+    c.env("AWS_SECRET_ACCESS_KEY", &wrong);
+    let o = output_of(&mut c);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&g.key_id) && err.contains("wrong secret key"),
+        "{err}"
+    );
+    assert!(!err.contains(&wrong) && !String::from_utf8_lossy(&o.stdout).contains(&wrong));
+    assert_eq!(err.trim().lines().count(), 1, "one error line: {err}");
+
+    // A missing bucket: exit 1, naming it.
+    let o = push(&g, &layout, "s3://no-such-bucket/golden:1.0", &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bucket 'no-such-bucket' does not exist"),
+        "{err}"
+    );
+
+    // Names and tags that try to leave their place: exit 2, nothing sent.
+    for dest in [
+        "s3://localhost/../x:1.0",
+        "s3://localhost/a/../../b:1.0",
+        "s3://localhost/golden:..",
+        "s3://localhost/golden:../../x",
+        "s3://localhost/../..//golden:1.0",
+        "s3://localhost/",
+        "s3://Bad_Bucket/golden:1.0",
+    ] {
+        let o = push(&g, &layout, dest, &[]);
+        assert_eq!(o.status.code(), Some(2), "{dest}: {}", stderr(&o));
+    }
+    // No access key at all: a setup error (exit 2).
+    let mut c = push_cmd(&g, &layout, "s3://localhost/golden:1.0", &[]);
+    c.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY");
+    let o = output_of(&mut c);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("AWS_ACCESS_KEY_ID"), "{}", stderr(&o));
+    // S3 flags for a registry destination: exit 2.
+    let o = output_of(nixoci().arg("push").arg(&layout).args([
+        "127.0.0.1:1/x:1",
+        "--s3-region",
+        "garage",
+    ]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // Nothing of the bucket was written by any of these.
+    assert!(snapshot(&g).is_empty(), "{:?}", snapshot(&g));
+
+    // A profile from the shared files works as the environment does.
+    let aws = work.join("aws");
+    fs::create_dir_all(&aws).unwrap();
+    fs::write(
+        aws.join("credentials"),
+        format!(
+            "[other]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            g.key_id, g.secret
+        ),
+    )
+    .unwrap();
+    fs::write(
+        aws.join("config"),
+        format!(
+            "[profile other]\nregion = garage\nendpoint_url = {}\n",
+            g.endpoint()
+        ),
+    )
+    .unwrap();
+    let mut c = push_cmd(&g, &layout, "s3://localhost/golden:1.0", &[]);
+    c.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_REGION")
+        .env("AWS_PROFILE", "other")
+        .env("AWS_SHARED_CREDENTIALS_FILE", aws.join("credentials"))
+        .env("AWS_CONFIG_FILE", aws.join("config"));
+    let o = output_of(&mut c);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_pulls(&g, "golden:1.0", &layout, work);
+}

@@ -1,4 +1,5 @@
-//! `nixoci push`: an image of an OCI image layout to a registry.
+//! `nixoci push`: an image of an OCI image layout to a registry, or to an
+//! S3 bucket as a static registry.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -6,20 +7,34 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::flags::{human_bytes, ByteSize, RegistryArgs};
+use super::flags::{human_bytes, ByteSize, RegistryArgs, S3Args};
 use super::usage;
 use crate::error::error_chain;
 use crate::oci::layout::LayoutArg;
 use crate::publish::client::{Client, ClientOptions};
+use crate::publish::push::PushReport;
 use crate::publish::push::{self, Event, PushOptions};
 use crate::publish::reference::{tag_from_ref_name, valid_repository, Reference};
-use crate::publish::source::read_image;
+use crate::publish::s3::{Bucket, S3Target, MIN_PART_SIZE};
+use crate::publish::s3_push::{self, S3PushOptions};
+use crate::publish::source::{read_image, Image};
 
-/// Push an image from an OCI image layout to a registry.
+/// Push an image from an OCI image layout to a registry, or to an S3
+/// bucket as a static registry.
 ///
 /// Blobs the registry already has are skipped, others are mounted from
 /// --mount-from repositories or uploaded (in chunks when large), then the
 /// per-platform manifests and the image index go up, the index under TAG.
+///
+/// To s3://BUCKET/NAME[:TAG] (s3://BUCKET/PREFIX//NAME[:TAG] to write under
+/// PREFIX/), the objects export-static would write go into the bucket, each
+/// with its Content-Type, for a bucket website (Garage's web endpoint) to
+/// serve: blobs first (skipped when there, copied server-side when another
+/// repository of the bucket has them, multipart when larger than
+/// --chunk-size), then the manifests by digest, then the tag, then
+/// v2/NAME/tags/list; nothing is deleted, so a push killed at any point
+/// leaves every tag complete. The endpoint, region and access key are read
+/// as the AWS tools read them (see --s3-endpoint).
 ///
 /// Credentials, first found wins: --creds, NIXOCI_REGISTRY_USER and
 /// NIXOCI_REGISTRY_PASSWORD, the containers auth.json (REGISTRY_AUTH_FILE,
@@ -31,6 +46,7 @@ use crate::publish::source::read_image;
 ///
 ///   nixoci push hello.oci registry.example.org/hello:1.0
 ///   nixoci push hello.oci:example.org/hello:1.0 localhost:5000/hello
+///   AWS_PROFILE=garage nixoci push hello.oci s3://registry/hello:1.0 --s3-endpoint http://127.0.0.1:3900
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -39,9 +55,11 @@ pub struct Args {
     #[arg(value_name = "[oci:]DIR[:TAG]")]
     pub source: LayoutArg,
 
-    /// Where to push. Without :TAG, the tag of the layout's image (its
-    /// part after the last ':' when it is a full reference).
-    #[arg(value_name = "REGISTRY/NAME[:TAG]")]
+    /// Where to push: a registry, or an S3 bucket (s3://BUCKET/NAME[:TAG]
+    /// or s3://BUCKET/PREFIX//NAME[:TAG]). Without :TAG, the tag of the
+    /// layout's image (its part after the last ':' when it is a full
+    /// reference).
+    #[arg(value_name = "REGISTRY/NAME[:TAG]|s3://BUCKET/NAME[:TAG]")]
     pub destination: String,
 
     /// A repository of the same registry to mount missing blobs from
@@ -54,7 +72,8 @@ pub struct Args {
     pub jobs: usize,
 
     /// Blobs up to SIZE go up in one request, larger ones in chunks of
-    /// SIZE: bytes, or with a K, M or G suffix (powers of 1024).
+    /// SIZE (parts of at least 5 MiB to S3): bytes, or with a K, M or G
+    /// suffix (powers of 1024).
     #[arg(long, default_value = "16M", value_name = "SIZE")]
     pub chunk_size: ByteSize,
 
@@ -67,14 +86,15 @@ pub struct Args {
     #[command(flatten)]
     pub registry: RegistryArgs,
 
+    #[command(flatten)]
+    pub s3: S3Args,
+
     /// Print the push report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let layout = &args.source;
-    let mut dest = Reference::parse(&args.destination).map_err(|e| usage(e.to_string()))?;
     if args.jobs == 0 {
         return Err(usage("--jobs 0: expected at least 1"));
     }
@@ -82,6 +102,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if chunk_size == 0 {
         return Err(usage("--chunk-size 0: expected at least 1 byte"));
     }
+    if args.destination.starts_with("s3://") {
+        return run_s3(args);
+    }
+    if args.s3.given() {
+        return Err(usage(
+            "--s3-endpoint and --s3-region are for s3:// destinations",
+        ));
+    }
+    let mut dest = Reference::parse(&args.destination).map_err(|e| usage(e.to_string()))?;
     for m in &args.mount_from {
         if !valid_repository(m) {
             return Err(usage(format!(
@@ -89,28 +118,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             )));
         }
     }
-    let image = read_image(&layout.dir, layout.tag.as_deref()).map_err(|e| {
-        if e.is_usage() {
-            usage(error_chain(&e))
-        } else {
-            anyhow::Error::new(e).context(format!("reading {}", args.source))
-        }
-    })?;
-    let tag = match (&dest.tag, &image.ref_name) {
-        (Some(t), _) => t.clone(),
-        (None, Some(name)) => tag_from_ref_name(name).ok_or_else(|| {
-            usage(format!(
-                "the layout's tag '{name}' is not a registry tag; give one as {}:TAG",
-                args.destination
-            ))
-        })?,
-        (None, None) => {
-            return Err(usage(format!(
-                "the layout's image has no tag; give one as {}:TAG",
-                args.destination
-            )))
-        }
-    };
+    let image = read_source(&args)?;
+    let tag = tag_for(dest.tag.as_ref(), &image, &args.destination)?;
     dest.tag = Some(tag.clone());
 
     let found = args
@@ -130,21 +139,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         scopes.push(format!("repository:{m}:pull"));
     }
 
-    let bar = if super::stderr_is_terminal() {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {bytes}/{total_bytes} {binary_bytes_per_sec} [{bar:30}] {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    let notify_bar = bar.clone();
-    let notify: Box<dyn Fn(&str) + Send + Sync> =
-        Box::new(move |msg| notify_bar.suspend(|| eprintln!("nixoci: {msg}")));
+    let (bar, notify) = progress();
     let options = ClientOptions {
         retries: args.retries,
         backoff: Duration::from_millis(500),
@@ -160,24 +155,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     )
     .with_context(|| format!("connecting to {}", dest.registry))?;
 
-    let position = AtomicI64::new(0);
-    let done_blobs = AtomicI64::new(0);
-    let total_blobs = AtomicI64::new(0);
-    let events = |e: Event| match e {
-        Event::Start { bytes, blobs } => {
-            bar.set_length(bytes);
-            total_blobs.store(blobs as i64, Ordering::Relaxed);
-        }
-        Event::Bytes(d) => {
-            let p = position.fetch_add(d, Ordering::Relaxed) + d;
-            bar.set_position(p.max(0) as u64);
-        }
-        Event::Blob(_) => {
-            let n = done_blobs.fetch_add(1, Ordering::Relaxed) + 1;
-            bar.set_message(format!("blobs {n}/{}", total_blobs.load(Ordering::Relaxed)));
-        }
-        Event::Manifest(m) => bar.set_message(format!("manifest {}", m.reference)),
-    };
+    let counters = Counters::default();
+    let events = |e: Event| counters.show(&bar, e);
     let jobs = args.jobs;
     let report = push::push(
         &client,
@@ -193,9 +172,91 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     )
     .with_context(|| format!("pushing {} to {dest}", args.source))?;
     bar.finish_and_clear();
+    finish(&report, args.json, "mounted")
+}
 
-    if args.json {
-        let mut bytes = serde_json::to_vec_pretty(&report)?;
+/// The image of the layout argument.
+fn read_source(args: &Args) -> anyhow::Result<Image> {
+    let layout = &args.source;
+    read_image(&layout.dir, layout.tag.as_deref()).map_err(|e| {
+        if e.is_usage() {
+            usage(error_chain(&e))
+        } else {
+            anyhow::Error::new(e).context(format!("reading {}", args.source))
+        }
+    })
+}
+
+/// The tag to push under: the destination's, else the layout's.
+fn tag_for(given: Option<&String>, image: &Image, destination: &str) -> anyhow::Result<String> {
+    match (given, &image.ref_name) {
+        (Some(t), _) => Ok(t.clone()),
+        (None, Some(name)) => tag_from_ref_name(name).ok_or_else(|| {
+            usage(format!(
+                "the layout's tag '{name}' is not a registry tag; give one as {destination}:TAG"
+            ))
+        }),
+        (None, None) => Err(usage(format!(
+            "the layout's image has no tag; give one as {destination}:TAG"
+        ))),
+    }
+}
+
+/// The progress bar (on a terminal only) and the notes of retries above it.
+fn progress() -> (ProgressBar, Box<dyn Fn(&str) + Send + Sync>) {
+    let bar = if super::stderr_is_terminal() {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} {binary_bytes_per_sec} [{bar:30}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let notify_bar = bar.clone();
+    let notify: Box<dyn Fn(&str) + Send + Sync> =
+        Box::new(move |msg| notify_bar.suspend(|| eprintln!("nixoci: {msg}")));
+    (bar, notify)
+}
+
+/// What the bar shows.
+#[derive(Default)]
+struct Counters {
+    position: AtomicI64,
+    done_blobs: AtomicI64,
+    total_blobs: AtomicI64,
+}
+
+impl Counters {
+    fn show(&self, bar: &ProgressBar, e: Event) {
+        match e {
+            Event::Start { bytes, blobs } => {
+                bar.set_length(bytes);
+                self.total_blobs.store(blobs as i64, Ordering::Relaxed);
+            }
+            Event::Bytes(d) => {
+                let p = self.position.fetch_add(d, Ordering::Relaxed) + d;
+                bar.set_position(p.max(0) as u64);
+            }
+            Event::Blob(_) => {
+                let n = self.done_blobs.fetch_add(1, Ordering::Relaxed) + 1;
+                bar.set_message(format!(
+                    "blobs {n}/{}",
+                    self.total_blobs.load(Ordering::Relaxed)
+                ));
+            }
+            Event::Manifest(m) => bar.set_message(format!("manifest {}", m.reference)),
+        }
+    }
+}
+
+/// Prints the report: JSON on stdout with --json, a summary on stderr.
+fn finish(report: &PushReport, json: bool, mounted: &str) -> anyhow::Result<()> {
+    if json {
+        let mut bytes = serde_json::to_vec_pretty(report)?;
         bytes.push(b'\n');
         super::print_stdout(&bytes)?;
     }
@@ -205,7 +266,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .filter(|m| m.platform.is_some())
         .count();
     eprintln!(
-        "pushed {} ({} platform{}; {} blob{} uploaded ({}), {} mounted, {} already there) {}",
+        "pushed {} ({} platform{}; {} blob{} uploaded ({}), {} {mounted}, {} already there) {}",
         report.destination,
         platforms,
         if platforms == 1 { "" } else { "s" },
@@ -217,4 +278,51 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report.digest
     );
     Ok(())
+}
+
+/// `push LAYOUT s3://…`.
+fn run_s3(args: Args) -> anyhow::Result<()> {
+    let target = S3Target::parse(&args.destination).map_err(|e| usage(e.to_string()))?;
+    if !args.mount_from.is_empty() || args.registry.creds.is_some() {
+        return Err(usage(
+            "--mount-from and --creds are for registries; to S3, blobs another repository of the bucket has are copied server-side, and the access key comes from the AWS environment or profile",
+        ));
+    }
+    let config = args.s3.config().map_err(|e| usage(error_chain(&e)))?;
+    let image = read_source(&args)?;
+    let tag = tag_for(target.tag.as_ref(), &image, &args.destination)?;
+    let (bar, notify) = progress();
+    let options = ClientOptions {
+        retries: args.retries,
+        backoff: Duration::from_millis(500),
+        ..args.registry.client_options()
+    };
+    let bucket = Bucket::new(&config, &target.url, options, notify)
+        .with_context(|| format!("connecting to {}", config.endpoint))?;
+    let counters = Counters::default();
+    let events = |e: Event| counters.show(&bar, e);
+    let report = s3_push::push(
+        &bucket,
+        &image,
+        &target,
+        &tag,
+        &S3PushOptions {
+            jobs: args.jobs,
+            part_size: args.chunk_size.0.max(MIN_PART_SIZE),
+        },
+        &events,
+    )
+    .with_context(|| {
+        format!(
+            "pushing {} to {} at {}",
+            args.source,
+            S3Target {
+                tag: Some(tag.clone()),
+                ..target.clone()
+            },
+            bucket.endpoint()
+        )
+    })?;
+    bar.finish_and_clear();
+    finish(&report, args.json, "copied in the bucket")
 }
