@@ -410,3 +410,159 @@ fn push_to_s3_refuses_bad_input_and_names_what_failed() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_pulls(&g, "golden:1.0", &layout, work);
 }
+
+/// A small xorshift generator, seeded from the kernel.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let uuid = fs::read("/proc/sys/kernel/random/uuid").expect("a random UUID");
+        let seed = uuid.iter().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+        });
+        Rng(seed | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// The digest `app:TAG` points at through the web endpoint, if any.
+fn tag_digest(g: &Garage, name_tag: &str) -> Option<String> {
+    let (repo, tag) = name_tag.rsplit_once(':').unwrap();
+    let (status, _, body) = g.web_get(&format!("/v2/{repo}/manifests/{tag}"));
+    (status == 200).then(|| common::sha256_digest(&body))
+}
+
+#[test]
+fn a_push_killed_anywhere_leaves_every_tag_pullable_and_a_rerun_completes_it() {
+    if !require(&["garage", "skopeo"]) {
+        return;
+    }
+    let tmp = tempdir();
+    let work = tmp.path();
+    let a = golden_layout(&work.join("a"), "example.org/app:a");
+    let b = big_layout(&work.join("b"), 24 << 20, "example.org/app:b");
+    let (a_root, a_blobs) = layout_digests(&a);
+    let (b_root, b_blobs) = layout_digests(&b);
+    let g = Garage::start(&work.join("garage"));
+    // v1 and v2 are image A; the killed pushes move v2 to image B.
+    for tag in ["v1", "v2"] {
+        let o = push(&g, &a, &format!("s3://localhost/app:{tag}"), &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let bucket = g.bucket("s3://localhost");
+    let b_only: Vec<&String> = b_blobs.iter().filter(|h| !a_blobs.contains(h)).collect();
+    let args = ["--jobs", "2", "--chunk-size", "5M"];
+
+    // Back to the start: v2 on A, B's objects gone.
+    let reset = || {
+        if tag_digest(&g, "app:v2").as_deref() != Some(a_root.as_str()) {
+            let o = push(&g, &a, "s3://localhost/app:v2", &[]);
+            assert!(o.status.success(), "{}", stderr(&o));
+        }
+        for hex in &b_only {
+            for kind in ["blobs", "manifests"] {
+                bucket
+                    .delete(&format!("v2/app/{kind}/sha256:{hex}"))
+                    .expect("deleting B's objects");
+            }
+        }
+    };
+    // How long a whole push takes: the kill points fall within it.
+    let start = Instant::now();
+    let o = push(&g, &b, "s3://localhost/app:v2", &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let window = start.elapsed();
+    reset();
+
+    let mut rng = Rng::new();
+    let seed = rng.0;
+    let (mut kills, mut finished, mut log) = (0, 0, Vec::new());
+    for round in 0..40 {
+        if kills >= 12 {
+            break;
+        }
+        let delay = Duration::from_millis(rng.below(window.as_millis() as u64 + 1));
+        let mut cmd = push_cmd(&g, &b, "s3://localhost/app:v2", &args);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let start = Instant::now();
+        let mut child = cmd.spawn().expect("starting nixoci push");
+        while start.elapsed() < delay {
+            if child.try_wait().expect("waiting").is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let outcome = match child.try_wait().expect("waiting") {
+            Some(status) => {
+                assert!(status.success(), "round {round}: the push failed");
+                finished += 1;
+                "finished"
+            }
+            None => {
+                // SIGKILL, by PID.
+                child.kill().expect("killing the push");
+                child.wait().expect("reaping the push");
+                kills += 1;
+                "killed"
+            }
+        };
+        log.push(format!("round {round}: {outcome} at {delay:?}"));
+        let context = format!("seed {seed}: {}", log.join(", "));
+
+        // v1 is untouched; v2 is image A or image B, whole either way.
+        assert_eq!(
+            tag_digest(&g, "app:v1").as_deref(),
+            Some(a_root.as_str()),
+            "{context}"
+        );
+        assert_pulls(&g, "app:v1", &a, work);
+        match tag_digest(&g, "app:v2") {
+            Some(d) if d == a_root => assert_pulls(&g, "app:v2", &a, work),
+            Some(d) if d == b_root => assert_pulls(&g, "app:v2", &b, work),
+            other => panic!("v2 points at {other:?}; {context}"),
+        }
+        let (_, _, list) = g.web_get("/v2/app/tags/list");
+        assert!(
+            list.is_empty() || list == br#"{"name":"app","tags":["v1","v2"]}"#,
+            "{}; {context}",
+            String::from_utf8_lossy(&list)
+        );
+
+        reset();
+    }
+    assert!(
+        kills >= 10,
+        "only {kills} of the pushes were killed ({finished} finished): {}",
+        log.join(", ")
+    );
+
+    // One more kill, then a run to the end completes what it left.
+    let mut child = push_cmd(&g, &b, "s3://localhost/app:v2", &args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting nixoci push");
+    std::thread::sleep(Duration::from_millis(
+        rng.below(window.as_millis() as u64 / 2),
+    ));
+    let _ = child.kill();
+    child.wait().expect("reaping the push");
+    let o = push(&g, &b, "s3://localhost/app:v2", &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(tag_digest(&g, "app:v2").as_deref(), Some(b_root.as_str()));
+    assert_pulls(&g, "app:v2", &b, work);
+    assert_pulls(&g, "app:v1", &a, work);
+    let (_, _, list) = g.web_get("/v2/app/tags/list");
+    assert_eq!(list, br#"{"name":"app","tags":["v1","v2"]}"#);
+    eprintln!(
+        "a whole push: {window:?}; seed {seed}: {kills} kills, {finished} finished: {}",
+        log.join(", ")
+    );
+}
