@@ -566,3 +566,29 @@ fn a_push_killed_anywhere_leaves_every_tag_pullable_and_a_rerun_completes_it() {
         log.join(", ")
     );
 }
+
+/// Docker pulls through the web endpoint as it is (no Docker-Content-Digest
+/// header) and runs the host's platform.
+#[test]
+fn docker_pulls_a_pushed_image_through_the_web_endpoint() {
+    if !require(&["nix", "busybox", "garage"]) {
+        return;
+    }
+    let Some(docker) = common::runtime::Docker::start() else {
+        return;
+    };
+    let tmp = tempdir();
+    let work = tmp.path();
+    let layout = work.join("hello.oci");
+    build_hello_image(hello(), &layout);
+    let g = Garage::start(&work.join("garage"));
+    let o = push(&g, &layout, "s3://localhost/hello:1.0", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reference = format!("{}/hello:1.0", g.web_addr());
+    let mut pull = docker.command();
+    pull.args(["pull", "--quiet", &reference]);
+    let o = common::run_bounded(pull, Duration::from_secs(120), "docker pull");
+    assert!(o.status.success(), "docker pull {reference}: {}", stderr(&o));
+    let r = docker.run(&reference, None, &[]).success();
+    assert_eq!(r.stdout.lines().next(), Some(GREETING), "{}", r.describe());
+}
