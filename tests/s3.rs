@@ -30,7 +30,8 @@ fn the_client_lists_heads_gets_puts_copies_and_deletes() {
         "a/x",
         PutMeta {
             content_type: "application/vnd.oci.image.index.v1+json",
-            digest: Some(&d),
+            checksum: Some(&d),
+            content_digest: Some(&d),
         },
         &Body::Bytes(b"hello"),
     )
@@ -64,7 +65,8 @@ fn the_client_lists_heads_gets_puts_copies_and_deletes() {
             "a/bad",
             PutMeta {
                 content_type: "application/octet-stream",
-                digest: Some(&wrong),
+                checksum: Some(&wrong),
+                content_digest: None,
             },
             &Body::Bytes(b"hello"),
         )
@@ -89,7 +91,8 @@ fn the_client_lists_heads_gets_puts_copies_and_deletes() {
         "c/big",
         PutMeta {
             content_type: "application/octet-stream",
-            digest: Some(&Digest::of(&big)),
+            checksum: None,
+            content_digest: Some(&Digest::of(&big)),
         },
         &file,
         big.len() as u64,
@@ -588,7 +591,71 @@ fn docker_pulls_a_pushed_image_through_the_web_endpoint() {
     let mut pull = docker.command();
     pull.args(["pull", "--quiet", &reference]);
     let o = common::run_bounded(pull, Duration::from_secs(120), "docker pull");
-    assert!(o.status.success(), "docker pull {reference}: {}", stderr(&o));
+    assert!(
+        o.status.success(),
+        "docker pull {reference}: {}",
+        stderr(&o)
+    );
     let r = docker.run(&reference, None, &[]).success();
     assert_eq!(r.stdout.lines().next(), Some(GREETING), "{}", r.describe());
+}
+
+/// The nginx front of the README: Garage's web endpoint behind it, the
+/// metadata push writes sent back as `Docker-Content-Digest`.
+#[test]
+fn a_web_front_answers_docker_content_digest_from_the_metadata() {
+    if !require(&[
+        "garage",
+        "skopeo",
+        common::publish::nginx_binary().to_str().unwrap(),
+    ]) {
+        return;
+    }
+    let tmp = tempdir();
+    let work = tmp.path();
+    let layout = golden_layout(work, "example.org/golden:1.0");
+    let g = Garage::start(&work.join("garage"));
+    let o = push(&g, &layout, "s3://localhost/golden:1.0", &["--json"]);
+    let report = ok_json(&o, "nixoci push");
+    let snippet = work.join("front.conf");
+    fs::write(
+        &snippet,
+        format!(
+            "location /v2/ {{
+    proxy_pass http://127.0.0.1:{};
+    proxy_set_header Host localhost;
+    add_header Docker-Content-Digest $upstream_http_x_amz_meta_docker_content_digest always;
+    add_header Docker-Distribution-API-Version registry/2.0 always;
+}}
+",
+            g.web_port
+        ),
+    )
+    .unwrap();
+    let nginx = common::publish::Nginx::start(&work.join("nginx"), &snippet);
+    let get = |path: &str| {
+        let (status, headers, _) =
+            common::garage::http_get(nginx.port, &format!("127.0.0.1:{}", nginx.port), path);
+        assert_eq!(status, 200, "{path}: {headers:?}");
+        headers
+    };
+    let root = report["digest"].as_str().unwrap();
+    let layer = report["blobs"][0]["digest"].as_str().unwrap();
+    for (path, digest) in [
+        ("/v2/golden/manifests/1.0".to_string(), root),
+        (format!("/v2/golden/manifests/{root}"), root),
+        (format!("/v2/golden/blobs/{layer}"), layer),
+    ] {
+        let h = get(&path);
+        assert_eq!(header(&h, "docker-content-digest"), Some(digest), "{path}");
+    }
+    let h = get("/v2/");
+    assert_eq!(
+        header(&h, "docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
+    let dest = work.join("pulled");
+    let o = skopeo_pull(&format!("127.0.0.1:{}/golden:1.0", nginx.port), None, &dest);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(layout_digests(&dest), layout_digests(&layout));
 }

@@ -202,8 +202,11 @@ fn tag_for(given: Option<&String>, image: &Image, destination: &str) -> anyhow::
     }
 }
 
+/// Where notes of retries go.
+type Notify = Box<dyn Fn(&str) + Send + Sync>;
+
 /// The progress bar (on a terminal only) and the notes of retries above it.
-fn progress() -> (ProgressBar, Box<dyn Fn(&str) + Send + Sync>) {
+fn progress() -> (ProgressBar, Notify) {
     let bar = if super::stderr_is_terminal() {
         ProgressBar::new(0)
     } else {
@@ -217,8 +220,7 @@ fn progress() -> (ProgressBar, Box<dyn Fn(&str) + Send + Sync>) {
         .progress_chars("=> "),
     );
     let notify_bar = bar.clone();
-    let notify: Box<dyn Fn(&str) + Send + Sync> =
-        Box::new(move |msg| notify_bar.suspend(|| eprintln!("nixoci: {msg}")));
+    let notify: Notify = Box::new(move |msg| notify_bar.suspend(|| eprintln!("nixoci: {msg}")));
     (bar, notify)
 }
 

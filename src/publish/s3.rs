@@ -267,13 +267,16 @@ pub struct ObjectInfo {
 }
 
 /// What an object is written with, beyond its bytes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct PutMeta<'a> {
     pub content_type: &'a str,
-    /// The SHA-256 of the bytes: S3 checks it (`x-amz-checksum-sha256`),
-    /// and it is kept as `x-amz-meta-docker-content-digest` for a web
-    /// front to answer `Docker-Content-Digest` with.
-    pub digest: Option<&'a Digest>,
+    /// The SHA-256 of the bytes, for S3 to check them
+    /// (`x-amz-checksum-sha256`; single `PUT`s only).
+    pub checksum: Option<&'a Digest>,
+    /// Kept as the metadata `x-amz-meta-docker-content-digest`, which a
+    /// bucket website sends back as a header, for a web front to answer
+    /// `Docker-Content-Digest` with (manifests and blobs).
+    pub content_digest: Option<&'a Digest>,
 }
 
 /// Why an S3 request failed.
@@ -660,7 +663,7 @@ impl Bucket {
             key,
             PutMeta {
                 content_type,
-                digest: None,
+                ..PutMeta::default()
             },
             body,
         )
@@ -709,16 +712,10 @@ impl Bucket {
         let upload_id = self.retrying(&format!("starting the upload of {key}"), |_| {
             let mut action =
                 CreateMultipartUpload::new(&self.bucket, Some(&self.credentials), &full);
-            let headers: Vec<(String, String)> = object_headers(PutMeta {
-                digest: None,
+            let headers = object_headers(PutMeta {
+                checksum: None,
                 ..meta
-            })
-            .into_iter()
-            .chain(
-                meta.digest
-                    .map(|d| ("x-amz-meta-docker-content-digest".to_owned(), d.to_string())),
-            )
-            .collect();
+            });
             for (k, v) in &headers {
                 action.headers_mut().insert(k.clone(), v.clone());
             }
@@ -863,7 +860,7 @@ impl Bucket {
             to_key,
             PutMeta {
                 content_type,
-                digest: None,
+                ..PutMeta::default()
             },
         )
     }
@@ -879,12 +876,9 @@ impl Bucket {
             );
             let mut action = PutObject::new(&self.bucket, Some(&self.credentials), &full);
             let mut headers = object_headers(PutMeta {
-                digest: None,
+                checksum: None,
                 ..meta
             });
-            if let Some(d) = meta.digest {
-                headers.push(("x-amz-meta-docker-content-digest".into(), d.to_string()));
-            }
             headers.push(("x-amz-copy-source".into(), source));
             headers.push(("x-amz-metadata-directive".into(), "REPLACE".into()));
             for (k, v) in &headers {
@@ -1066,10 +1060,10 @@ impl Bucket {
 /// The signed headers of an object write.
 fn object_headers(meta: PutMeta) -> Vec<(String, String)> {
     let mut h = vec![("content-type".to_owned(), meta.content_type.to_owned())];
-    if let Some(d) = meta.digest {
-        if let Some(sum) = checksum(d) {
-            h.push(("x-amz-checksum-sha256".into(), sum));
-        }
+    if let Some(sum) = meta.checksum.and_then(checksum) {
+        h.push(("x-amz-checksum-sha256".into(), sum));
+    }
+    if let Some(d) = meta.content_digest {
         h.push(("x-amz-meta-docker-content-digest".into(), d.to_string()));
     }
     h

@@ -39,20 +39,20 @@ pub enum S3PushError {
     List {
         what: String,
         #[source]
-        source: S3Error,
+        source: Box<S3Error>,
     },
     #[error("pushing {what} {digest}")]
     Blob {
         what: &'static str,
         digest: Digest,
         #[source]
-        source: S3Error,
+        source: Box<S3Error>,
     },
     #[error("writing {key}")]
     Object {
         key: String,
         #[source]
-        source: S3Error,
+        source: Box<S3Error>,
     },
     #[error("{path}: content hashes to {found}, expected {expected}")]
     Digest {
@@ -115,7 +115,7 @@ impl Existing {
     fn read(bucket: &Bucket) -> Result<Existing, S3PushError> {
         let listed: Vec<ObjectInfo> = bucket.list("v2/").map_err(|source| S3PushError::List {
             what: format!("{}/v2/", bucket.url()),
-            source,
+            source: Box::new(source),
         })?;
         let mut blobs = BTreeMap::new();
         for o in &listed {
@@ -155,12 +155,13 @@ impl Pusher<'_> {
         let key = &n.object.key;
         let meta = PutMeta {
             content_type: &n.object.content_type,
-            digest: Some(&blob.digest),
+            checksum: Some(&blob.digest),
+            content_digest: Some(&blob.digest),
         };
         let err = |source| S3PushError::Blob {
             what: what_blob(blob),
             digest: blob.digest.clone(),
-            source,
+            source: Box::new(source),
         };
         let report = |status, from| BlobReport {
             digest: blob.digest.clone(),
@@ -243,7 +244,7 @@ impl Pusher<'_> {
         let key = &n.object.key;
         let err = |source| S3PushError::Object {
             key: key.clone(),
-            source,
+            source: Box::new(source),
         };
         let same = match n.stage {
             Stage::Tags => {
@@ -257,7 +258,8 @@ impl Pusher<'_> {
         }
         let meta = PutMeta {
             content_type: &n.object.content_type,
-            digest: Some(&doc.digest),
+            checksum: Some(&doc.digest),
+            content_digest: Some(&doc.digest),
         };
         self.bucket
             .put_object(key, meta, &Body::Bytes(&doc.bytes))
@@ -269,7 +271,7 @@ impl Pusher<'_> {
     fn small(&self, key: &str, body: &[u8], compare: bool) -> Result<bool, S3PushError> {
         let err = |source| S3PushError::Object {
             key: key.to_owned(),
-            source,
+            source: Box::new(source),
         };
         let there = if compare {
             self.existing.sizes.contains_key(key)
@@ -283,7 +285,8 @@ impl Pusher<'_> {
         let digest = Digest::of(body);
         let meta = PutMeta {
             content_type: tree::JSON_TYPE,
-            digest: Some(&digest),
+            checksum: Some(&digest),
+            content_digest: None,
         };
         self.bucket
             .put_object(key, meta, &Body::Bytes(body))

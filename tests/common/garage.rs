@@ -293,42 +293,47 @@ admin_token = "{admin}"
     /// GET `path` from the web endpoint with `Host: localhost`: status,
     /// headers (lowercase names) and body.
     pub fn web_get(&self, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.web_port))
-            .expect("connecting to garage web");
-        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.web_addr()
-        )
-        .expect("sending a request");
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).expect("reading the answer");
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("an HTTP answer");
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|c| c.parse().ok())
-            .expect("a status line");
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect::<Vec<_>>();
-        let mut body = raw[split + 4..].to_vec();
-        if headers
-            .iter()
-            .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
-        {
-            body = dechunk(&body);
-        }
-        (status, headers, body)
+        http_get(self.web_port, &self.web_addr(), path)
     }
+}
+
+/// GET `path` from 127.0.0.1:`port` with `Host: host`: status, headers
+/// (lowercase names) and body.
+pub fn http_get(port: u16, host: &str, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sending a request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("reading the answer");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect::<Vec<_>>();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
 }
 
 /// The body of a chunked HTTP answer.
