@@ -548,3 +548,112 @@ fn pull_writes_one_platform_the_same_every_time_and_builds_as_the_registry() {
         stderr(&o)
     );
 }
+
+/// A Nix string literal holding `s`.
+fn nix_string(s: &str) -> String {
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('$', "\\$");
+    format!("\"{escaped}\"")
+}
+
+#[test]
+fn pull_image_and_from_image_in_nix_equal_the_command_line() {
+    if !require(&["nix", "busybox", "umoci", "skopeo", "docker-registry"]) {
+        return;
+    }
+    let h = hello();
+    let tmp = tempdir();
+    let work = tmp.path();
+    let reg = Registry::start(&work.join("registry"), false);
+    let base = make_base(work, &["amd64", "arm64"], "1");
+    push_base(&base, "1", &reg, "base:1");
+    let (digest, _, _) = base_manifest(&base, "amd64");
+    let image_name = format!("{}/base", reg.addr());
+
+    // pullImage's hash: that of what `nixoci pull` writes, the same bytes
+    // anywhere.
+    let pulled = work.join("pulled.oci");
+    let o = run_bounded(
+        nixoci()
+            .args(["pull", &format!("docker://{image_name}@{digest}")])
+            .args(["--platform", "linux/amd64", "-o"])
+            .arg(&pulled)
+            .env("XDG_CACHE_HOME", work.join("pull-cache")),
+        LIMIT,
+        "nixoci pull",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let hash = run(nix().args(["hash", "path"]).arg(&pulled))
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
+
+    let pkg = work.join("nixoci");
+    fs::create_dir_all(pkg.join("bin")).expect("mkdir");
+    fs::copy(env!("CARGO_BIN_EXE_nixoci"), pkg.join("bin/nixoci")).expect("copying nixoci");
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("nix/lib");
+    let expr = format!(
+        r#"let
+  lib = import {lib} {{ nixoci = builtins.path {{ path = {pkg}; name = "nixoci"; }}; system = "x86_64-linux"; }};
+  hello = builtins.storePath {hello};
+  base = lib.pullImage {{ imageName = {name}; imageDigest = {digest}; hash = {hash}; arch = "amd64"; }};
+  spec = lib.image {{
+    name = "app";
+    roots = [ hello ];
+    fromImage = base;
+    config.entrypoint = [ "${{hello}}/bin/sh" "${{hello}}/bin/hello" ];
+    config.env.SHARED = "ours";
+  }};
+in lib.ociLayout {{ name = "app"; tag = {tag}; images.x86_64-linux = spec; }}"#,
+        lib = nix_string(&lib.to_string_lossy()),
+        pkg = nix_string(&pkg.to_string_lossy()),
+        hello = nix_string(&h.amd64),
+        name = nix_string(&image_name),
+        digest = nix_string(&digest),
+        hash = nix_string(&hash),
+        tag = nix_string(TAG),
+    );
+    let r = run(nix()
+        .args(["build", "--impure", "--no-link", "--json", "-L", "--expr"])
+        .arg(&expr))
+    .success()
+    .json();
+    let built = str_of(&r[0]["outputs"]["out"]).to_owned();
+
+    // The command line, on the registry's image by tag.
+    let cli = work.join("cli.oci");
+    let o = run_bounded(
+        nixoci()
+            .arg("build")
+            .args(["--platform", &format!("linux/amd64={}", h.amd64)])
+            .args(["--from", &format!("docker://{image_name}:1")])
+            .args([
+                "--entrypoint",
+                "{root}/bin/sh",
+                "--entrypoint",
+                "{root}/bin/hello",
+            ])
+            .args(["--env", "SHARED=ours", "--tag", TAG, "-o"])
+            .arg(&cli)
+            .env("XDG_CACHE_HOME", work.join("cli-cache")),
+        LIMIT,
+        "nixoci build --from",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut nix_files = snapshot(Path::new(&built));
+    nix_files.retain(|p, _| !p.starts_with("nix-support"));
+    assert_eq!(nix_files, snapshot(&cli), "blob for blob");
+    let (_, images) = Layout(cli).image(TAG);
+    let m = &images[0].manifest;
+    assert_eq!(
+        m["annotations"]["org.opencontainers.image.base.digest"],
+        digest
+    );
+    assert_eq!(
+        m["annotations"]["org.opencontainers.image.base.name"],
+        image_name
+    );
+}

@@ -520,6 +520,7 @@ let
       maxLayers ? 100,
       annotations ? { },
       created ? null,
+      fromImage ? null,
       ...
     }:
     let
@@ -563,7 +564,8 @@ let
       // optionalAttrs (users' != [ ]) { users = users'; }
       // optionalAttrs (groups' != [ ]) { groups = groups'; }
       // optionalAttrs (perms' != [ ]) { perms = perms'; }
-      // optionalAttrs includeNixDB { includeNixDB = true; };
+      // optionalAttrs includeNixDB { includeNixDB = true; }
+      // optionalAttrs (fromImage != null) { fromImage = storePathOf "${where}: fromImage" fromImage; };
 
   image =
     args@{
@@ -582,6 +584,8 @@ let
       maxLayers ? 100,
       annotations ? { },
       created ? null,
+      # A base image: a one-platform layout such as `pullImage` makes.
+      fromImage ? null,
       system ? hostSystem,
     }:
     let
@@ -702,9 +706,86 @@ let
               fail "${where}: reserveLayers" "expected a non-negative integer, found ${show reserveLayers}";
         }
       );
+  # The OCI architecture of a Nix system, for pullImage's default.
+  ociArch =
+    sys:
+    let
+      table = {
+        x86_64-linux = "amd64";
+        aarch64-linux = "arm64";
+        armv7l-linux = "arm";
+        armv6l-linux = "arm";
+        i686-linux = "386";
+        riscv64-linux = "riscv64";
+        powerpc64le-linux = "ppc64le";
+        s390x-linux = "s390x";
+      };
+    in
+    table.${sys} or (fail "pullImage" "no OCI architecture for the system ${show sys}: give arch");
+
+  # One platform of a registry image as an OCI layout: a fixed-output
+  # derivation running `nixoci pull`, whose output is the same bytes on
+  # every machine (so `hash` is stable), for `image { fromImage = …; }`.
+  pullImage =
+    {
+      imageName,
+      imageDigest,
+      hash ? "",
+      os ? "linux",
+      arch ? ociArch hostSystem,
+      variant ? null,
+      # A PEM file of the certificates to trust (a registry over HTTPS:
+      # the builder has no system certificates), e.g.
+      # "${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt".
+      caFile ? null,
+      # Plain HTTP or unverified TLS to a registry that is not on this
+      # machine.
+      tlsVerify ? true,
+      name ? null,
+      system ? hostSystem,
+    }:
+    let
+      where = "pullImage ${show imageName}";
+      platform = "${os}/${arch}" + (if variant == null then "" else "/${variant}");
+    in
+    if !isString imageName || match "[^/@ ]+/[^@ ]+" imageName == null then
+      fail where "imageName must be REGISTRY/NAME (registry.example.org/base, docker.io/library/alpine), found ${show imageName}"
+    else if !isString imageDigest || match "sha256:[0-9a-f]{64}" imageDigest == null then
+      fail where "imageDigest must be sha256: and 64 hex digits, found ${show imageDigest}"
+    else if !isString hash then
+      fail where "hash must be a string (an SRI hash such as \"sha256-…\", or \"\" to be told it), found ${show hash}"
+    else
+      derivation (
+        {
+          name = if name != null then storeName name else storeName "${baseNameOf imageName}-${arch}-oci";
+          inherit system;
+          builder = nixociBin;
+          args =
+            [
+              "pull"
+              "docker://${imageName}@${imageDigest}"
+              "--platform"
+              platform
+              "-o"
+              (builtins.placeholder "out")
+            ]
+            ++ (if caFile == null then [ ] else [ "--ca-file" "${caFile}" ])
+            ++ (if tlsVerify then [ ] else [ "--insecure" ]);
+          outputHashMode = "recursive";
+          outputHashAlgo = "sha256";
+          outputHash = hash;
+          # Credentials for a private registry, from the Nix daemon's
+          # environment when it passes them on.
+          impureEnvVars = [
+            "NIXOCI_REGISTRY_USER"
+            "NIXOCI_REGISTRY_PASSWORD"
+          ];
+          preferLocalBuild = true;
+        }
+      );
 in
 {
-  inherit image ociLayout;
+  inherit image ociLayout pullImage;
   # The spec `image` would write for these arguments, for inspection and
   # tests (`nixociLib.imageSpec { … }`); no derivation is built.
   imageSpec = mkSpec;

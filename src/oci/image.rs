@@ -86,24 +86,19 @@ fn has_control(s: &str) -> bool {
 
 impl RunConfig {
     /// This config on top of a base image's: `Env` merged by key (ours
-    /// win; the base's order first, then our new keys), `ExposedPorts`,
+    /// win; sorted by key, as every `Env` nixoci writes), `ExposedPorts`,
     /// `Labels` and `Volumes` merged (ours win), `Entrypoint`, `Cmd`,
     /// `WorkingDir`, `User` and `StopSignal` the base's unless we set them.
     pub fn on_base(self, base: &RunConfig) -> RunConfig {
         let key = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_owned();
-        let ours: BTreeMap<String, String> = self.env.iter().map(|e| (key(e), e.clone())).collect();
-        let mut env: Vec<String> = base
+        let env: Vec<String> = base
             .env
             .iter()
-            .map(|e| ours.get(&key(e)).unwrap_or(e).clone())
+            .chain(&self.env)
+            .map(|e| (key(e), e.clone()))
+            .collect::<BTreeMap<String, String>>()
+            .into_values()
             .collect();
-        let in_base: BTreeSet<String> = base.env.iter().map(|e| key(e)).collect();
-        env.extend(
-            self.env
-                .iter()
-                .filter(|e| !in_base.contains(&key(e)))
-                .cloned(),
-        );
         let mut labels = base.labels.clone();
         labels.extend(self.labels);
         RunConfig {
@@ -883,6 +878,51 @@ mod tests {
         assert_eq!(v["mediaType"], MEDIA_TYPE_INDEX);
         assert_eq!(v["manifests"][0]["platform"]["architecture"], "amd64");
         assert_eq!(v["manifests"][1]["platform"]["variant"], "v8");
+    }
+
+    #[test]
+    fn a_config_on_a_base_keeps_what_it_does_not_set() {
+        let base = RunConfig {
+            entrypoint: Some(vec!["/bin/base".into()]),
+            cmd: Some(vec!["serve".into()]),
+            env: vec!["PATH=/bin".into(), "A=base".into(), "Z=base".into()],
+            working_dir: Some("/srv".into()),
+            user: Some("nobody".into()),
+            exposed_ports: ["80/tcp".to_owned()].into(),
+            labels: [
+                ("a".to_owned(), "base".to_owned()),
+                ("b".into(), "base".into()),
+            ]
+            .into(),
+            volumes: ["/data".to_owned()].into(),
+            stop_signal: Some("SIGQUIT".into()),
+        };
+        let ours = RunConfig {
+            entrypoint: Some(vec!["/nix/store/x/bin/app".into()]),
+            env: vec!["A=ours".into(), "M=ours".into()],
+            exposed_ports: ["8080/tcp".to_owned()].into(),
+            labels: [("b".to_owned(), "ours".to_owned())].into(),
+            ..RunConfig::default()
+        };
+        let merged = ours.on_base(&base);
+        assert_eq!(
+            merged.env,
+            ["A=ours", "M=ours", "PATH=/bin", "Z=base"],
+            "by key, ours win, sorted"
+        );
+        assert_eq!(merged.entrypoint, Some(vec!["/nix/store/x/bin/app".into()]));
+        assert_eq!(merged.cmd, base.cmd);
+        assert_eq!(merged.working_dir, base.working_dir);
+        assert_eq!(merged.user, base.user);
+        assert_eq!(merged.stop_signal, base.stop_signal);
+        assert_eq!(merged.exposed_ports.len(), 2);
+        assert_eq!(merged.labels["a"], "base");
+        assert_eq!(merged.labels["b"], "ours");
+        assert!(merged.volumes.contains("/data"));
+        // Nothing of ours: the base's config, Env sorted.
+        let only = RunConfig::default().on_base(&base);
+        assert_eq!(only.env, ["A=base", "PATH=/bin", "Z=base"]);
+        assert_eq!(only.entrypoint, base.entrypoint);
     }
 
     #[test]
