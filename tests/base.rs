@@ -479,6 +479,36 @@ fn plan_counts_the_base_layers_in_the_budget() {
     plan("2", false)
         .expect_code(2)
         .refused("leave no layer of --max-layers 2");
+
+    // A build on the base, then a plan with it as --previous: its store
+    // layers are kept, the base's layers are not taken for ours.
+    let out = work.join("app.oci");
+    let o = run_bounded(
+        nixoci()
+            .args(["build", "--from", &from, "-o"])
+            .arg(&out)
+            .args(["--platform", &format!("linux/amd64={}", h.amd64)])
+            .args(["--platform", &format!("linux/arm64={}", h.arm64)])
+            .env("XDG_CACHE_HOME", work.join("cache")),
+        LIMIT,
+        "nixoci build --from",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let again = run(nixoci()
+        .args(["plan", "--json", "--from", &from, "--previous"])
+        .arg(&out)
+        .args(["--platform", &format!("linux/amd64={}", h.amd64)])
+        .args(["--platform", &format!("linux/arm64={}", h.arm64)]))
+    .success()
+    .json();
+    let origins: BTreeSet<&str> = array_of(&again["layers"])
+        .iter()
+        .map(|l| str_of(&l["origin"]))
+        .collect();
+    assert_eq!(origins, BTreeSet::from(["previous"]), "{again}");
+    for l in array_of(&again["layers"]) {
+        assert!(!array_of(&l["storePaths"]).is_empty(), "{again}");
+    }
 }
 
 #[test]

@@ -22,7 +22,7 @@ const LONG_ABOUT: &str = "\
 Print the layer plan a build would use, without building anything.
 
 Takes the same inputs as `nixoci build`: installables with --system or
---platform, --closure-json, and the layering flags --max-layers,
+--platform, --closure-json, --from, and the layering flags --max-layers,
 --reserve-layers, --min-layer-size, --layer and --previous. Nix builds the
 installables (a plan needs their closures), but no layer is written.
 
@@ -31,7 +31,9 @@ come from (planned, pinned by --layer, or kept from --previous) and their
 store paths; with --json, the plan itself (a LayerPlan, see
 docs/layering.md).
 
---previous reads a layout or a registry image (see `nixoci build --help`).
+--previous and --from read a layout or a registry image (see `nixoci build
+--help`); a --from base's layers count in --max-layers and are printed as a
+`base` line first.
 
 Examples:
 

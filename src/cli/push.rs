@@ -63,7 +63,9 @@ pub struct Args {
     pub destination: String,
 
     /// A repository of the same registry to mount missing blobs from
-    /// instead of uploading them. Repeatable.
+    /// instead of uploading them. Repeatable. The repository of a `build
+    /// --from` base on this registry (the manifests'
+    /// org.opencontainers.image.base.name) is tried first without it.
     #[arg(long = "mount-from", value_name = "REPOSITORY")]
     pub mount_from: Vec<String>,
 
