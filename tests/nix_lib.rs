@@ -639,6 +639,7 @@ fn flake_check_passes_with_a_stub_nixpkgs() {
                 "copyToRoot",
                 "created",
                 "dirs",
+                "fromImage",
                 "groups",
                 "includeNixDB",
                 "maxLayers",
@@ -659,7 +660,7 @@ fn flake_check_passes_with_a_stub_nixpkgs() {
             "lib",
             "l: builtins.attrNames (l.withNixoci \"/nix/store/00000000000000000000000000000000-nixoci\")"
         ),
-        json!(["image", "imageSpec", "ociLayout"])
+        json!(["image", "imageSpec", "ociLayout", "pullImage"])
     );
     assert_eq!(
         eval("packages.aarch64-linux.default.system", "x: x"),
