@@ -36,16 +36,13 @@ use crate::oci::model::{parse, Descriptor, Index, Invalid, Manifest, Mismatch};
 use crate::oci::walk::{self, At, BlobSource, Kind, Visitor};
 use crate::oci::Digest;
 
-use super::static_export::tag_list;
+use super::tree::{tag_list, tags_list_key, JSON_TYPE};
 
 pub mod bucket;
 pub mod tree;
 
 /// The most bytes a tag, an image index or a manifest may have.
 pub const MAX_DOCUMENT: u64 = 4 << 20;
-
-/// The content type of `tags/list`.
-const JSON_TYPE: &str = "application/json";
 
 /// One object of a static registry, as its store lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,15 +154,7 @@ impl<'a> Key<'a> {
     }
 }
 
-/// `v2/NAME/manifests/REFERENCE`.
-pub fn manifest_key(repository: &str, reference: &str) -> String {
-    format!("v2/{repository}/manifests/{reference}")
-}
-
-/// `v2/NAME/blobs/DIGEST`.
-pub fn blob_key(repository: &str, digest: &Digest) -> String {
-    format!("v2/{repository}/blobs/{digest}")
-}
+pub use super::tree::{blob_key, manifest_key};
 
 /// Why a tag's image cannot be marked.
 #[derive(Debug, thiserror::Error)]
@@ -306,7 +295,7 @@ pub fn untag<O: Objects>(
     let digest = Digest::of(&bytes);
     objects.delete(&key).map_err(GcError::Store)?;
     let mut removed = vec![key.clone()];
-    let list_key = format!("v2/{repository}/tags/list");
+    let list_key = tags_list_key(repository);
     if tags.is_empty() {
         if list_exists {
             objects.delete(&list_key).map_err(GcError::Store)?;
