@@ -926,6 +926,62 @@ mod tests {
     }
 
     #[test]
+    fn a_base_comes_first_in_the_config_and_the_manifest() {
+        use super::super::model::Descriptor;
+        let ours = layer(1);
+        let base_layer = Descriptor::new(MEDIA_TYPE_TAR_GZIP, Digest::of(b"base"), 7);
+        let base = BasePlatform {
+            manifest: Descriptor::new(MEDIA_TYPE_MANIFEST, Digest::of(b"m"), 3),
+            config: Descriptor::new(MEDIA_TYPE_CONFIG, Digest::of(b"c"), 3),
+            layers: vec![base_layer.clone()],
+            diff_ids: vec![Digest::of(b"base tar")],
+            history: vec![serde_json::json!({"created_by": "base", "comment": "from the base"})],
+            run: RunConfig::default(),
+        };
+        let p: Platform = "linux/amd64".parse().unwrap();
+        let created = "1970-01-01T00:00:00Z";
+        let cfg = config_blob(
+            &p,
+            &RunConfig::default(),
+            &[ours.layer()],
+            created,
+            Some(&base),
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&cfg.bytes).unwrap();
+        assert_eq!(
+            v["rootfs"]["diff_ids"],
+            serde_json::json!([Digest::of(b"base tar").as_str(), ours.diff_id.as_str()])
+        );
+        assert_eq!(v["history"][0]["comment"], "from the base");
+        assert_eq!(v["history"][0]["created_by"], "base");
+        assert!(v["history"][1]["comment"].as_str().unwrap().contains("-p1"));
+        for name in [Some("127.0.0.1:5000/base"), None] {
+            let m = manifest_blob(&cfg, &[ours.layer()], &BTreeMap::new(), Some((&base, name)))
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap();
+            assert_eq!(v["layers"][0]["digest"], base_layer.digest.as_str());
+            assert_eq!(v["layers"][0]["size"], 7);
+            assert_eq!(v["layers"][0]["annotations"][ANNOTATION_BASE_LAYER], "true");
+            assert_eq!(v["layers"][1]["digest"], ours.digest.as_str());
+            assert_eq!(
+                v["annotations"][ANNOTATION_BASE_DIGEST],
+                Digest::of(b"m").as_str()
+            );
+            assert_eq!(
+                v["annotations"]
+                    .get(ANNOTATION_BASE_NAME)
+                    .and_then(|n| n.as_str()),
+                name
+            );
+        }
+        // Without a base, nothing of it.
+        let plain = manifest_blob(&cfg, &[ours.layer()], &BTreeMap::new(), None).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&plain.bytes).unwrap();
+        assert!(v.get("annotations").is_none(), "{v}");
+    }
+
+    #[test]
     fn tags_replace_in_place() {
         let blob = Blob::new(MEDIA_TYPE_INDEX, b"{}".to_vec());
         let other = Blob::new(MEDIA_TYPE_INDEX, b"[]".to_vec());

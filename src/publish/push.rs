@@ -590,3 +590,39 @@ pub fn push(
         manifests,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(annotations: serde_json::Value) -> Document {
+        let bytes = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "layers": [], "annotations": annotations,
+        }))
+        .unwrap();
+        Document {
+            digest: Digest::of(&bytes),
+            media_type: MediaType::MANIFEST,
+            bytes,
+            platform: None,
+        }
+    }
+
+    #[test]
+    fn bases_on_the_destination_registry_are_mounted_from() {
+        let dest = Reference::parse("127.0.0.1:5000/app:1").unwrap();
+        let image = Image {
+            layout: "x".into(),
+            ref_name: None,
+            blobs: Vec::new(),
+            documents: vec![
+                manifest(serde_json::json!({ANNOTATION_BASE_NAME: "127.0.0.1:5000/team/base"})),
+                manifest(serde_json::json!({ANNOTATION_BASE_NAME: "127.0.0.1:5000/team/base"})),
+                manifest(serde_json::json!({ANNOTATION_BASE_NAME: "127.0.0.1:5000/app"})),
+                manifest(serde_json::json!({ANNOTATION_BASE_NAME: "docker.io/library/debian"})),
+                manifest(serde_json::json!({})),
+            ],
+        };
+        assert_eq!(base_repositories(&image, &dest), ["team/base"]);
+    }
+}
