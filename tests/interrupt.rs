@@ -109,13 +109,19 @@ fn a_killed_build_leaves_no_index_and_the_next_one_succeeds() {
         "a killed build left an index.json"
     );
 
-    // `verify` does not take the remains for a layout.
+    // `verify` does not take the remains for a layout: without oci-layout
+    // there is no layout, exit 2 as in every command (#15).
     let verify = Command::new(env!("CARGO_BIN_EXE_nixoci"))
         .arg("verify")
         .arg(&out)
         .output()
         .unwrap();
-    assert_eq!(verify.status.code(), Some(1));
+    assert_eq!(verify.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&verify.stderr).contains("is not an OCI image layout"),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 
     // Building again into the same directory completes and verifies.
     let again = build(tmp.path(), &closure, &out).output().unwrap();
