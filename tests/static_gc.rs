@@ -1,5 +1,5 @@
 //! `nixoci untag` and `nixoci gc` on a static registry tree export-static
-//! wrote and on the same objects in a real Garage bucket: two
+//! wrote and on a real Garage bucket `push` filled: two
 //! repositories and three tags sharing blobs, collected down to exactly
 //! what the remaining tags reach, pulled back with skopeo through nginx
 //! and through Garage's web endpoint.
@@ -526,24 +526,30 @@ fn untag_and_gc_on_a_garage_bucket_remove_exactly_the_unreachable() {
     let Fixture {
         _tmp,
         work,
+        layout,
         tree,
         one,
         two,
-        ..
     } = fixture();
     let work = work.as_path();
     let g = Garage::start(&work.join("garage"));
     let target = format!("s3://{WEB_BUCKET}");
     let b = g.bucket(&target);
-    // The tree's objects, uploaded with their content types.
-    let objects: Value =
-        serde_json::from_slice(&fs::read(tree.join("objects.json")).expect("objects.json"))
-            .expect("JSON");
-    for o in array_of(&objects) {
-        let key = str_of(&o["key"]);
-        let bytes = fs::read(tree.join(key)).expect("reading an object");
-        b.put(key, str_of(&o["contentType"]), &Body::Bytes(&bytes))
-            .expect("uploading");
+    // The same three tags pushed: the bucket holds the tree's keys.
+    for (tag, dest) in [
+        ("1.0", "hello:1.0"),
+        ("2.0", "hello:2.0"),
+        ("1.0", "team/hello:latest"),
+    ] {
+        on_bucket(
+            &g,
+            &[
+                "push",
+                &format!("{}:{tag}", layout.display()),
+                &format!("{target}/{dest}"),
+            ],
+        )
+        .success();
     }
     let before = bucket_keys(&b);
     assert_eq!(before, files(&tree, "v2"));
