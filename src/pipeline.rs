@@ -277,6 +277,23 @@ pub struct Events<'a> {
     pub stale: &'a dyn Fn(usize, u64),
     /// A layer finished; called from worker threads.
     pub layer: &'a (dyn Fn(&BuiltLayer) + Sync),
+    /// Bytes read into layers, or layers not read (see [`read_size`]);
+    /// called from worker threads as they read.
+    pub progress: &'a (dyn Fn(layer::Progress) + Sync),
+}
+
+/// The size of what a build of `plan` reads, in [`layer::Progress`]'s
+/// bytes: its layers' NAR sizes and its distinct root layers' contents.
+/// The progress of the build adds up to this.
+pub fn read_size(req: &PlanRequest, plan: &LayerPlan) -> u64 {
+    let roots: std::collections::BTreeSet<&RootFs> = req
+        .images
+        .values()
+        .filter(|i| !i.rootfs.is_empty())
+        .map(|i| &i.rootfs)
+        .collect();
+    plan.layers.iter().map(|l| l.nar_size).sum::<u64>()
+        + roots.into_iter().map(layer::root_layer_size).sum::<u64>()
 }
 
 /// Builds the layout `req` describes.
@@ -323,6 +340,7 @@ pub fn build(req: &BuildRequest, events: &Events) -> Result<BuildReport, BuildEr
         req.jobs,
         &check,
         on_layer,
+        events.progress,
     )
     .map_err(|e| match e {
         layer::LayerError::InLayer { index, source } => match (*source, req.arch_check) {
@@ -358,8 +376,13 @@ pub fn build(req: &BuildRequest, events: &Events) -> Result<BuildReport, BuildEr
         if image.rootfs.is_empty() || root_layers.contains_key(&image.rootfs) {
             continue;
         }
-        let outcome = layer::build_root_layer(&image.rootfs, &req.layer_options, &blobs_dir)
-            .map_err(BuildError::RootLayer)?;
+        let outcome = layer::build_root_layer(
+            &image.rootfs,
+            &req.layer_options,
+            &blobs_dir,
+            events.progress,
+        )
+        .map_err(BuildError::RootLayer)?;
         on_layer(&outcome.layer);
         root_layers.insert(&image.rootfs, outcome);
     }

@@ -4,17 +4,17 @@
 //! flags into a [`crate::pipeline::BuildRequest`].
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressStyle;
 
 use super::flags::{
     human_bytes, ByteSize, CopyToRoot, Created, ExposedPort, KeyValue, RegistryArgs,
 };
 use super::resolve::{apply_structured_attrs, build_request};
 use super::Classify;
-use crate::layer::{CacheStatus, Compression};
+use crate::layer::{CacheStatus, Compression, Progress};
 use crate::oci::layout::LayoutArg;
 use crate::pipeline;
 use crate::rootfs::{DirSpec, GroupSpec, PermRule, SymlinkSpec, UserSpec};
@@ -386,34 +386,39 @@ fn write_hydra_products(out: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", file.display()))
 }
 
-pub fn run(mut args: Args) -> anyhow::Result<()> {
-    if args.structured_attrs {
-        apply_structured_attrs(&mut args)?;
-    }
-    let req = build_request(&args)?;
-    let bar = if super::stderr_is_terminal() {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} layers {pos}/{len} [{bar:30}] {msg} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    let written = AtomicU64::new(0);
-    // Distinct root layers, built after the planned ones.
-    let root_layers = req
-        .plan
+/// Distinct root layers, built after the planned ones.
+fn root_layers(req: &pipeline::BuildRequest) -> usize {
+    req.plan
         .images
         .values()
         .filter(|i| !i.rootfs.is_empty())
         .map(|i| &i.rootfs)
         .collect::<std::collections::BTreeSet<_>>()
-        .len();
+        .len()
+}
+
+pub fn run(mut args: Args) -> anyhow::Result<()> {
+    if args.structured_attrs {
+        apply_structured_attrs(&mut args)?;
+    }
+    let req = build_request(&args)?;
+    // Bytes of the layers read, of the closure's total NAR size (and the
+    // root layers' contents). A layer the cache or the layout already has
+    // is taken out of the total when that is known, rather than counted as
+    // read: counted, it would jump the position and make the rate and the
+    // time left a fiction. Either way the position ends at the total.
+    let bar = super::bytes_bar();
+    bar.set_message("planning");
+    let layers_done = AtomicUsize::new(0);
+    let layer_count = AtomicUsize::new(0);
     let output = req.output.display();
     let events = pipeline::Events {
-        plan: &|plan| bar.set_length((plan.layers.len() + root_layers) as u64),
+        plan: &|plan| {
+            let count = plan.layers.len() + root_layers(&req);
+            layer_count.store(count, Ordering::Relaxed);
+            bar.set_message(format!("layers 0/{count}"));
+            bar.set_length(pipeline::read_size(&req.plan, plan));
+        },
         waiting: &|| {
             bar.suspend(|| eprintln!("nixoci: waiting for another nixoci that is writing {output}"))
         },
@@ -426,16 +431,31 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
                 )
             })
         },
-        layer: &|layer| {
-            let total = written.fetch_add(layer.size, Ordering::Relaxed) + layer.size;
-            bar.set_message(human_bytes(total));
-            bar.inc(1);
+        layer: &|_| {
+            let done = layers_done.fetch_add(1, Ordering::Relaxed) + 1;
+            let count = layer_count.load(Ordering::Relaxed);
+            bar.set_message(format!("layers {done}/{count}"));
+        },
+        progress: &|p| match p {
+            Progress::Read(bytes) => bar.inc(bytes),
+            Progress::Skipped(bytes) => bar.dec_length(bytes),
         },
     };
-    let report = pipeline::build(&req, &events)
+    let report = pipeline::build(&req, &events);
+    if report.is_ok() {
+        // The last state stays on the screen, as counted (not set to the
+        // total), with the average rate. On an error the bar goes away.
+        bar.set_style(
+            ProgressStyle::with_template(
+                "  read {binary_bytes}/{binary_total_bytes} in {elapsed} ({binary_bytes_per_sec}), {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.abandon();
+    }
+    let report = report
         .classify()
         .with_context(|| format!("building {}", req.output.display()))?;
-    bar.finish_and_clear();
     if args.structured_attrs {
         write_hydra_products(&req.output)?;
     }

@@ -4,8 +4,10 @@
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 
 pub mod build;
 pub mod cache;
@@ -333,6 +335,28 @@ fn clap_error_message(e: &clap::Error) -> String {
 /// True when progress and colour belong on stderr.
 pub fn stderr_is_terminal() -> bool {
     io::stderr().is_terminal()
+}
+
+/// `build`'s and `push`'s progress: bytes done of the total, rate, time
+/// left, a bar as wide as the terminal lets it be and a message, redrawn
+/// ten times a second even when no byte moves. Hidden unless stderr is a
+/// terminal.
+pub fn bytes_bar() -> ProgressBar {
+    if !stderr_is_terminal() {
+        return ProgressBar::hidden();
+    }
+    // No length until the caller knows it: an empty bar, not a full one.
+    // Dropped unfinished (an error), it goes away rather than claiming 100%.
+    let bar = ProgressBar::no_length().with_finish(ProgressFinish::AndClear);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta} left [{wide_bar}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
 }
 
 /// Writes `bytes` to stdout; a closed pipe is not an error.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use super::flags::{human_bytes, ByteSize, RegistryArgs, S3Args};
 use super::usage;
@@ -209,18 +209,7 @@ type Notify = Box<dyn Fn(&str) + Send + Sync>;
 
 /// The progress bar (on a terminal only) and the notes of retries above it.
 fn progress() -> (ProgressBar, Notify) {
-    let bar = if super::stderr_is_terminal() {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {bytes}/{total_bytes} {binary_bytes_per_sec} [{bar:30}] {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar = super::bytes_bar();
     let notify_bar = bar.clone();
     let notify: Notify = Box::new(move |msg| notify_bar.suspend(|| eprintln!("nixoci: {msg}")));
     (bar, notify)

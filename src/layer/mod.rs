@@ -25,13 +25,15 @@
 //! are built for ([`BuiltLayer::elf`], found by `tar.rs` in the same pass
 //! and kept with the layer in the cache), and [`build_layers`] hands that
 //! to the caller's check as each layer is done: an image of the wrong
-//! architecture stops the build at its first wrong layer.
+//! architecture stops the build at its first wrong layer. As they go,
+//! layers tell how many bytes they have read ([`Progress`]).
 
 pub mod cache;
 pub mod compress;
 pub mod nix_db;
 pub mod tar;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::{self, File, Permissions};
 use std::io::BufWriter;
@@ -59,6 +61,9 @@ use self::tar::StreamError;
 
 /// Buffer between the compressor and the blob file.
 const FILE_BUFFER: usize = 256 * 1024;
+/// [`Progress::Read`] is told at least this many bytes at once (but the
+/// last of a layer).
+const PROGRESS_STEP: u64 = 256 * 1024;
 
 /// Where layer contents come from, how they are compressed, and where
 /// built layers are remembered.
@@ -120,6 +125,37 @@ pub struct LayerOutcome {
     /// blob that was rebuilt, a blob that could not be stored).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_problem: Option<String>,
+}
+
+/// How far [`build_layers`] and [`build_root_layer`] are, told from the
+/// layer threads as they go, in bytes of layer size: a store layer's size
+/// is the sum of its paths' NAR sizes, the root layer's is
+/// [`root_layer_size`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Bytes of a layer being built: file contents as they are read (in
+    /// steps of 256 KiB), then, when the layer is done, the rest of its size (what the
+    /// NAR counts beyond contents: names, directories, framing), so that a
+    /// built layer has told exactly its size, or more if its files hold
+    /// more than its size says.
+    Read(u64),
+    /// The size of a layer that is not read: its blob came from the layer
+    /// cache or was in the layout already.
+    Skipped(u64),
+}
+
+/// The size [`Progress`] gives the root layer of `fs`: the bytes of its
+/// files' contents (from the store or written by nixoci, like the Nix
+/// database).
+pub fn root_layer_size(fs: &RootFs) -> u64 {
+    fs.entries
+        .values()
+        .map(|e| match &e.kind {
+            crate::rootfs::Kind::File(bytes) => bytes.len() as u64,
+            crate::rootfs::Kind::StoreFile { size, .. } => *size,
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Why a layer could not be built.
@@ -185,22 +221,25 @@ pub fn build_layer(
 ) -> Result<BuiltLayer, LayerError> {
     opts.compression.check()?;
     let workers = Workers::new(1);
-    write_layer(paths, opts, blobs_dir, &workers)
+    write_layer(paths, opts, blobs_dir, &workers, &|_| {})
 }
 
-/// Tars, hashes, compresses, hashes and writes one layer.
+/// Tars, hashes, compresses, hashes and writes one layer, telling `read`
+/// the bytes of file contents as they are read.
 fn write_layer(
     paths: &[StorePath],
     opts: &LayerOptions,
     blobs_dir: &Path,
     workers: &Workers,
+    read: &dyn Fn(u64),
 ) -> Result<BuiltLayer, LayerError> {
     let mut store_paths = paths.to_vec();
     store_paths.sort();
     store_paths.dedup();
     let mut elf = Vec::new();
     let (diff_id, digest, size) = write_blob(opts, blobs_dir, workers, |out| {
-        let (out, files) = tar::write_stream(&store_paths, &opts.store_root, &opts.perms, out)?;
+        let (out, files) =
+            tar::write_stream(&store_paths, &opts.store_root, &opts.perms, read, out)?;
         elf = files;
         Ok(out)
     })?;
@@ -216,11 +255,13 @@ fn write_layer(
 
 /// Builds the root layer of `fs` into `blobs_dir` (the entries outside the
 /// store: `crate::rootfs`), with `opts`' compression, through the layer
-/// cache like any layer. It holds no store path.
+/// cache like any layer. It holds no store path. `progress` is told its
+/// bytes as it goes.
 pub fn build_root_layer(
     fs: &RootFs,
     opts: &LayerOptions,
     blobs_dir: &Path,
+    progress: &dyn Fn(Progress),
 ) -> Result<LayerOutcome, LayerError> {
     opts.compression.check()?;
     let workers = Workers::new(1);
@@ -238,9 +279,11 @@ pub fn build_root_layer(
         &[],
         opts,
         blobs_dir,
-        || {
+        root_layer_size(fs),
+        progress,
+        |read| {
             let (diff_id, digest, size) = write_blob(opts, blobs_dir, &workers, |out| {
-                tar::write_root_stream(fs, &opts.store_root, &opts.perms, out)
+                tar::write_root_stream(fs, &opts.store_root, &opts.perms, read, out)
             })?;
             Ok(BuiltLayer {
                 store_paths: Vec::new(),
@@ -257,27 +300,44 @@ pub fn build_root_layer(
 /// A layer through the cache: the cached blob of `key` when it is good,
 /// else `build`, stored under `key`. What went wrong with the cache is the
 /// outcome's problem; the layer is built all the same.
+///
+/// `progress` is told the layer's `size`: skipped, or read as `build` reads
+/// (it calls the function it is given with each chunk) and the rest when
+/// it is done.
 fn reuse_or_build(
     key: Option<(&Cache, &Digest)>,
     paths: &[StorePath],
     opts: &LayerOptions,
     blobs_dir: &Path,
-    build: impl FnOnce() -> Result<BuiltLayer, LayerError>,
+    size: u64,
+    progress: &dyn Fn(Progress),
+    build: impl FnOnce(&dyn Fn(u64)) -> Result<BuiltLayer, LayerError>,
 ) -> Result<LayerOutcome, LayerError> {
     let mut problem = None;
     if let Some((cache, key)) = key {
         match cache.reuse(key, paths, opts.compression.media_type(), blobs_dir) {
             cache::Reuse::Found(layer, status) => {
+                progress(Progress::Skipped(size));
                 return Ok(LayerOutcome {
                     layer,
                     cache: status,
                     cache_problem: None,
-                })
+                });
             }
             cache::Reuse::Build { problem: p } => problem = p,
         }
     }
-    let layer = build()?;
+    // Bytes read, and of them told, in steps of PROGRESS_STEP: many small
+    // files cost one call each here, not one each to `progress`.
+    let (read, told) = (Cell::new(0u64), Cell::new(0u64));
+    let layer = build(&|n| {
+        read.set(read.get() + n);
+        if read.get() - told.get() >= PROGRESS_STEP {
+            progress(Progress::Read(read.get() - told.get()));
+            told.set(read.get());
+        }
+    })?;
+    progress(Progress::Read(size.max(read.get()) - told.get()));
     if let Some((cache, key)) = key {
         if let Err(e) = cache.store(key, &layer, blobs_dir) {
             let note = format!(
@@ -397,14 +457,17 @@ pub type ArchCheckFn<'a> = dyn Fn(usize, &[ElfFile]) -> Result<(), Mismatch> + S
 ///
 /// `infos` gives each store path's NAR hash and size: the NAR hashes make
 /// the cache key (a layer with a path missing from `infos` is never
-/// cached), the sizes the order of work. Equal layers are built once.
-/// `check` is given each distinct layer (by the input index of its first
-/// copy) and its ELF files as soon as it is built or found in the cache; a
-/// refusal fails that layer ([`LayerError::Arch`]). `on_done` is called
-/// from the layer threads as layers finish and pass, once per entry of
-/// `layers`. If layers fail, the error is the one of the first failing
-/// layer in input order; layers after it that have not started yet are not
-/// built.
+/// cached), the sizes the order of work and the sizes `progress` is told.
+/// Equal layers are built once (and told once). `check` is given each
+/// distinct layer (by the input index of its first copy) and its ELF files
+/// as soon as it is built or found in the cache; a refusal fails that layer
+/// ([`LayerError::Arch`]). `on_done` is called from the layer threads as
+/// layers finish and pass, once per entry of `layers`. If layers fail, the
+/// error is the one of the first failing layer in input order; layers after
+/// it that have not started yet are not built.
+// The layers, where to read and write them, and three callbacks (check,
+// done, progress): grouping them would only rename the parameters.
+#[allow(clippy::too_many_arguments)]
 pub fn build_layers(
     layers: &[Vec<StorePath>],
     infos: &BTreeMap<StorePath, PathInfo>,
@@ -413,6 +476,7 @@ pub fn build_layers(
     jobs: usize,
     check: &ArchCheckFn<'_>,
     on_done: &(dyn Fn(&BuiltLayer) + Sync),
+    progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Vec<LayerOutcome>, LayerError> {
     opts.compression.check()?;
 
@@ -466,8 +530,8 @@ pub fn build_layers(
     let build_one = |k: usize| -> Result<LayerOutcome, LayerError> {
         let paths = &distinct[k];
         let key = cache.zip(keys[k].as_ref());
-        let outcome = reuse_or_build(key, paths, opts, blobs_dir, || {
-            write_layer(paths, opts, blobs_dir, &workers)
+        let outcome = reuse_or_build(key, paths, opts, blobs_dir, sizes[k], progress, |read| {
+            write_layer(paths, opts, blobs_dir, &workers, read)
         })?;
         let first = slots.iter().position(|&s| s == k).unwrap_or(k);
         check(first, &outcome.layer.elf).map_err(|m| LayerError::Arch(Box::new(m)))?;
@@ -681,6 +745,7 @@ mod tests {
             1,
             &|_, _| Ok(()),
             &|_| {},
+            &|_| {},
         )
         .unwrap_err();
         assert!(matches!(
@@ -718,6 +783,7 @@ mod tests {
                 &|_| {
                     done.fetch_add(1, Ordering::Relaxed);
                 },
+                &|_| {},
             )
             .unwrap()
             .into_iter()
@@ -766,6 +832,7 @@ mod tests {
                 jobs,
                 &|_, _| Ok(()),
                 &|_| {},
+                &|_| {},
             )
             .unwrap_err();
             let LayerError::InLayer { index, source } = err else {
@@ -780,6 +847,98 @@ mod tests {
             }
             assert!(dir_names(blobs.path()).iter().all(|n| !n.starts_with('.')));
         }
+    }
+
+    #[test]
+    fn layers_tell_their_sizes_read_or_skipped() {
+        let fixture = Fixture::new(false);
+        let p = &fixture.paths;
+        // hello's tree holds less than 100,000 bytes; the builder's 11
+        // bytes are more than the 5 its size says.
+        let infos: BTreeMap<StorePath, PathInfo> = p
+            .iter()
+            .zip([100_000, 5, 777])
+            .map(|(path, nar_size)| {
+                let info = PathInfo {
+                    path: path.clone(),
+                    nar_hash: format!("sha256-{nar_size}"),
+                    nar_size,
+                    references: Default::default(),
+                };
+                (path.clone(), info)
+            })
+            .collect();
+        let layers: Vec<Vec<StorePath>> =
+            [0, 1, 2, 0].iter().map(|&i| vec![p[i].clone()]).collect();
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = LayerOptions {
+            cache: Some(Cache::open(&tmp.path().join("cache")).unwrap()),
+            ..options(&fixture)
+        };
+        let fs = RootFs {
+            entries: [
+                ("/etc", crate::rootfs::Kind::Directory),
+                (
+                    "/etc/passwd",
+                    crate::rootfs::Kind::File(b"root:x:0:0::/:/bin/sh\n".to_vec()),
+                ),
+                (
+                    "/bin/hello",
+                    crate::rootfs::Kind::StoreFile {
+                        source: format!("/nix/store/{H1}-hello-2.12/bin/hello"),
+                        size: 21,
+                        executable: true,
+                        sha256: String::new(),
+                    },
+                ),
+            ]
+            .into_iter()
+            .map(|(path, kind)| {
+                let entry = crate::rootfs::Entry {
+                    kind,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                };
+                (path.to_owned(), entry)
+            })
+            .collect(),
+        };
+        assert_eq!(root_layer_size(&fs), 22 + 21);
+        // Everything told, sorted: what is read, then what is skipped.
+        let told = |blobs: &Path| {
+            let told = Mutex::new(Vec::new());
+            let tell = |p| told.lock().unwrap().push(p);
+            build_layers(
+                &layers,
+                &infos,
+                &opts,
+                blobs,
+                2,
+                &|_, _| Ok(()),
+                &|_| {},
+                &tell,
+            )
+            .unwrap();
+            build_root_layer(&fs, &opts, blobs, &tell).unwrap();
+            let told = told.into_inner().unwrap();
+            let sum = |read: bool| -> u64 {
+                told.iter()
+                    .map(|p| match (p, read) {
+                        (Progress::Read(n), true) | (Progress::Skipped(n), false) => *n,
+                        _ => 0,
+                    })
+                    .sum()
+            };
+            (sum(true), sum(false))
+        };
+        // Built: each distinct layer its size once, or what it read when
+        // that is more, and the root layer its contents.
+        let first = tempfile::tempdir().unwrap();
+        assert_eq!(told(first.path()), (100_000 + 11 + 777 + 43, 0));
+        // From the cache: skipped, at their sizes.
+        let second = tempfile::tempdir().unwrap();
+        assert_eq!(told(second.path()), (0, 100_000 + 5 + 777 + 43));
     }
 
     #[test]

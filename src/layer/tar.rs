@@ -95,7 +95,7 @@ pub fn write_tar<W: Write>(
     store_root: &Path,
     out: W,
 ) -> Result<W, LayerError> {
-    write_stream(paths, store_root, &Perms::default(), out)
+    write_stream(paths, store_root, &Perms::default(), NO_PROGRESS, out)
         .map(|(out, _)| out)
         .map_err(|e| match e {
             StreamError::Layer(e) => e,
@@ -117,18 +117,20 @@ impl From<LayerError> for StreamError {
 }
 
 /// [`write_tar`], keeping errors of `out` apart so that the caller can say
-/// which file they hit, and returning the first loadable ELF file of each
+/// which file they hit, telling `read` the bytes of file contents as they
+/// are read, and returning the first loadable ELF file of each
 /// architecture, in stream order.
 pub(super) fn write_stream<W: Write>(
     paths: &[StorePath],
     store_root: &Path,
     perms: &Perms,
+    read: &dyn Fn(u64),
     out: W,
 ) -> Result<(W, Vec<ElfFile>), StreamError> {
     let mut sorted: Vec<&StorePath> = paths.iter().collect();
     sorted.sort();
     sorted.dedup();
-    let mut tar = TarWriter::new(out, perms.clone());
+    let mut tar = TarWriter::new(out, perms.clone(), read);
     for path in sorted {
         tar.store_dir(path.store_dir())?;
         let relative = path.as_str().trim_start_matches('/');
@@ -145,7 +147,7 @@ pub(super) fn write_stream<W: Write>(
 /// (`tmp/`, `etc/passwd`), with their modes and numeric owners, mtime 1,
 /// uname and gname empty; then the closing zero blocks.
 pub fn write_root_tar<W: Write>(fs: &RootFs, store_root: &Path, out: W) -> Result<W, LayerError> {
-    write_root_stream(fs, store_root, &Perms::default(), out).map_err(|e| match e {
+    write_root_stream(fs, store_root, &Perms::default(), NO_PROGRESS, out).map_err(|e| match e {
         StreamError::Layer(e) => e,
         StreamError::Write(source) => LayerError::WriteStream { source },
     })
@@ -155,9 +157,10 @@ pub(super) fn write_root_stream<W: Write>(
     fs: &RootFs,
     store_root: &Path,
     perms: &Perms,
+    read: &dyn Fn(u64),
     out: W,
 ) -> Result<W, StreamError> {
-    let mut tar = TarWriter::new(out, perms.clone());
+    let mut tar = TarWriter::new(out, perms.clone(), read);
     for (path, entry) in &fs.entries {
         let mut name = path.trim_start_matches('/').as_bytes().to_vec();
         let owner = (entry.uid, entry.gid);
@@ -179,6 +182,7 @@ pub(super) fn write_root_stream<W: Write>(
                 let size = bytes.len() as u64;
                 tar.owned_entry(&name, TYPE_REGULAR, entry.mode, owner, size, b"")?;
                 tar.out.write_all(bytes).map_err(StreamError::Write)?;
+                (tar.read)(size);
                 tar.pad(size)?;
             }
         }
@@ -191,11 +195,11 @@ pub(super) fn write_root_stream<W: Write>(
 
 /// A tar of whole files, with the layer rules (sorted by the caller, owner
 /// 0:0, mtime 1, PAX where ustar runs out): `nixoci save`'s archives.
-pub struct ArchiveWriter<W: Write>(TarWriter<W>);
+pub struct ArchiveWriter<W: Write>(TarWriter<'static, W>);
 
 impl<W: Write> ArchiveWriter<W> {
     pub fn new(out: W) -> Self {
-        ArchiveWriter(TarWriter::new(out, Perms::default()))
+        ArchiveWriter(TarWriter::new(out, Perms::default(), NO_PROGRESS))
     }
 
     /// A directory entry (`name` ends in `/`).
@@ -249,7 +253,10 @@ fn stream_error(e: StreamError) -> LayerError {
     }
 }
 
-struct TarWriter<W> {
+/// A `read` that tells nobody.
+const NO_PROGRESS: &dyn Fn(u64) = &|_| {};
+
+struct TarWriter<'r, W> {
     out: W,
     buffer: Vec<u8>,
     /// Entry names of store directories (and ancestors) already written.
@@ -258,16 +265,19 @@ struct TarWriter<W> {
     perms: Perms,
     /// The first loadable ELF file of each architecture written so far.
     elf: Vec<ElfFile>,
+    /// Told the bytes of every chunk of file contents written (progress).
+    read: &'r dyn Fn(u64),
 }
 
-impl<W: Write> TarWriter<W> {
-    fn new(out: W, perms: Perms) -> Self {
+impl<'r, W: Write> TarWriter<'r, W> {
+    fn new(out: W, perms: Perms, read: &'r dyn Fn(u64)) -> Self {
         TarWriter {
             out,
             buffer: vec![0; COPY_BUFFER],
             store_dirs: BTreeSet::new(),
             perms,
             elf: Vec::new(),
+            read,
         }
     }
 
@@ -380,6 +390,7 @@ impl<W: Write> TarWriter<W> {
             self.out
                 .write_all(&self.buffer[..n])
                 .map_err(StreamError::Write)?;
+            (self.read)(n as u64);
             left -= n as u64;
         }
         if head.starts_with(elf::MAGIC) {
@@ -1059,7 +1070,13 @@ pub(super) mod tests {
         write("share/riscv.so", &elf_bytes(64, false, 3, 243, None), 0o444);
         let path = StorePath::from_absolute(&format!("/nix/store/{name}")).unwrap();
         let paths = [path];
-        let found = match write_stream(&paths, root.path(), &Perms::default(), Vec::new()) {
+        let found = match write_stream(
+            &paths,
+            root.path(),
+            &Perms::default(),
+            NO_PROGRESS,
+            Vec::new(),
+        ) {
             Ok((out, found)) => {
                 // The scan changes nothing in the stream.
                 assert_eq!(out, write_tar(&paths, root.path(), Vec::new()).unwrap());
@@ -1087,7 +1104,7 @@ pub(super) mod tests {
         // An 8 GiB file takes too long to stream in a unit test; check the
         // headers, and that the tar crate reads the size from them.
         let size = USTAR_MAX_SIZE + 1;
-        let mut tar = TarWriter::new(Vec::new(), Perms::default());
+        let mut tar = TarWriter::new(Vec::new(), Perms::default(), NO_PROGRESS);
         assert!(tar
             .entry(b"nix/store/big", TYPE_REGULAR, 0o444, size, b"")
             .is_ok());
