@@ -296,6 +296,25 @@ pub fn read_size(req: &PlanRequest, plan: &LayerPlan) -> u64 {
         + roots.into_iter().map(layer::root_layer_size).sum::<u64>()
 }
 
+/// How many layers a build of `plan` tells [`Events::layer`] of: the
+/// planned ones, the base's distinct ones and the distinct root layers.
+pub fn layer_count(req: &BuildRequest, plan: &LayerPlan) -> usize {
+    let base: std::collections::BTreeSet<&Digest> = req
+        .base
+        .iter()
+        .flat_map(|b| b.platforms.values())
+        .flat_map(|p| p.layers.iter().map(|d| &d.digest))
+        .collect();
+    let roots: std::collections::BTreeSet<&RootFs> = req
+        .plan
+        .images
+        .values()
+        .filter(|i| !i.rootfs.is_empty())
+        .map(|i| &i.rootfs)
+        .collect();
+    plan.layers.len() + base.len() + roots.len()
+}
+
 /// Builds the layout `req` describes.
 pub fn build(req: &BuildRequest, events: &Events) -> Result<BuildReport, BuildError> {
     let plan = plan_cached(&req.plan, req.layer_options.cache.as_ref())?;

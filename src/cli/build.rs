@@ -386,17 +386,6 @@ fn write_hydra_products(out: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", file.display()))
 }
 
-/// Distinct root layers, built after the planned ones.
-fn root_layers(req: &pipeline::BuildRequest) -> usize {
-    req.plan
-        .images
-        .values()
-        .filter(|i| !i.rootfs.is_empty())
-        .map(|i| &i.rootfs)
-        .collect::<std::collections::BTreeSet<_>>()
-        .len()
-}
-
 pub fn run(mut args: Args) -> anyhow::Result<()> {
     if args.structured_attrs {
         apply_structured_attrs(&mut args)?;
@@ -414,7 +403,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let output = req.output.display();
     let events = pipeline::Events {
         plan: &|plan| {
-            let count = plan.layers.len() + root_layers(&req);
+            let count = pipeline::layer_count(&req, plan);
             layer_count.store(count, Ordering::Relaxed);
             bar.set_message(format!("layers 0/{count}"));
             bar.set_length(pipeline::read_size(&req.plan, plan));
