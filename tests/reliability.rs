@@ -406,3 +406,45 @@ fn save_refuses_what_it_cannot_write_and_writes_nothing() {
     save(&["--platform", "linux/amd64"]).success();
     assert_eq!(fs::read(&archive).unwrap(), first);
 }
+
+/// A message to a stderr that cannot be written (full, or closed) is lost,
+/// not a panic: the command still ends with its own exit code, not 101.
+#[test]
+fn an_unwritable_stderr_keeps_the_exit_code() {
+    let dir = common::tempdir();
+    let missing = dir.path().join("missing.oci");
+    let cache = dir.path().join("no-cache");
+    for (args, code) in [
+        (vec!["verify".into(), missing.display().to_string()], 2),
+        (
+            vec![
+                "cache".into(),
+                "prune".into(),
+                "--max-size".into(),
+                "1M".into(),
+                "--cache-dir".into(),
+                cache.display().to_string(),
+            ],
+            0,
+        ),
+    ] {
+        for closed in [false, true] {
+            let mut cmd = nixoci();
+            cmd.args(&args);
+            if closed {
+                // The parent end of a pipe whose reader is already gone.
+                let (reader, writer) = std::io::pipe().unwrap();
+                drop(reader);
+                cmd.stderr(writer);
+            } else {
+                cmd.stderr(fs::File::options().write(true).open("/dev/full").unwrap());
+            }
+            let status = cmd.status().unwrap();
+            assert_eq!(
+                status.code(),
+                Some(code),
+                "nixoci {args:?} with stderr closed={closed}"
+            );
+        }
+    }
+}

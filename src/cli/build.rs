@@ -409,11 +409,11 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             bar.set_length(pipeline::read_size(&req.plan, plan));
         },
         waiting: &|| {
-            bar.suspend(|| eprintln!("nixoci: waiting for another nixoci that is writing {output}"))
+            bar.suspend(|| say!("nixoci: waiting for another nixoci that is writing {output}"))
         },
         stale: &|count, bytes| {
             bar.suspend(|| {
-                eprintln!(
+                say!(
                     "nixoci: removed {count} temporary file{} ({}) that interrupted builds left in {output}",
                     if count == 1 { "" } else { "s" },
                     human_bytes(bytes)
@@ -456,13 +456,13 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     }
     for l in &report.layers {
         if let Some(problem) = &l.cache_problem {
-            eprintln!("nixoci: warning: {problem}");
+            say!("nixoci: warning: {problem}");
         }
     }
     let total: u64 = report.layers.iter().map(|l| l.layer.size).sum();
     let count = |status| report.layers.iter().filter(|l| l.cache == status).count();
     let reused = count(CacheStatus::Hit) + count(CacheStatus::Layout);
-    eprintln!(
+    say!(
         "wrote {}:{} ({} platform{}, {} layer{} of which {} reused, {}) index {}",
         req.output.display(),
         report.tag,

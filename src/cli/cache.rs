@@ -85,7 +85,7 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
         })?;
     super::refuse_in_store("--cache-dir", &dir, &super::default_store_dirs())?;
     if !dir.is_dir() {
-        eprintln!("nixoci: no cache at {}: nothing to prune", dir.display());
+        say!("nixoci: no cache at {}: nothing to prune", dir.display());
         return Ok(());
     }
     let cache = Cache::open(&dir).with_context(|| format!("opening cache {}", dir.display()))?;
@@ -107,7 +107,7 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
     } else {
         "removed"
     };
-    eprintln!(
+    say!(
         "{}: {verb} {} layers and {} plans ({}){}; kept {} layers and {} plans ({})",
         dir.display(),
         report.removed_layers,

@@ -96,7 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         super::print_stdout(&bytes)?;
     }
     let out = args.output.display();
-    eprintln!(
+    say!(
         "exported {}:{} to {out} ({} file{} written, {} unchanged; {} new in the blob store, {} copied) {}",
         report.repository,
         report.tags.join(","),
@@ -107,7 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         human_bytes(report.bytes_copied),
         report.digest
     );
-    eprintln!(
+    say!(
         "serve it with nginx (include {out}/{NGINX_FILE} in a server block) or Caddy ({out}/{CADDY_FILE}); upload v2/ to a bucket with the content types in {out}/{OBJECTS_FILE}"
     );
     Ok(())

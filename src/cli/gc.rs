@@ -157,7 +157,7 @@ pub fn open_bucket(url: &S3Url, s3: &S3Args) -> anyhow::Result<Bucket> {
         &config,
         url,
         ClientOptions::default(),
-        Box::new(|m| eprintln!("nixoci: {m}")),
+        Box::new(|m| say!("nixoci: {m}")),
     )
     .with_context(|| format!("opening {url}"))?;
     bucket.check().with_context(|| format!("opening {url}"))?;
@@ -210,7 +210,7 @@ fn print_static(args: &Args, report: &GcReport) -> anyhow::Result<()> {
             human_bytes(report.kept_bytes)
         ));
     }
-    eprintln!("{line}");
+    say!("{line}");
     if args.dry_run && !args.json {
         // What would go is the data of a dry run: BYTES<TAB>KEY, as du.
         let mut out = String::new();
@@ -239,7 +239,7 @@ fn run_layout(args: &Args, layout: &Path) -> anyhow::Result<()> {
     #[allow(clippy::disallowed_methods)]
     let now = SystemTime::now();
     let report = collect(layout, args.grace.0, now, args.dry_run, &mut || {
-        eprintln!("nixoci: waiting for another nixoci that is writing {dir}")
+        say!("nixoci: waiting for another nixoci that is writing {dir}")
     })
     .classify()
     .with_context(|| format!("collecting {dir}"))?;
@@ -275,6 +275,6 @@ fn run_layout(args: &Args, layout: &Path) -> anyhow::Result<()> {
             human_bytes(report.temp_bytes)
         ));
     }
-    eprintln!("{line}");
+    say!("{line}");
     Ok(())
 }

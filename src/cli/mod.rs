@@ -9,6 +9,16 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 
+/// `eprintln!` for the command line's messages, ignoring a failed write: a
+/// closed or full stderr (`2>&-`, `2>/dev/full`, a pipe whose reader has
+/// gone) must not turn a message into a panic and exit 101.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod build;
 pub mod cache;
 pub mod export_static;
@@ -238,7 +248,7 @@ fn json_requested(args: &[std::ffi::OsString]) -> bool {
 /// Reports a failure: one line on stderr, and with `--json` the error
 /// object on stdout.
 fn fail(kind: ErrorKind, message: &str, json: bool) -> ExitCode {
-    eprintln!("nixoci: error: {message}");
+    say!("nixoci: error: {message}");
     if json {
         let _ = print_stdout(&error_json(kind, message));
     }

@@ -99,7 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         wanted: &wanted,
         creds: args.registry.creds.as_deref(),
         options: args.registry.client_options(),
-        note: Arc::new(|msg| eprintln!("nixoci: {msg}")),
+        note: Arc::new(|msg| say!("nixoci: {msg}")),
     })
     .classify()?;
     let tag = match (&tag_flag, &source) {
@@ -145,7 +145,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Ok(())
     };
     write().with_context(|| format!("writing {}", output.display()))?;
-    eprintln!(
+    say!(
         "pulled {} {platform} into {}:{tag} ({} layer{}) manifest {}",
         args.image,
         output.display(),

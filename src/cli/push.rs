@@ -211,7 +211,7 @@ type Notify = Box<dyn Fn(&str) + Send + Sync>;
 fn progress() -> (ProgressBar, Notify) {
     let bar = super::bytes_bar();
     let notify_bar = bar.clone();
-    let notify: Notify = Box::new(move |msg| notify_bar.suspend(|| eprintln!("nixoci: {msg}")));
+    let notify: Notify = Box::new(move |msg| notify_bar.suspend(|| say!("nixoci: {msg}")));
     (bar, notify)
 }
 
@@ -258,7 +258,7 @@ fn finish(report: &PushReport, json: bool, mounted: &str) -> anyhow::Result<()> 
         .iter()
         .filter(|m| m.platform.is_some())
         .count();
-    eprintln!(
+    say!(
         "pushed {} ({} platform{}; {} blob{} uploaded ({}), {} {mounted}, {} already there) {}",
         report.destination,
         platforms,

@@ -316,7 +316,7 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
                 wanted: &roots.keys().cloned().collect(),
                 creds: args.registry.creds.as_deref(),
                 options: args.registry.client_options(),
-                note: Arc::new(|msg| eprintln!("nixoci: {msg}")),
+                note: Arc::new(|msg| say!("nixoci: {msg}")),
             })
             .classify()?,
         ),
@@ -621,7 +621,7 @@ fn warn_unknown_user(user: &str, images: &BTreeMap<Platform, ImageRequest>, stor
             .any(|l| l.split(':').next() == Some(name))
     };
     if let Some(platform) = images.iter().find(|(_, i)| !defines(i)).map(|(p, _)| p) {
-        eprintln!(
+        say!(
             "nixoci: warning: --user {user}: the {platform} image's /etc/passwd has no user {name} (runtimes refuse to start it); add --add-user {name}:UID, or give a numeric --user UID:GID"
         );
     }
@@ -757,7 +757,7 @@ fn cache(args: &Args) -> Option<Cache> {
         return None;
     }
     let Some(dir) = cache_dir(args) else {
-        eprintln!(
+        say!(
             "nixoci: no layer cache directory (XDG_CACHE_HOME is not set and HOME is not a directory); building without a layer cache"
         );
         return None;
@@ -768,7 +768,7 @@ fn cache(args: &Args) -> Option<Cache> {
             let cause = std::error::Error::source(&e)
                 .map(|c| format!(" ({c})"))
                 .unwrap_or_default();
-            eprintln!("nixoci: {e}{cause}; building without a layer cache");
+            say!("nixoci: {e}{cause}; building without a layer cache");
             None
         }
     }
@@ -799,7 +799,7 @@ fn layering(args: &Args, store_dir: &StoreDir) -> anyhow::Result<Layering> {
             optional: args.previous_optional,
             creds: args.registry.creds.as_deref(),
             options: args.registry.client_options(),
-            note: Arc::new(|msg| eprintln!("nixoci: {msg}")),
+            note: Arc::new(|msg| say!("nixoci: {msg}")),
         })
         .classify()?,
     };

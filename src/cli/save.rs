@@ -146,7 +146,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tmp.persist(&args.output)
             .map_err(|e| e.error)
             .with_context(|| format!("writing {}", args.output.display()))?;
-        eprintln!(
+        say!(
             "saved {}:{tag} ({}) to {}",
             layout.dir.display(),
             match args.format {

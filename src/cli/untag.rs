@@ -91,7 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bytes.push(b'\n');
         super::print_stdout(&bytes)?;
     }
-    eprintln!(
+    say!(
         "{}: removed {} ({}); {} tag{} left in {}; `nixoci gc {}` removes what no tag needs",
         report.target,
         args.name,

@@ -75,7 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         super::print_stdout(&bytes)?;
     }
     let r = &report.verify;
-    eprintln!(
+    say!(
         "{}: ok ({} blobs, {} manifests, {} layers; tags: {})",
         args.layout,
         r.blobs,
@@ -88,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     );
     if let Some(count @ 1..) = report.unreachable_blobs {
-        eprintln!(
+        say!(
             "{dir}: {} blob{} ({}) that no tag reaches; `nixoci gc {dir}` removes them",
             count,
             if count == 1 { "" } else { "s" },
