@@ -448,3 +448,16 @@ fn an_unwritable_stderr_keeps_the_exit_code() {
         }
     }
 }
+
+/// An output whose parent folder is missing is refused before any work
+/// (it used to fail with exit 1 at the end of the build).
+#[test]
+fn an_output_without_its_parent_folder_is_a_usage_error() {
+    let tmp = common::tempdir();
+    let store = Store::new(tmp.path());
+    let r = run(&mut store.build(&tmp.path().join("no/such/app.oci"), &[]));
+    assert!(r
+        .refused("no/such does not exist")
+        .contains("create it first"));
+    assert!(!tmp.path().join("no").exists());
+}

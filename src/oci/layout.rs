@@ -35,6 +35,8 @@ pub enum LayoutError {
     NotALayout(PathBuf),
     #[error("{0} is not an OCI image layout (no oci-layout file)")]
     NoLayout(PathBuf),
+    #[error("output {output}: folder {parent} does not exist (create it first)")]
+    NoParent { output: PathBuf, parent: PathBuf },
     #[error("{path} has an unsupported imageLayoutVersion (expected 1.0.0)")]
     Version { path: PathBuf },
     #[error("{path} is not a valid index.json")]
@@ -60,6 +62,7 @@ impl LayoutError {
             LayoutError::NotADirectory(_)
                 | LayoutError::NotALayout(_)
                 | LayoutError::NoLayout(_)
+                | LayoutError::NoParent { .. }
                 | LayoutError::Version { .. }
         )
     }
@@ -79,7 +82,22 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Layout
 /// interrupted build left (a `blobs/` folder and nothing else).
 pub fn check_output(dir: &Path) -> Result<(), LayoutError> {
     match fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // A new layout is one directory: its parent must be there, or
+            // the build would fail at the end, after all its work.
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            if parent.is_dir() {
+                Ok(())
+            } else {
+                Err(LayoutError::NoParent {
+                    output: dir.to_owned(),
+                    parent: parent.to_owned(),
+                })
+            }
+        }
         Err(e) => Err(io_err("reading", dir)(e)),
         Ok(_) if !dir.is_dir() => Err(LayoutError::NotADirectory(dir.to_owned())),
         Ok(_) => {
@@ -775,5 +793,13 @@ mod tests {
         ));
         assert!(Layout::open(&dir).is_err());
         assert!(dir.join("precious").exists() && dir.join("blobs/sha256").exists());
+        // A new layout is one directory: its parent is never created.
+        assert!(check_output(&tmp.path().join("new.oci")).is_ok());
+        let orphan = tmp.path().join("no/such/new.oci");
+        assert!(matches!(
+            check_output(&orphan),
+            Err(LayoutError::NoParent { .. })
+        ));
+        assert!(!tmp.path().join("no").exists());
     }
 }
