@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 
 use common::garage::{Garage, WEB_BUCKET};
@@ -379,6 +380,20 @@ fn push_to_s3_refuses_bad_input_and_names_what_failed() {
         "garage",
     ]));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = output_of(nixoci().arg("push").arg(&layout).args([
+        "127.0.0.1:1/x:1",
+        "--refresh-after",
+        "1s",
+    ]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--refresh-after"), "{}", stderr(&o));
+    let o = output_of(&mut push_cmd(
+        &g,
+        &layout,
+        "s3://localhost/golden:1.0",
+        &["--refresh-after", "1"],
+    ));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     // Nothing of the bucket was written by any of these.
     assert!(snapshot(&g).is_empty(), "{:?}", snapshot(&g));
 
@@ -658,4 +673,122 @@ fn a_web_front_answers_docker_content_digest_from_the_metadata() {
     let o = skopeo_pull(&format!("127.0.0.1:{}/golden:1.0", nginx.port), None, &dest);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(layout_digests(&dest), layout_digests(&layout));
+}
+
+/// `nixoci ARGS… --json` with the Garage's key and endpoint.
+fn on_garage(g: &Garage, args: &[&str]) -> serde_json::Value {
+    let mut c = nixoci();
+    g.env(&mut c).args(args).arg("--json");
+    ok_json(&output_of(&mut c), &args.join(" "))
+}
+
+/// The keys of a gc report's list.
+fn gc_keys(list: &serde_json::Value) -> BTreeSet<String> {
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .map(|o| o["key"].as_str().expect("a key").to_owned())
+        .collect()
+}
+
+#[test]
+fn a_push_refreshes_the_old_objects_it_relies_on_so_a_concurrent_gc_keeps_them() {
+    if !require(&["garage"]) {
+        return;
+    }
+    let tmp = tempdir();
+    let work = tmp.path();
+    let layout = golden_layout(work, "example.org/golden:1.0");
+    let g = Garage::start(&work.join("garage"));
+    let b = g.bucket("s3://localhost");
+    // Ages by the server's clock, in whole seconds: far enough apart that
+    // a loaded machine does not blur them.
+    let old = Duration::from_secs(8);
+    let grace = "5s";
+
+    // v1 pushed and untagged: its blobs and manifests are unreachable.
+    on_garage(&g, &["push", path_str(&layout), "s3://localhost/hello:v1"]);
+    on_garage(&g, &["untag", "s3://localhost", "hello:v1"]);
+    let needed: BTreeSet<String> = snapshot(&g)
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .filter(|k| k.contains("/blobs/") || k.contains("/manifests/sha256:"))
+        .collect();
+    assert!(needed.len() > 3, "{needed:?}");
+
+    // The same image as v3, once they are old: each is copied onto itself
+    // before the tag goes up, and says so.
+    std::thread::sleep(old);
+    b.list("v2/").expect("listing");
+    let start = b.server_time().expect("the server's Date");
+    let report = on_garage(
+        &g,
+        &[
+            "push",
+            path_str(&layout),
+            "s3://localhost/hello:v3",
+            "--refresh-after",
+            "1s",
+        ],
+    );
+    assert_eq!(report["uploaded"], 0, "{report}");
+    assert_eq!(report["refreshed"], needed.len(), "{report}");
+    let blobs = report["blobs"].as_array().unwrap();
+    assert!(blobs
+        .iter()
+        .all(|b| b["status"] == "skipped" && b["refreshed"] == true));
+    assert_eq!(report["skipped"], blobs.len());
+    for m in report["manifests"].as_array().unwrap() {
+        let by_digest = m["reference"].as_str().unwrap().starts_with("sha256:");
+        assert_eq!(m["refreshed"] == true, by_digest, "{m}");
+    }
+    let times: BTreeMap<String, std::time::SystemTime> =
+        snapshot(&g).into_iter().map(|(k, _, t)| (k, t)).collect();
+    for k in &needed {
+        assert!(
+            times[k] >= start,
+            "{k} not refreshed: {:?} < {start:?}",
+            times[k]
+        );
+    }
+    // The copy keeps what the web endpoint serves.
+    let root = report["digest"].as_str().unwrap();
+    let (status, h, _) = g.web_get(&format!("/v2/hello/manifests/{root}"));
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&h, "content-type"),
+        Some("application/vnd.oci.image.index.v1+json")
+    );
+    assert_eq!(header(&h, "x-amz-meta-docker-content-digest"), Some(root));
+    let layer = blobs[0]["digest"].as_str().unwrap();
+    let (status, h, _) = g.web_get(&format!("/v2/hello/blobs/{layer}"));
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "content-type"), Some("application/octet-stream"));
+    assert_eq!(header(&h, "x-amz-meta-docker-content-digest"), Some(layer));
+
+    // A gc that listed the tags before v3's went up (v3 untagged here) and
+    // has a grace longer than --refresh-after keeps all of it.
+    on_garage(&g, &["untag", "s3://localhost", "hello:v3"]);
+    let r = on_garage(&g, &["gc", "s3://localhost", "--grace", grace]);
+    assert_eq!(r["removed"], serde_json::json!([]), "{r}");
+    assert_eq!(gc_keys(&r["kept"]), needed, "{r}");
+
+    // Without the refresh (the default 30m against objects seconds old)
+    // the same race loses them: the push skips them as they are, and the
+    // gc deletes what the tag v4 needs.
+    std::thread::sleep(old);
+    let report = on_garage(&g, &["push", path_str(&layout), "s3://localhost/hello:v4"]);
+    assert_eq!(report.get("refreshed"), None, "{report}");
+    assert!(report["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|b| b["status"] == "skipped" && b.get("refreshed").is_none()));
+    on_garage(&g, &["untag", "s3://localhost", "hello:v4"]);
+    let r = on_garage(&g, &["gc", "s3://localhost", "--grace", grace]);
+    assert_eq!(gc_keys(&r["removed"]), needed, "{r}");
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::ProgressBar;
 
-use super::flags::{human_bytes, ByteSize, RegistryArgs, S3Args};
+use super::flags::{human_bytes, Age, ByteSize, RegistryArgs, S3Args};
 use super::usage;
 use crate::error::error_chain;
 use crate::oci::layout::LayoutArg;
@@ -85,6 +85,15 @@ pub struct Args {
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub retries: u32,
 
+    /// To s3:// only: a blob or manifest the bucket already has but last
+    /// modified longer ago than AGE (by the server's clock) is copied onto
+    /// itself before the manifests and the tag go up, so a gc with a
+    /// --grace longer than this never deletes what a running push relies
+    /// on. AGE is a number with s, m, h or d (90s, 30m, 12h) [default:
+    /// 30m]
+    #[arg(long, value_name = "AGE")]
+    pub refresh_after: Option<Age>,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 
@@ -107,9 +116,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.destination.starts_with("s3://") {
         return run_s3(args);
     }
-    if args.s3.given() {
+    if args.s3.given() || args.refresh_after.is_some() {
         return Err(usage(
-            "--s3-endpoint and --s3-region are for s3:// destinations",
+            "--s3-endpoint, --s3-region and --refresh-after are for s3:// destinations",
         ));
     }
     let mut dest = Reference::parse(&args.destination).map_err(|e| usage(e.to_string()))?;
@@ -258,8 +267,13 @@ fn finish(report: &PushReport, json: bool, mounted: &str) -> anyhow::Result<()> 
         .iter()
         .filter(|m| m.platform.is_some())
         .count();
+    let refreshed = if report.refreshed > 0 {
+        format!(", {} refreshed", report.refreshed)
+    } else {
+        String::new()
+    };
     say!(
-        "pushed {} ({} platform{}; {} blob{} uploaded ({}), {} {mounted}, {} already there) {}",
+        "pushed {} ({} platform{}; {} blob{} uploaded ({}), {} {mounted}, {} already there{refreshed}) {}",
         report.destination,
         platforms,
         if platforms == 1 { "" } else { "s" },
@@ -272,6 +286,9 @@ fn finish(report: &PushReport, json: bool, mounted: &str) -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// `--refresh-after`'s default, half of `gc --grace`'s.
+const DEFAULT_REFRESH_AFTER: Duration = Duration::from_secs(30 * 60);
 
 /// `push LAYOUT s3://…`.
 fn run_s3(args: Args) -> anyhow::Result<()> {
@@ -302,6 +319,7 @@ fn run_s3(args: Args) -> anyhow::Result<()> {
         &S3PushOptions {
             jobs: args.jobs,
             part_size: args.chunk_size.0.max(MIN_PART_SIZE),
+            refresh_after: args.refresh_after.map_or(DEFAULT_REFRESH_AFTER, |a| a.0),
         },
         &events,
     )

@@ -51,6 +51,11 @@ pub struct BlobReport {
     pub from: Option<String>,
     /// Attempts it took (1 without retries).
     pub attempts: u32,
+    /// Skipped, but copied onto itself first because it was older than
+    /// `--refresh-after` (`push s3://…` only), so that a concurrent gc
+    /// sees it as new.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub refreshed: bool,
 }
 
 /// What happened to a manifest or index.
@@ -73,6 +78,10 @@ pub struct ManifestReport {
     /// The tag or digest it was pushed under.
     pub reference: String,
     pub status: ManifestStatus,
+    /// Skipped, but copied onto itself first because it was older than
+    /// `--refresh-after` (`push s3://…` only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub refreshed: bool,
 }
 
 /// The `--json` report of a push (version 1).
@@ -93,7 +102,16 @@ pub struct PushReport {
     pub uploaded: usize,
     pub mounted: usize,
     pub skipped: usize,
+    /// Of the skipped blobs and manifests, those copied onto themselves
+    /// because they were older than `--refresh-after` (`push s3://…`
+    /// only; absent when none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub refreshed: usize,
     pub bytes_uploaded: u64,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Why a push failed.
@@ -424,6 +442,7 @@ impl Pusher<'_> {
             status,
             from,
             attempts: attempts.load(Ordering::Relaxed) as u32,
+            refreshed: false,
         })
     }
 
@@ -564,6 +583,7 @@ pub fn push(
             platform: doc.platform.clone(),
             reference,
             status,
+            refreshed: false,
         };
         events(Event::Manifest(&report));
         manifests.push(report);
@@ -581,6 +601,7 @@ pub fn push(
         uploaded: count(BlobStatus::Uploaded),
         mounted: count(BlobStatus::Mounted),
         skipped: count(BlobStatus::Skipped),
+        refreshed: 0,
         bytes_uploaded: blobs
             .iter()
             .filter(|b| b.status == BlobStatus::Uploaded)

@@ -18,11 +18,19 @@
 //! SHA-256 as `x-amz-checksum-sha256`, so the server refuses damaged
 //! bytes) or, when larger than the part size, as a multipart upload after
 //! a local check of their digest.
+//!
+//! A concurrent `gc` cannot take what a push relies on: a blob or manifest
+//! the push finds already there but last modified longer ago than
+//! `refresh_after` (by the server's clock) is copied onto itself before
+//! the manifests and the tag go up, which makes it new again. A gc that
+//! keeps what is younger than its grace period, longer than
+//! `refresh_after`, never deletes it before the tag that needs it is there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use super::client::Body;
 use super::gc::Key;
@@ -78,6 +86,10 @@ pub struct S3PushOptions {
     /// Blobs up to this size go in one `PUT`, larger ones as multipart
     /// uploads in parts this big (at least S3's 5 MiB).
     pub part_size: u64,
+    /// A blob or manifest found in the bucket but last modified longer
+    /// ago than this is copied onto itself, so that a gc with a longer
+    /// grace period never deletes it while this push relies on it.
+    pub refresh_after: Duration,
 }
 
 fn what_blob(b: &BlobRef) -> &'static str {
@@ -107,6 +119,9 @@ fn hash_file(path: &std::path::Path) -> Result<Digest, S3PushError> {
 /// What the bucket holds under `v2/`, from one listing.
 struct Existing {
     sizes: BTreeMap<String, u64>,
+    modified: BTreeMap<String, SystemTime>,
+    /// The server's time of the listing (`None` without a `Date`).
+    now: Option<SystemTime>,
     /// A key of each blob digest, in whichever repository.
     blobs: BTreeMap<Digest, (String, u64)>,
 }
@@ -123,12 +138,30 @@ impl Existing {
                 blobs.entry(digest).or_insert((o.key.clone(), o.size));
             }
         }
+        let modified = listed
+            .iter()
+            .map(|o| (o.key.clone(), o.last_modified))
+            .collect();
         let sizes = listed.into_iter().map(|o| (o.key, o.size)).collect();
-        Ok(Existing { sizes, blobs })
+        Ok(Existing {
+            sizes,
+            modified,
+            now: bucket.server_time(),
+            blobs,
+        })
     }
 
     fn has(&self, key: &str, size: u64) -> bool {
         self.sizes.get(key) == Some(&size)
+    }
+
+    /// Whether `key` was last modified longer ago than `age`, by the
+    /// server's clock (always, when the server gave no time).
+    fn older_than(&self, key: &str, age: Duration) -> bool {
+        match (self.now, self.modified.get(key)) {
+            (Some(now), Some(t)) => now.duration_since(*t).is_ok_and(|a| a > age),
+            _ => true,
+        }
     }
 
     /// The tags of `repository` in the listing.
@@ -151,6 +184,25 @@ struct Pusher<'a> {
 }
 
 impl Pusher<'_> {
+    /// Whether the object at `key`, found in the bucket, needs a refresh.
+    fn stale(&self, key: &str) -> bool {
+        self.existing.older_than(key, self.options.refresh_after)
+    }
+
+    /// Copies `key` onto itself, which makes it new for a gc; `false` when
+    /// it cannot be (gone meanwhile, or too large for a copy) and must be
+    /// written again.
+    fn refresh(&self, key: &str, size: u64, meta: PutMeta) -> Result<bool, S3Error> {
+        if size > MAX_SINGLE_PUT {
+            return Ok(false);
+        }
+        match self.bucket.copy_object(key, key, meta) {
+            Ok(()) => Ok(true),
+            Err(S3Error::Status { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn blob(&self, n: &Needed, blob: &BlobRef) -> Result<BlobReport, S3PushError> {
         let key = &n.object.key;
         let meta = PutMeta {
@@ -170,10 +222,17 @@ impl Pusher<'_> {
             status,
             from,
             attempts: 1,
+            refreshed: false,
         };
         if self.existing.has(key, blob.size) {
-            (self.events)(Event::Bytes(blob.size as i64));
-            return Ok(report(BlobStatus::Skipped, None));
+            let stale = self.stale(key);
+            if !stale || self.refresh(key, blob.size, meta).map_err(err)? {
+                (self.events)(Event::Bytes(blob.size as i64));
+                return Ok(BlobReport {
+                    refreshed: stale,
+                    ..report(BlobStatus::Skipped, None)
+                });
+            }
         }
         if let Some((from, size)) = self.existing.blobs.get(&blob.digest) {
             if *size == blob.size && blob.size <= MAX_SINGLE_PUT {
@@ -235,36 +294,45 @@ impl Pusher<'_> {
         Ok(report(BlobStatus::Uploaded, None))
     }
 
-    /// A manifest by digest (skipped when there), or a tag (skipped when
-    /// it holds the same bytes).
-    fn document(&self, n: &Needed) -> Result<ManifestStatus, S3PushError> {
+    /// A manifest by digest (skipped when there, refreshed when old), or
+    /// a tag (skipped when it holds the same bytes); whether it was
+    /// refreshed.
+    fn document(&self, n: &Needed) -> Result<(ManifestStatus, bool), S3PushError> {
         let Bytes::Document(doc) = n.bytes else {
-            return Ok(ManifestStatus::Skipped);
+            return Ok((ManifestStatus::Skipped, false));
         };
         let key = &n.object.key;
         let err = |source| S3PushError::Object {
             key: key.clone(),
             source: Box::new(source),
         };
-        let same = match n.stage {
-            Stage::Tags => {
-                self.existing.sizes.contains_key(key)
-                    && self.bucket.get(key).map_err(err)?.as_deref() == Some(&doc.bytes[..])
-            }
-            _ => self.existing.has(key, n.object.size),
-        };
-        if same {
-            return Ok(ManifestStatus::Skipped);
-        }
         let meta = PutMeta {
             content_type: &n.object.content_type,
             checksum: Some(&doc.digest),
             content_digest: Some(&doc.digest),
         };
+        match n.stage {
+            // A tag is a root for gc: never refreshed.
+            Stage::Tags => {
+                if self.existing.sizes.contains_key(key)
+                    && self.bucket.get(key).map_err(err)?.as_deref() == Some(&doc.bytes[..])
+                {
+                    return Ok((ManifestStatus::Skipped, false));
+                }
+            }
+            _ => {
+                if self.existing.has(key, n.object.size) {
+                    let stale = self.stale(key);
+                    if !stale || self.refresh(key, n.object.size, meta).map_err(err)? {
+                        return Ok((ManifestStatus::Skipped, stale));
+                    }
+                }
+            }
+        }
         self.bucket
             .put_object(key, meta, &Body::Bytes(&doc.bytes))
             .map_err(err)?;
-        Ok(ManifestStatus::Pushed)
+        Ok((ManifestStatus::Pushed, false))
     }
 
     /// Writes a small JSON object unless it holds `body` already.
@@ -366,7 +434,7 @@ pub fn push(
     // 2. The manifests by digest, children before parents, then the tag.
     let mut manifests = Vec::new();
     for n in needed.iter().filter(|n| n.stage != Stage::Blobs) {
-        let status = pusher.document(n)?;
+        let (status, refreshed) = pusher.document(n)?;
         let Bytes::Document(doc) = n.bytes else {
             continue;
         };
@@ -377,6 +445,7 @@ pub fn push(
             platform: doc.platform.clone(),
             reference: n.name.clone(),
             status,
+            refreshed,
         };
         events(Event::Manifest(&report));
         manifests.push(report);
@@ -404,6 +473,8 @@ pub fn push(
         uploaded: count(BlobStatus::Uploaded),
         mounted: count(BlobStatus::Mounted),
         skipped: count(BlobStatus::Skipped),
+        refreshed: blobs.iter().filter(|b| b.refreshed).count()
+            + manifests.iter().filter(|m| m.refreshed).count(),
         bytes_uploaded: blobs
             .iter()
             .filter(|b| b.status == BlobStatus::Uploaded)
