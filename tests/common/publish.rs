@@ -98,6 +98,8 @@ pub fn golden_build_args() -> Vec<String> {
 
 /// A two-platform layout of the golden fixture tree, tagged `tag`.
 pub fn golden_layout(dir: &Path, tag: &str) -> PathBuf {
+    // `build -o` wants the output's folder to exist.
+    fs::create_dir_all(dir).expect("creating the layout's folder");
     let out = dir.join("golden.oci");
     let cache = dir.join("cache");
     let o = output_of(
