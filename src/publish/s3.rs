@@ -449,6 +449,40 @@ struct Signed {
     headers: Vec<(String, String)>,
 }
 
+impl Signed {
+    /// `action` signed with `headers` among what it signs.
+    fn with_headers<'a, A: S3Action<'a>>(
+        method: &'static str,
+        mut action: A,
+        headers: Vec<(String, String)>,
+    ) -> Signed {
+        for (k, v) in &headers {
+            action.headers_mut().insert(k.clone(), v.clone());
+        }
+        Signed {
+            method,
+            url: action.sign(SIGNED_FOR),
+            headers,
+        }
+    }
+
+    /// The error S3 may send in the body of a 200 answer (`Code` and
+    /// `Message`), unless `unless` is there too.
+    fn error_in_body(&self, text: &str, unless: Option<&str>) -> Option<S3Error> {
+        let code = xml_text(text, "Code")?;
+        if unless.is_some_and(|tag| xml_text(text, tag).is_some()) {
+            return None;
+        }
+        Some(S3Error::Status {
+            method: self.method,
+            url: short(&self.url),
+            status: 200,
+            detail: format!(" ({code}: {})", xml_text(text, "Message").unwrap_or("")),
+            retry_after: None,
+        })
+    }
+}
+
 impl Bucket {
     /// The bucket of `url` at the endpoint of `config`. Sends nothing;
     /// [`Bucket::check`] tries the credentials.
@@ -673,16 +707,8 @@ impl Bucket {
     pub fn put_object(&self, key: &str, meta: PutMeta, body: &Body) -> Result<(), S3Error> {
         self.retrying(&format!("PUT {key}"), |_| {
             let full = self.url.key(key);
-            let mut action = PutObject::new(&self.bucket, Some(&self.credentials), &full);
-            let headers = object_headers(meta);
-            for (k, v) in &headers {
-                action.headers_mut().insert(k.clone(), v.clone());
-            }
-            let signed = Signed {
-                method: "PUT",
-                url: action.sign(SIGNED_FOR),
-                headers,
-            };
+            let action = PutObject::new(&self.bucket, Some(&self.credentials), &full);
+            let signed = Signed::with_headers("PUT", action, object_headers(meta));
             let resp = self.send(&signed, body, 0)?;
             match resp.status().as_u16() {
                 200..=299 => Ok(()),
@@ -710,26 +736,13 @@ impl Bucket {
         let part_size = part_size.max(MIN_PART_SIZE).max(size.div_ceil(MAX_PARTS));
         let full = self.url.key(key);
         let upload_id = self.retrying(&format!("starting the upload of {key}"), |_| {
-            let mut action =
-                CreateMultipartUpload::new(&self.bucket, Some(&self.credentials), &full);
+            let action = CreateMultipartUpload::new(&self.bucket, Some(&self.credentials), &full);
             let headers = object_headers(PutMeta {
                 checksum: None,
                 ..meta
             });
-            for (k, v) in &headers {
-                action.headers_mut().insert(k.clone(), v.clone());
-            }
-            let signed = Signed {
-                method: "POST",
-                url: action.sign(SIGNED_FOR),
-                headers,
-            };
-            let mut resp = self.send(&signed, &Body::Empty, 1 << 20)?;
-            if !(200..300).contains(&resp.status().as_u16()) {
-                return Err(self.status_error(&signed, resp, Some(key)));
-            }
-            let body = self.read_small(&signed, &mut resp)?;
-            let text = String::from_utf8_lossy(&body);
+            let signed = Signed::with_headers("POST", action, headers);
+            let text = self.answer_text(&signed, &Body::Empty, key)?;
             CreateMultipartUpload::parse_response(&text)
                 .map(|r| r.upload_id().to_owned())
                 .map_err(|e| S3Error::Answer {
@@ -832,23 +845,12 @@ impl Bucket {
                 url,
                 headers: Vec::new(),
             };
-            let mut resp = self.send(&signed, &Body::Bytes(xml.as_bytes()), 1 << 20)?;
-            if !(200..300).contains(&resp.status().as_u16()) {
-                return Err(self.status_error(&signed, resp, Some(key)));
-            }
+            let text = self.answer_text(&signed, &Body::Bytes(xml.as_bytes()), key)?;
             // S3 may answer 200 with an error in the body.
-            let body = self.read_small(&signed, &mut resp)?;
-            let text = String::from_utf8_lossy(&body);
-            if let Some(code) = xml_text(&text, "Code") {
-                return Err(S3Error::Status {
-                    method: "POST",
-                    url: short(&signed.url),
-                    status: 200,
-                    detail: format!(" ({code}: {})", xml_text(&text, "Message").unwrap_or("")),
-                    retry_after: None,
-                });
+            match signed.error_in_body(&text, None) {
+                Some(e) => Err(e),
+                None => Ok(()),
             }
-            Ok(())
         })
     }
 
@@ -874,37 +876,20 @@ impl Bucket {
                 self.url.bucket,
                 encode_key(&self.url.key(from_key))
             );
-            let mut action = PutObject::new(&self.bucket, Some(&self.credentials), &full);
+            let action = PutObject::new(&self.bucket, Some(&self.credentials), &full);
             let mut headers = object_headers(PutMeta {
                 checksum: None,
                 ..meta
             });
             headers.push(("x-amz-copy-source".into(), source));
             headers.push(("x-amz-metadata-directive".into(), "REPLACE".into()));
-            for (k, v) in &headers {
-                action.headers_mut().insert(k.clone(), v.clone());
+            let signed = Signed::with_headers("PUT", action, headers);
+            let text = self.answer_text(&signed, &Body::Empty, to_key)?;
+            // An error in the body of a 200, unless the copy's ETag is there.
+            match signed.error_in_body(&text, Some("ETag")) {
+                Some(e) => Err(e),
+                None => Ok(()),
             }
-            let signed = Signed {
-                method: "PUT",
-                url: action.sign(SIGNED_FOR),
-                headers,
-            };
-            let mut resp = self.send(&signed, &Body::Empty, 1 << 20)?;
-            if !(200..300).contains(&resp.status().as_u16()) {
-                return Err(self.status_error(&signed, resp, Some(to_key)));
-            }
-            let body = self.read_small(&signed, &mut resp)?;
-            let text = String::from_utf8_lossy(&body);
-            if let (Some(code), None) = (xml_text(&text, "Code"), xml_text(&text, "ETag")) {
-                return Err(S3Error::Status {
-                    method: "PUT",
-                    url: short(&signed.url),
-                    status: 200,
-                    detail: format!(" ({code}: {})", xml_text(&text, "Message").unwrap_or("")),
-                    retry_after: None,
-                });
-            }
-            Ok(())
         })
     }
 
@@ -974,6 +959,18 @@ impl Bucket {
             path: signed.url.path().to_owned(),
             limit,
         }))
+    }
+
+    /// Sends `signed` with `body` and reads the text of its 2xx answer (an
+    /// XML answer of at most 1 MiB); another status is an error about
+    /// `key`.
+    fn answer_text(&self, signed: &Signed, body: &Body, key: &str) -> Result<String, S3Error> {
+        let mut resp = self.send(signed, body, 1 << 20)?;
+        if !(200..300).contains(&resp.status().as_u16()) {
+            return Err(self.status_error(signed, resp, Some(key)));
+        }
+        let body = self.read_small(signed, &mut resp)?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
     /// Reads a small answer body (a listing page, an XML answer, a
