@@ -450,9 +450,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     }
 
     if args.json {
-        let mut bytes = serde_json::to_vec_pretty(&report)?;
-        bytes.push(b'\n');
-        super::print_stdout(&bytes)?;
+        super::print_json(&report)?;
     }
     for l in &report.layers {
         if let Some(problem) = &l.cache_problem {

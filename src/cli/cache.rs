@@ -98,9 +98,7 @@ fn prune(args: PruneArgs) -> anyhow::Result<()> {
         .prune(&policy, now())
         .with_context(|| format!("pruning cache {}", dir.display()))?;
     if args.json {
-        let mut bytes = serde_json::to_vec_pretty(&report)?;
-        bytes.push(b'\n');
-        super::print_stdout(&bytes)?;
+        super::print_json(&report)?;
     }
     let verb = if report.dry_run {
         "would remove"

@@ -91,9 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("exporting {} to {}", args.source, args.output.display()))?;
 
     if args.json {
-        let mut bytes = serde_json::to_vec_pretty(&report)?;
-        bytes.push(b'\n');
-        super::print_stdout(&bytes)?;
+        super::print_json(&report)?;
     }
     let out = args.output.display();
     say!(

@@ -168,9 +168,7 @@ pub fn open_bucket(url: &S3Url, s3: &S3Args) -> anyhow::Result<Bucket> {
 /// line on stderr.
 fn print_static(args: &Args, report: &GcReport) -> anyhow::Result<()> {
     if args.json {
-        let mut bytes = serde_json::to_vec_pretty(report)?;
-        bytes.push(b'\n');
-        super::print_stdout(&bytes)?;
+        super::print_json(report)?;
     }
     let verb = if args.dry_run {
         "would remove"
@@ -244,9 +242,7 @@ fn run_layout(args: &Args, layout: &Path) -> anyhow::Result<()> {
     .classify()
     .with_context(|| format!("collecting {dir}"))?;
     if args.json {
-        let mut bytes = serde_json::to_vec_pretty(&report)?;
-        bytes.push(b'\n');
-        super::print_stdout(&bytes)?;
+        super::print_json(&report)?;
     }
     let verb = if args.dry_run {
         "would remove"

@@ -369,6 +369,13 @@ pub fn bytes_bar() -> ProgressBar {
     bar
 }
 
+/// Writes a `--json` report to stdout, pretty, with a final newline.
+pub fn print_json(report: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(report)?;
+    bytes.push(b'\n');
+    print_stdout(&bytes)
+}
+
 /// Writes `bytes` to stdout; a closed pipe is not an error.
 pub fn print_stdout(bytes: &[u8]) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();

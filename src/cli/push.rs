@@ -258,9 +258,7 @@ impl Counters {
 /// Prints the report: JSON on stdout with --json, a summary on stderr.
 fn finish(report: &PushReport, json: bool, mounted: &str) -> anyhow::Result<()> {
     if json {
-        let mut bytes = serde_json::to_vec_pretty(report)?;
-        bytes.push(b'\n');
-        super::print_stdout(&bytes)?;
+        super::print_json(report)?;
     }
     let platforms = report
         .manifests

@@ -87,9 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     if args.json {
-        let mut bytes = serde_json::to_vec_pretty(&report)?;
-        bytes.push(b'\n');
-        super::print_stdout(&bytes)?;
+        super::print_json(&report)?;
     }
     say!(
         "{}: removed {} ({}); {} tag{} left in {}; `nixoci gc {}` removes what no tag needs",

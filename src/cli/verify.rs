@@ -70,9 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         unreachable_bytes: unreachable.as_ref().map(|u| u.iter().map(|u| u.size).sum()),
     };
     if args.json {
-        let mut bytes = serde_json::to_vec_pretty(&report)?;
-        bytes.push(b'\n');
-        super::print_stdout(&bytes)?;
+        super::print_json(&report)?;
     }
     let r = &report.verify;
     say!(
