@@ -295,22 +295,31 @@ pub enum ClientError {
     Timeout(Box<TimedOut>),
 }
 
+/// A connection error that may go away by itself (for the registry and the
+/// S3 client alike).
+pub(crate) fn transient_transport(e: &ureq::Error) -> bool {
+    matches!(
+        e,
+        ureq::Error::Io(_)
+            | ureq::Error::Timeout(_)
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::Protocol(_)
+            | ureq::Error::BodyStalled
+    )
+}
+
+/// An HTTP status worth a retry: 5xx, 408 and 429.
+pub(crate) fn transient_status(status: u16) -> bool {
+    status >= 500 || status == 408 || status == 429
+}
+
 impl ClientError {
     /// True for what may go away by itself: connection errors, timeouts,
     /// 5xx, 408 and 429.
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Transport { source, .. } => matches!(
-                source,
-                ureq::Error::Io(_)
-                    | ureq::Error::Timeout(_)
-                    | ureq::Error::ConnectionFailed
-                    | ureq::Error::Protocol(_)
-                    | ureq::Error::BodyStalled
-            ),
-            ClientError::Status { status, .. } => {
-                *status >= 500 || *status == 408 || *status == 429
-            }
+            ClientError::Transport { source, .. } => transient_transport(source),
+            ClientError::Status { status, .. } => transient_status(*status),
             ClientError::Token { .. } | ClientError::Timeout(_) => true,
             _ => false,
         }

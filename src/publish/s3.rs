@@ -28,8 +28,8 @@ use ureq::http::Response;
 use url::Url;
 
 use super::client::{
-    self, authority, retrying, send_body, short, timeout_limit, Body, ClientOptions, Limit,
-    Retryable, SendFailure, TimedOut,
+    self, authority, retrying, send_body, short, timeout_limit, transient_status,
+    transient_transport, Body, ClientOptions, Limit, Retryable, SendFailure, TimedOut,
 };
 use crate::oci::Digest;
 
@@ -339,15 +339,8 @@ pub enum S3Error {
 impl Retryable for S3Error {
     fn is_transient(&self) -> bool {
         match self {
-            S3Error::Transport { source, .. } => matches!(
-                source,
-                ureq::Error::Io(_)
-                    | ureq::Error::Timeout(_)
-                    | ureq::Error::ConnectionFailed
-                    | ureq::Error::Protocol(_)
-                    | ureq::Error::BodyStalled
-            ),
-            S3Error::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            S3Error::Transport { source, .. } => transient_transport(source),
+            S3Error::Status { status, .. } => transient_status(*status),
             S3Error::Timeout(_) => true,
             _ => false,
         }
