@@ -502,6 +502,52 @@ fn with_digest(location: &Url, digest: &Digest) -> Url {
     u
 }
 
+/// Pushes each of `items` with `push`, `jobs` at a time (to a registry or
+/// a bucket): the first failure stops new starts, and the reports come in
+/// the order of `items`, or the error of the first item that failed.
+pub(crate) fn push_blobs<T: Sync, E: Send>(
+    items: &[T],
+    jobs: usize,
+    push: impl Fn(&T) -> Result<BlobReport, E> + Sync,
+    events: &(dyn Fn(Event) + Sync),
+) -> Result<Vec<BlobReport>, E> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<Result<BlobReport, E>>>> =
+        Mutex::new((0..items.len()).map(|_| None).collect());
+    let workers = jobs.clamp(1, items.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                if failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else {
+                    break;
+                };
+                let r = push(item);
+                match &r {
+                    Ok(report) => events(Event::Blob(report)),
+                    Err(_) => failed.store(true, Ordering::Relaxed),
+                }
+                if let Ok(mut all) = results.lock() {
+                    all[i] = Some(r);
+                }
+            });
+        }
+    });
+    let mut blobs = Vec::with_capacity(items.len());
+    for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        match r {
+            Some(Ok(b)) => blobs.push(b),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    Ok(blobs)
+}
+
 /// Pushes `image` to the client's repository, `destination`, and points
 /// `tag` at it.
 pub fn push(
@@ -524,40 +570,7 @@ pub fn push(
     });
 
     // Blobs, `jobs` at a time; the first failure stops new starts.
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let results: Mutex<Vec<Option<Result<BlobReport, PushError>>>> =
-        Mutex::new((0..image.blobs.len()).map(|_| None).collect());
-    let workers = options.jobs.clamp(1, image.blobs.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                if failed.load(Ordering::Relaxed) {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(blob) = image.blobs.get(i) else {
-                    break;
-                };
-                let r = pusher.blob(blob);
-                match &r {
-                    Ok(report) => events(Event::Blob(report)),
-                    Err(_) => failed.store(true, Ordering::Relaxed),
-                }
-                if let Ok(mut all) = results.lock() {
-                    all[i] = Some(r);
-                }
-            });
-        }
-    });
-    let mut blobs = Vec::with_capacity(image.blobs.len());
-    for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        match r {
-            Some(Ok(b)) => blobs.push(b),
-            Some(Err(e)) => return Err(e),
-            None => {}
-        }
-    }
+    let blobs = push_blobs(&image.blobs, options.jobs, |b| pusher.blob(b), events)?;
 
     // Children before parents; the root last, under the tag.
     let mut manifests = Vec::with_capacity(image.documents.len());

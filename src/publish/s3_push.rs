@@ -28,13 +28,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::client::Body;
 use super::gc::Key;
-use super::push::{BlobReport, BlobStatus, Event, ManifestReport, ManifestStatus, PushReport};
+use super::push::{
+    push_blobs, BlobReport, BlobStatus, Event, ManifestReport, ManifestStatus, PushReport,
+};
 use super::s3::{Bucket, ObjectInfo, PutMeta, S3Error, S3Target, MAX_SINGLE_PUT};
 use super::source::{BlobRef, Image};
 use super::tree::{self, Bytes, Needed, Stage, PING_BODY, PING_KEY};
@@ -396,40 +397,12 @@ pub fn push(
         .filter(|n| n.stage == Stage::Blobs)
         .zip(&image.blobs)
         .collect();
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let results: Mutex<Vec<Option<Result<BlobReport, S3PushError>>>> =
-        Mutex::new((0..blob_objects.len()).map(|_| None).collect());
-    let workers = options.jobs.clamp(1, blob_objects.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                if failed.load(Ordering::Relaxed) {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((n, blob)) = blob_objects.get(i) else {
-                    break;
-                };
-                let r = pusher.blob(n, blob);
-                match &r {
-                    Ok(report) => events(Event::Blob(report)),
-                    Err(_) => failed.store(true, Ordering::Relaxed),
-                }
-                if let Ok(mut all) = results.lock() {
-                    all[i] = Some(r);
-                }
-            });
-        }
-    });
-    let mut blobs = Vec::with_capacity(blob_objects.len());
-    for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        match r {
-            Some(Ok(b)) => blobs.push(b),
-            Some(Err(e)) => return Err(e),
-            None => {}
-        }
-    }
+    let blobs = push_blobs(
+        &blob_objects,
+        options.jobs,
+        |(n, b)| pusher.blob(n, b),
+        events,
+    )?;
 
     // 2. The manifests by digest, children before parents, then the tag.
     let mut manifests = Vec::new();
