@@ -9,10 +9,11 @@ use crate::oci::gc::unreachable;
 use crate::oci::layout::LayoutArg;
 use crate::oci::verify::{verify, VerifyReport};
 
-/// Verify an OCI image layout, every blob and every layer, or one tag's.
+/// Verify an OCI image layout (every tag, or the one :TAG names)
 ///
-/// Re-hashes every blob (with :TAG, every blob of that tag's image), checks sizes, media types, platforms, and every
-/// layer's uncompressed digest against its image config. Exits 1 naming
+/// Re-hashes every blob (with :TAG, every blob of that tag's image),
+/// checks sizes, media types, platforms, and every layer's uncompressed
+/// digest against its image config. Exits 1 naming
 /// the first problem found. A symbolic link inside the layout (a blob,
 /// index.json, blobs/) is such a problem, never followed; so are image
 /// indexes nested more than 8 deep. Blobs that no tag reaches (left by a
