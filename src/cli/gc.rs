@@ -164,17 +164,33 @@ pub fn open_bucket(url: &S3Url, s3: &S3Args) -> anyhow::Result<Bucket> {
     Ok(bucket)
 }
 
+/// What the summary says was done: removed, or would be with --dry-run.
+fn verb(args: &Args) -> &'static str {
+    if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    }
+}
+
+/// The summary's note of what the grace period kept, when anything.
+fn push_kept(line: &mut String, args: &Args, kept: usize, kept_bytes: u64) {
+    if kept > 0 {
+        line.push_str(&format!(
+            "; kept {kept} younger than {} ({})",
+            args.grace,
+            human_bytes(kept_bytes)
+        ));
+    }
+}
+
 /// Prints a static registry's report: JSON on stdout with `--json`, one
 /// line on stderr.
 fn print_static(args: &Args, report: &GcReport) -> anyhow::Result<()> {
     if args.json {
         super::print_json(report)?;
     }
-    let verb = if args.dry_run {
-        "would remove"
-    } else {
-        "removed"
-    };
+    let verb = verb(args);
     let mut line = format!(
         "{}: {} tag{} reach {} object{}; {verb} {} manifest{} and {} blob{} ({})",
         report.target,
@@ -200,14 +216,7 @@ fn print_static(args: &Args, report: &GcReport) -> anyhow::Result<()> {
             human_bytes(report.bytes_freed)
         ));
     }
-    if !report.kept.is_empty() {
-        line.push_str(&format!(
-            "; kept {} younger than {} ({})",
-            report.kept.len(),
-            args.grace,
-            human_bytes(report.kept_bytes)
-        ));
-    }
+    push_kept(&mut line, args, report.kept.len(), report.kept_bytes);
     say!("{line}");
     if args.dry_run && !args.json {
         // What would go is the data of a dry run: BYTES<TAB>KEY, as du.
@@ -244,25 +253,14 @@ fn run_layout(args: &Args, layout: &Path) -> anyhow::Result<()> {
     if args.json {
         super::print_json(&report)?;
     }
-    let verb = if args.dry_run {
-        "would remove"
-    } else {
-        "removed"
-    };
+    let verb = verb(args);
     let mut line = format!(
         "{dir}: {verb} {} unreachable blob{} ({})",
         report.removed.len(),
         plural(report.removed.len()),
         human_bytes(report.removed_bytes)
     );
-    if !report.kept.is_empty() {
-        line.push_str(&format!(
-            "; kept {} younger than {} ({})",
-            report.kept.len(),
-            args.grace,
-            human_bytes(report.kept_bytes)
-        ));
-    }
+    push_kept(&mut line, args, report.kept.len(), report.kept_bytes);
     if report.temp_files > 0 {
         line.push_str(&format!(
             "; removed {} temporary file{} ({})",
