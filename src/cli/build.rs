@@ -396,8 +396,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     // is taken out of the total when that is known, rather than counted as
     // read: counted, it would jump the position and make the rate and the
     // time left a fiction. Either way the position ends at the total.
-    let bar = super::bytes_bar();
-    bar.set_message("planning");
+    let bar = super::bytes_bar("planning");
     let layers_done = AtomicUsize::new(0);
     let layer_count = AtomicUsize::new(0);
     let output = req.output.display();

@@ -349,9 +349,9 @@ pub fn stderr_is_terminal() -> bool {
 
 /// `build`'s and `push`'s progress: bytes done of the total, rate, time
 /// left, a bar as wide as the terminal lets it be and a message, redrawn
-/// ten times a second even when no byte moves. Hidden unless stderr is a
-/// terminal.
-pub fn bytes_bar() -> ProgressBar {
+/// ten times a second even when no byte moves; `message` from the first
+/// frame on. Hidden unless stderr is a terminal.
+pub fn bytes_bar(message: &'static str) -> ProgressBar {
     if !stderr_is_terminal() {
         return ProgressBar::hidden();
     }
@@ -365,6 +365,8 @@ pub fn bytes_bar() -> ProgressBar {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
+    // Before the tick starts, so that no frame goes without it.
+    bar.set_message(message);
     bar.enable_steady_tick(Duration::from_millis(100));
     bar
 }

@@ -218,7 +218,7 @@ type Notify = Box<dyn Fn(&str) + Send + Sync>;
 
 /// The progress bar (on a terminal only) and the notes of retries above it.
 fn progress() -> (ProgressBar, Notify) {
-    let bar = super::bytes_bar();
+    let bar = super::bytes_bar("starting");
     let notify_bar = bar.clone();
     let notify: Notify = Box::new(move |msg| notify_bar.suspend(|| say!("nixoci: {msg}")));
     (bar, notify)
