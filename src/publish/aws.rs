@@ -69,7 +69,9 @@ pub struct AwsEnv {
     pub home: Option<PathBuf>,
 }
 
-const VARS: [&str; 13] = [
+/// The environment variables the S3 settings are read from (the tests
+/// clear the `AWS_` ones so that the machine's own never leak in).
+pub const VARS: [&str; 13] = [
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",

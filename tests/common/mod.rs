@@ -271,18 +271,14 @@ pub fn nixoci() -> Command {
         "REGISTRY_AUTH_FILE",
         "DOCKER_CONFIG",
         "XDG_RUNTIME_DIR",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_PROFILE",
-        "AWS_DEFAULT_PROFILE",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_S3",
-        "AWS_SHARED_CREDENTIALS_FILE",
-        "AWS_CONFIG_FILE",
-    ] {
+    ]
+    .into_iter()
+    // Every variable the S3 settings read but HOME.
+    .chain(
+        nixoci::publish::aws::VARS
+            .into_iter()
+            .filter(|v| v.starts_with("AWS_")),
+    ) {
         c.env_remove(var);
     }
     c
