@@ -660,8 +660,8 @@ fn compression_flags_are_checked() {
             "zstd level 20 is out of range (1 to 19)",
         ),
         (
-            &["--level", "10"][..],
-            "gzip level 10 is out of range (0 to 9)",
+            &["--level", "13"][..],
+            "gzip level 13 is out of range (0 to 12)",
         ),
         (&["--compression", "xz"][..], "invalid value 'xz'"),
     ] {

@@ -310,7 +310,7 @@ fn layers_follow_the_tar_rules() {
             let media = str_of(&image.manifest["layers"][i]["mediaType"]);
             assert_eq!(media, "application/vnd.oci.image.layer.v1.tar+gzip");
             let mut tar_bytes = Vec::new();
-            flate2::read::GzDecoder::new(&layout.blob(digest)[..])
+            flate2::read::MultiGzDecoder::new(&layout.blob(digest)[..])
                 .read_to_end(&mut tar_bytes)
                 .expect("the layer is gzip");
             assert_eq!(

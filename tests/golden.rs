@@ -117,3 +117,110 @@ fn fixture_tree_gives_committed_digests() {
         String::from_utf8_lossy(&verify.stderr)
     );
 }
+
+/// Deterministic text-like and random bytes (xorshift), `len` of them.
+fn mixed_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let words: [&[u8]; 8] = [
+        b"store ",
+        b"layer ",
+        b"/nix/store/",
+        b"deflate ",
+        b"\n",
+        b"libc.so.6 ",
+        b"0x7f ",
+        b"ELF ",
+    ];
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x >> 61 == 0 {
+            out.extend_from_slice(&x.to_le_bytes());
+        } else {
+            out.extend_from_slice(words[(x % 8) as usize]);
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// The gzip layer of a store path of several MiB (several gzip members):
+/// the same bytes with one compression thread or two, and on an emulated
+/// CPU without the instructions libdeflate and SHA-256 pick at run time
+/// (`qemu-x86_64 -cpu qemu64`: no PCLMULQDQ, AVX2 or SHA), and the digest
+/// committed here. A change of digest must be on purpose, in CHANGELOG.md.
+#[test]
+fn gzip_layers_are_the_same_for_any_jobs_and_any_cpu() {
+    const ROOT: &str = "/nix/store/3d4f5g6h7i8j9k0l1m2n3p4q5r6s7v8w-data";
+    const GOLDEN: &str = "sha256:e2b6bd6eee2e71d04cd7923af897a5b2dbb2d1e127d30b0c31de409241d5f706";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("root").join(&ROOT[1..]);
+    std::fs::create_dir_all(dir.join("share")).unwrap();
+    std::fs::write(dir.join("share/text"), mixed_bytes(2_500_000, 7)).unwrap();
+    std::fs::write(dir.join("share/more"), mixed_bytes(1_300_000, 11)).unwrap();
+    let closure = tmp.path().join("closure.json");
+    let entry = serde_json::json!([{
+        "path": ROOT, "narHash": "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+        "narSize": 3_800_000, "references": [],
+    }]);
+    std::fs::write(&closure, entry.to_string()).unwrap();
+    let build = |runner: &[&str], jobs: &str, out: &Path| -> String {
+        let mut cmd = match runner {
+            [] => Command::new(env!("CARGO_BIN_EXE_nixoci")),
+            [prog, args @ ..] => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(env!("CARGO_BIN_EXE_nixoci"));
+                c
+            }
+        };
+        let output = cmd
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env_remove("NIX_STORE_DIR")
+            .args(["build", "--json", "--no-cache", "--jobs", jobs])
+            .args(["--platform", &format!("linux/amd64={ROOT}")])
+            .arg("--closure-json")
+            .arg(&closure)
+            .arg("--store-root")
+            .arg(tmp.path().join("root"))
+            .arg("-o")
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "build {runner:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let layers = report["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 1);
+        layers[0]["digest"].as_str().unwrap().to_owned()
+    };
+    let one = build(&[], "1", &tmp.path().join("one"));
+    assert_eq!(build(&[], "2", &tmp.path().join("two")), one, "--jobs 2");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        eprintln!("gzip golden digest: {one}");
+    } else {
+        assert_eq!(
+            one, GOLDEN,
+            "digests changed; if on purpose, record it in CHANGELOG.md"
+        );
+    }
+    let qemu = "qemu-x86_64-static";
+    let has_qemu = std::process::Command::new(qemu)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let ci = matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"));
+    if !has_qemu && !ci {
+        eprintln!("skipping the emulated CPU: {qemu} is not installed");
+        return;
+    }
+    let emulated = build(&[qemu, "-cpu", "qemu64"], "2", &tmp.path().join("qemu64"));
+    assert_eq!(
+        emulated, one,
+        "on an emulated CPU without PCLMULQDQ, AVX2, SHA"
+    );
+}

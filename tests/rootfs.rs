@@ -132,7 +132,7 @@ const FLAGS: [&str; 15] = [
 type Listing = BTreeMap<String, (char, u32, u64, u64, String, Vec<u8>)>;
 
 fn list(blob: &Path) -> Listing {
-    let gz = flate2::read::GzDecoder::new(fs::File::open(blob).unwrap());
+    let gz = flate2::read::MultiGzDecoder::new(fs::File::open(blob).unwrap());
     let mut archive = tar::Archive::new(gz);
     let mut out = BTreeMap::new();
     for e in archive.entries().unwrap() {

@@ -635,7 +635,7 @@ mod tests {
     use std::io::Read;
     use std::sync::atomic::AtomicUsize;
 
-    use flate2::read::GzDecoder;
+    use flate2::read::MultiGzDecoder;
 
     use super::tar::tests::{Fixture, H1};
     use super::*;
@@ -674,7 +674,7 @@ mod tests {
         assert_eq!(dir_names(blobs.path()), vec![built.digest.hex().to_owned()]);
 
         let mut unpacked = Vec::new();
-        GzDecoder::new(&blob[..])
+        MultiGzDecoder::new(&blob[..])
             .read_to_end(&mut unpacked)
             .unwrap();
         assert_eq!(unpacked, tar);
@@ -732,11 +732,11 @@ mod tests {
         let fixture = Fixture::new(false);
         let blobs = tempfile::tempdir().unwrap();
         let opts = LayerOptions {
-            compression: Compression::Gzip { level: 10 },
+            compression: Compression::Gzip { level: 13 },
             ..options(&fixture)
         };
         let err = build_layer(&fixture.paths, &opts, blobs.path()).unwrap_err();
-        assert_eq!(err.to_string(), "gzip level 10 is out of range (0 to 9)");
+        assert_eq!(err.to_string(), "gzip level 13 is out of range (0 to 12)");
         let err = build_layers(
             std::slice::from_ref(&fixture.paths),
             &BTreeMap::new(),
@@ -752,7 +752,7 @@ mod tests {
             err,
             LayerError::Level {
                 compression: "gzip",
-                level: 10
+                level: 13
             }
         ));
     }
