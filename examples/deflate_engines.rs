@@ -17,6 +17,13 @@ use std::time::Instant;
 use flate2::{Compress, FlushCompress, Status};
 use nixoci::layer::compress::gzip_member;
 
+/// An engine: its name, its compression of the chunks at a level, its levels.
+type Engine = (
+    &'static str,
+    fn(u32, &[&[u8]]) -> usize,
+    std::ops::RangeInclusive<u32>,
+);
+
 fn libdeflate(level: u32, chunks: &[&[u8]]) -> usize {
     let mut out = Vec::new();
     let mut total = 0;
@@ -82,7 +89,7 @@ fn main() -> ExitCode {
         }
     };
     let chunks: Vec<&[u8]> = data.chunks(chunk).collect();
-    let engines: [(&str, fn(u32, &[&[u8]]) -> usize, std::ops::RangeInclusive<u32>); 2] = [
+    let engines: [Engine; 2] = [
         ("libdeflate", libdeflate, 1..=12),
         ("zlib-rs", zlib_rs, 1..=9),
     ];
@@ -103,7 +110,10 @@ fn main() -> ExitCode {
                 times.push(t.elapsed().as_secs_f64());
             }
             times.sort_by(f64::total_cmp);
-            println!("{name}\t{level}\t{chunk}\t{:.3}\t{size}", times[times.len() / 2]);
+            println!(
+                "{name}\t{level}\t{chunk}\t{:.3}\t{size}",
+                times[times.len() / 2]
+            );
         }
     }
     ExitCode::SUCCESS
