@@ -264,6 +264,23 @@ impl Docker {
         self.dir.path().join("docker.sock")
     }
 
+    /// The socket of this harness's containerd.
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    /// `ctr` talking to this harness's containerd, in a namespace of the
+    /// tests' own (dockerd keeps to `moby`).
+    pub fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.env_remove("CONTAINERD_ADDRESS")
+            .env_remove("CONTAINERD_NAMESPACE")
+            .arg("--address")
+            .arg(self.containerd_socket())
+            .args(["--namespace", "nixoci-test"]);
+        c
+    }
+
     /// `unix://…/docker.sock`.
     pub fn host(&self) -> String {
         format!("unix://{}", self.socket().display())
