@@ -8,7 +8,7 @@
 //! exactly those ([`key`]). On disk, under the cache directory:
 //!
 //! ```text
-//! layers-v1/index/<key hex>          {"version":1,"key":…,"diffId":…,"digest":…,"size":…,"mediaType":…,"elf":[…],"check":…}
+//! layers-v1/index/<key hex>          {"version":1,"key":…,"diffId":…,"digest":…,"size":…,"mediaType":…,"elf":[…],"check":…,"seen":[…]}
 //! layers-v1/blobs/sha256/<hex>       the blob, often a hard link to a layout's blob
 //! plans-v1/<key hex>                 {"version":1,"key":…,"plan":…,"check":…}
 //! ```
@@ -24,7 +24,11 @@
 //!
 //! Nothing is trusted blindly: an entry carries a check digest over its own
 //! fields, and a blob is reused only after its size and SHA-256 are checked;
-//! a corrupt or foreign entry or blob is reported, removed and rebuilt.
+//! a corrupt or foreign entry or blob is reported, removed and rebuilt. The
+//! SHA-256 is skipped only for a file whose state (device, inode, size,
+//! modification and change time) the entry recorded when this tool wrote,
+//! hashed or linked it ([`record`], `"seen"` in the entry): any write to
+//! the file since moves its change time, and it is hashed again.
 //! Every file is written to a temporary name and renamed, so concurrent runs
 //! never see a partial file. Using an entry or a plan sets its file's
 //! modification time, so [`Cache::prune`] (`nixoci cache prune`) can remove
@@ -49,6 +53,10 @@ use crate::oci::temp;
 use crate::oci::Digest;
 use crate::plan::LayerPlan;
 use crate::store_path::StorePath;
+
+mod record;
+
+pub use self::record::FileState;
 
 /// Version of the cache's layout on disk and of its entries.
 pub const CACHE_VERSION: u32 = 1;
@@ -207,6 +215,12 @@ struct Entry {
     elf: Option<Vec<ElfFile>>,
     /// SHA-256 over the fields above: a damaged entry never passes.
     check: Digest,
+    /// The states of the files known to hold the blob (the record,
+    /// [`record`]). Outside the check: a state that does not match a file
+    /// only means that file is hashed, and a nixoci before the record
+    /// reads the entry as it always did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    seen: Vec<FileState>,
 }
 
 impl Entry {
@@ -220,6 +234,7 @@ impl Entry {
             media_type: layer.media_type.clone(),
             elf: Some(layer.elf.clone()),
             check: Digest::of(b""),
+            seen: Vec::new(),
         };
         e.check = e.expected_check();
         e
@@ -399,22 +414,28 @@ impl Cache {
         let in_layout = blobs_dir.join(entry.digest.hex());
         let cached = self.blob_path(&entry.digest);
         let mut problems = Vec::new();
-        match check_blob(&in_layout, entry.size, &entry.digest) {
-            Ok(true) => {
+        match record::check(&in_layout, entry.size, &entry.digest, &entry.seen) {
+            Ok(record::Checked::Good { state }) => {
+                let mut states: Vec<FileState> = state.into_iter().collect();
                 // Keep the cache's copy too; a failure here costs nothing now.
-                if !cached.exists() {
-                    let _ = place(&in_layout, &cached);
+                if !cached.exists() && place(&in_layout, &cached).is_ok() {
+                    states = state
+                        .map(|s| record::after_link(&s, &[&in_layout, &cached]))
+                        .unwrap_or_default();
                 }
-                touch(&self.entry_path(key));
+                self.remember(key, &entry, &states);
                 return Reuse::Found(layer, CacheStatus::Layout);
             }
-            Ok(false) => {}
+            Ok(record::Checked::Missing) => {}
             Err(why) => problems.push(format!("the output's blob {why}")),
         }
-        match check_blob(&cached, entry.size, &entry.digest) {
-            Ok(true) => match place(&cached, &in_layout) {
+        match record::check(&cached, entry.size, &entry.digest, &entry.seen) {
+            Ok(record::Checked::Good { state }) => match place(&cached, &in_layout) {
                 Ok(()) => {
-                    touch(&self.entry_path(key));
+                    let states = state
+                        .map(|s| record::after_link(&s, &[&in_layout, &cached]))
+                        .unwrap_or_default();
+                    self.remember(key, &entry, &states);
                     return Reuse::Found(layer, CacheStatus::Hit);
                 }
                 Err(e) => problems.push(format!(
@@ -422,7 +443,7 @@ impl Cache {
                     entry.digest
                 )),
             },
-            Ok(false) => {
+            Ok(record::Checked::Missing) => {
                 // The entry outlived its blob: rebuild quietly.
                 let _ = fs::remove_file(self.entry_path(key));
             }
@@ -463,11 +484,33 @@ impl Cache {
         if !good {
             place(&built, &cached)?;
         }
-        write_json(
-            &self.entry_path(key),
-            ".tmp-entry-",
-            &Entry::new(key, layer),
-        )
+        let mut entry = Entry::new(key, layer);
+        // The blob was hashed as it was written; its state now, after the
+        // link into the cache, is the one to record.
+        entry.seen = FileState::read(&built)
+            .filter(|s| s.size == layer.size)
+            .into_iter()
+            .collect();
+        write_json(&self.entry_path(key), ".tmp-entry-", &entry)
+    }
+
+    /// Marks the entry of `key` used, with `states` (files just found to
+    /// hold its blob) added to its record: rewritten when the record
+    /// changes, else only touched.
+    fn remember(&self, key: &Digest, entry: &Entry, states: &[FileState]) {
+        let seen = record::merge(states, &entry.seen);
+        if seen == entry.seen {
+            touch(&self.entry_path(key));
+            return;
+        }
+        let updated = Entry {
+            seen,
+            ..entry.clone()
+        };
+        // A failure only leaves the old record: the blob is hashed next time.
+        if write_json(&self.entry_path(key), ".tmp-entry-", &updated).is_err() {
+            touch(&self.entry_path(key));
+        }
     }
 }
 
@@ -1038,6 +1081,41 @@ mod tests {
         }
         assert!(!cache.blob_path(&layer.digest).exists());
         assert!(!fresh.join(layer.digest.hex()).exists());
+    }
+
+    #[test]
+    fn the_record_skips_the_hash_until_the_blob_changes_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&tmp.path().join("cache")).unwrap();
+        let out = tmp.path().join("o");
+        fs::create_dir_all(&out).unwrap();
+        let layer = layer_in(&out, b"blob bytes");
+        let k = Digest::of(b"key");
+        let mt = super::super::MEDIA_TYPE_TAR_GZIP;
+        cache.store(&k, &layer, &out).unwrap();
+        let blob = out.join(layer.digest.hex());
+        // Stored with the state of the blob, linked into the cache.
+        let entry = cache.entry(&k).unwrap().unwrap();
+        assert_eq!(entry.seen, vec![FileState::read(&blob).unwrap()]);
+        assert!(matches!(
+            cache.reuse(&k, &[sp("a")], mt, &out),
+            Reuse::Found(_, CacheStatus::Layout)
+        ));
+
+        // Damaged in place (one inode for the output and the cache), same
+        // size, modification time put back: hashed, refused, rebuilt.
+        let mtime = fs::metadata(&blob).unwrap().modified().unwrap();
+        fs::write(&blob, b"blob bytez").unwrap();
+        File::options()
+            .write(true)
+            .open(&blob)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        match cache.reuse(&k, &[sp("a")], mt, &out) {
+            Reuse::Build { problem: Some(p) } => assert!(p.contains("hashes to"), "{p}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
