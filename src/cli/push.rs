@@ -22,7 +22,8 @@ use crate::publish::source::{read_image, Image};
 /// Push an image from an OCI image layout to a registry, or to an S3
 /// bucket as a static registry.
 ///
-/// Blobs the registry already has are skipped, others are mounted from
+/// Blobs the registry already has are skipped (those of the image TAG
+/// names there now without asking for each), others are mounted from
 /// --mount-from repositories or uploaded (in chunks when large), then the
 /// per-platform manifests and the image index go up, the index under TAG.
 ///

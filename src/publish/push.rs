@@ -8,7 +8,15 @@
 //! exact media type as `Content-Type`. A blob's push is retried as a whole
 //! (it starts with the `HEAD`, so an upload that finished before its
 //! answer was lost counts as done).
+//!
+//! The image the tag names now is read first (its index and manifests, a
+//! few `GET`s): the blobs it names are in the repository, since the
+//! registry took its manifests, so they are not asked for one `HEAD` each.
+//! The registry checks the new manifests' blobs in turn; should a manifest
+//! be refused anyway (a blob deleted under a live manifest), the push is
+//! done again with a `HEAD` for every blob.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -49,7 +57,8 @@ pub struct BlobReport {
     /// The repository it was mounted from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
-    /// Attempts it took (1 without retries).
+    /// Attempts it took (1 without retries; 0 when the image the tag named
+    /// before already had it, so it was not asked for).
     pub attempts: u32,
     /// Skipped, but copied onto itself first because it was older than
     /// `--refresh-after` (`push s3://…` only), so that a concurrent gc
@@ -182,6 +191,8 @@ struct Pusher<'a> {
     client: &'a Client,
     options: &'a PushOptions,
     events: &'a (dyn Fn(Event) + Sync),
+    /// Blobs the repository has: those of the image the tag names now.
+    known: &'a BTreeSet<Digest>,
 }
 
 /// The state of one blob's push across attempts.
@@ -390,6 +401,18 @@ impl Pusher<'_> {
     }
 
     fn blob(&self, blob: &BlobRef) -> Result<BlobReport, PushError> {
+        if self.known.contains(&blob.digest) {
+            (self.events)(Event::Bytes(blob.size as i64));
+            return Ok(BlobReport {
+                digest: blob.digest.clone(),
+                size: blob.size,
+                media_type: blob.media_type.clone(),
+                status: BlobStatus::Skipped,
+                from: None,
+                attempts: 0,
+                refreshed: false,
+            });
+        }
         let attempts = AtomicU64::new(0);
         let state = Attempts::default();
         // An attempt that sent data and lost the answer may have finished
@@ -558,11 +581,55 @@ pub fn push(
     options: &PushOptions,
     events: &(dyn Fn(Event) + Sync),
 ) -> Result<PushReport, PushError> {
+    // What the tag names now: a hint only, so a failure to read it costs
+    // the HEADs it would have saved, nothing more.
+    let known =
+        super::fetch::tagged_blobs(client, tag, &format!("{}:{tag}", destination.repository))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+    let wanted: BTreeSet<&Digest> = image.blobs.iter().map(|b| &b.digest).collect();
+    if !known.iter().any(|d| wanted.contains(d)) {
+        return push_once(
+            client,
+            image,
+            destination,
+            tag,
+            options,
+            events,
+            &BTreeSet::new(),
+        );
+    }
+    match push_once(client, image, destination, tag, options, events, &known) {
+        Err(PushError::Manifest { .. }) => push_once(
+            client,
+            image,
+            destination,
+            tag,
+            options,
+            events,
+            &BTreeSet::new(),
+        ),
+        other => other,
+    }
+}
+
+/// [`push`], taking the blobs of `known` as there.
+fn push_once(
+    client: &Client,
+    image: &Image,
+    destination: &Reference,
+    tag: &str,
+    options: &PushOptions,
+    events: &(dyn Fn(Event) + Sync),
+    known: &BTreeSet<Digest>,
+) -> Result<PushReport, PushError> {
     let root = image.root().ok_or(PushError::Empty)?;
     let pusher = Pusher {
         client,
         options,
         events,
+        known,
     };
     events(Event::Start {
         bytes: image.blobs.iter().map(|b| b.size).sum(),
