@@ -224,3 +224,85 @@ fn gzip_layers_are_the_same_for_any_jobs_and_any_cpu() {
         "on an emulated CPU without PCLMULQDQ, AVX2, SHA"
     );
 }
+
+/// The pipe buffer `nixoci save -o -` asks for (src/cli/save.rs).
+const SAVE_PIPE_BUFFER: i32 = 1 << 20;
+
+/// The buffer size of the pipe behind `fd`.
+#[allow(unsafe_code)] // fcntl has no safe form in std
+fn pipe_buffer(fd: std::os::fd::RawFd) -> i32 {
+    // SAFETY: F_GETPIPE_SZ reads the size of the pipe behind `fd`.
+    unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) }
+}
+
+#[test]
+fn save_archives_give_committed_digests_in_a_file_and_through_a_pipe() {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    use std::os::fd::AsRawFd as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("hello.oci");
+    build(&out);
+    let save = |format: &str, output: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixoci"));
+        cmd.arg("save").arg(&out).args([
+            "--platform",
+            "linux/amd64",
+            "--format",
+            format,
+            "-o",
+            output,
+        ]);
+        cmd
+    };
+    let mut got = serde_json::Map::new();
+    for format in ["docker-archive", "oci-archive"] {
+        let file = tmp.path().join(format!("{format}.tar"));
+        let o = save(format, file.to_str().unwrap()).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let bytes = std::fs::read(&file).unwrap();
+        // -o - into a pipe (64 KiB until save widens it): the same bytes.
+        let mut child = save(format, "-")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut piped = Vec::new();
+        stdout.read_to_end(&mut piped).unwrap();
+        assert!(child.wait().unwrap().success());
+        assert!(
+            piped == bytes,
+            "{format}: -o - wrote other bytes than -o FILE"
+        );
+        let max: i32 = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if max >= SAVE_PIPE_BUFFER {
+            assert_eq!(
+                pipe_buffer(stdout.as_raw_fd()),
+                SAVE_PIPE_BUFFER,
+                "{format}"
+            );
+        }
+        got.insert(
+            format.to_owned(),
+            format!("sha256:{:x}", sha2::Sha256::digest(&bytes)).into(),
+        );
+    }
+    let got = serde_json::Value::Object(got);
+    let expected_path = fixtures().join("save.json");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        let mut text = serde_json::to_string_pretty(&got).unwrap();
+        text.push('\n');
+        std::fs::write(&expected_path, text).unwrap();
+        eprintln!("golden files rewritten");
+        return;
+    }
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&expected_path).unwrap()).unwrap();
+    assert_eq!(
+        got, expected,
+        "save's archives changed; if on purpose, run UPDATE_GOLDEN=1 and record it in CHANGELOG.md"
+    );
+}

@@ -70,6 +70,31 @@ pub(crate) fn host_platform() -> anyhow::Result<Platform> {
         .ok_or_else(|| usage(format!("no OCI platform for {system}; give --platform")))
 }
 
+/// The pipe buffer `save -o -` asks for: 1 MiB, Linux's default
+/// `/proc/sys/fs/pipe-max-size` for unprivileged processes.
+const PIPE_BUFFER: libc::c_int = 1 << 20;
+
+/// Makes standard output's pipe buffer [`PIPE_BUFFER`] bytes when it is a
+/// pipe with a smaller one. With the default 64 KiB, each 64 KiB write of
+/// a blob fills the pipe and waits for the reader (`docker load`, `wc`):
+/// the two take turns instead of running side by side (docs/performance.md,
+/// "Cost of the features"). Anything else (a file, a socket, a limit lower
+/// than 1 MiB, a pipe already as big) is left as it is: the bytes written
+/// are the same either way.
+#[allow(unsafe_code)] // fcntl has no safe form in std
+fn widen_pipe(out: &std::io::Stdout) {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(out);
+    // SAFETY: F_GETPIPE_SZ and F_SETPIPE_SZ read and set the buffer size
+    // of the pipe behind `fd` and touch no memory of ours; on anything
+    // but a pipe, or over the limit, they fail with -1 and change nothing.
+    unsafe {
+        let size = libc::fcntl(fd, libc::F_GETPIPE_SZ);
+        if (0..PIPE_BUFFER).contains(&size) {
+            libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_BUFFER);
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let layout = &args.source;
     let image = read_image(&layout.dir, layout.tag.as_deref()).map_err(|e| {
@@ -113,6 +138,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ));
         }
         let stdout = std::io::stdout();
+        widen_pipe(&stdout);
         let mut out = std::io::BufWriter::new(stdout.lock());
         match write(&mut out).and_then(|()| out.flush().map_err(Into::into)) {
             // A reader that stops early (docker load failing) is not our error.
