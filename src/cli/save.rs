@@ -139,7 +139,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         let stdout = std::io::stdout();
         widen_pipe(&stdout);
-        let mut out = std::io::BufWriter::new(stdout.lock());
+        // Not through `Stdout`, which is line buffered: it would cut each
+        // 64 KiB chunk of a blob at its last newline into two writes and
+        // copy the rest. A duplicate of the descriptor takes them whole.
+        let fd = std::os::fd::AsFd::as_fd(&stdout)
+            .try_clone_to_owned()
+            .context("duplicating standard output")?;
+        let mut out = std::io::BufWriter::new(std::fs::File::from(fd));
         match write(&mut out).and_then(|()| out.flush().map_err(Into::into)) {
             // A reader that stops early (docker load failing) is not our error.
             Err(e)
