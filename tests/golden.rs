@@ -13,35 +13,55 @@ fn fixtures() -> PathBuf {
 const AMD64_ROOT: &str = "/nix/store/1s2v3w4x5y6z7a8b9c0d1f2g3h4i5j6k-hello";
 const ARM64_ROOT: &str = "/nix/store/2c3d4f5g6h7i8j9k0l1m2n3p4q5r6s7v-hello";
 
-fn build(out: &Path) -> serde_json::Value {
-    let fx = fixtures();
-    let output = Command::new(env!("CARGO_BIN_EXE_nixoci"))
+/// `nixoci build --json --no-cache ARGS` (under `runner`, an emulator and
+/// its arguments, when not empty), which must succeed: its report.
+fn nixoci_build(runner: &[&str], args: &[std::ffi::OsString]) -> serde_json::Value {
+    let mut cmd = match runner {
+        [] => Command::new(env!("CARGO_BIN_EXE_nixoci")),
+        [prog, rest @ ..] => {
+            let mut c = Command::new(prog);
+            c.args(rest).arg(env!("CARGO_BIN_EXE_nixoci"));
+            c
+        }
+    };
+    let output = cmd
         .env_remove("SOURCE_DATE_EPOCH")
         .env_remove("NIX_STORE_DIR")
-        .args([
-            "build",
-            "--json",
-            "--no-cache",
-            "--tag",
-            "example.org/hello:1.0",
-        ])
-        .args(["--platform", &format!("linux/amd64={AMD64_ROOT}")])
-        .args(["--platform", &format!("linux/arm64={ARM64_ROOT}")])
-        .args(["--entrypoint", "{root}/bin/hello", "--env", "GREETING=hi"])
-        .arg("--closure-json")
-        .arg(fx.join("closure.json"))
-        .arg("--store-root")
-        .arg(fx.join("root"))
-        .arg("-o")
-        .arg(out)
+        .args(["build", "--json", "--no-cache"])
+        .args(args)
         .output()
         .unwrap();
     assert!(
         output.status.success(),
-        "build failed: {}",
+        "build {runner:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn build(out: &Path) -> serde_json::Value {
+    let fx = fixtures();
+    let amd64 = format!("linux/amd64={AMD64_ROOT}");
+    let arm64 = format!("linux/arm64={ARM64_ROOT}");
+    let (closure, root) = (fx.join("closure.json"), fx.join("root"));
+    let mut args: Vec<std::ffi::OsString> = [
+        "--tag",
+        "example.org/hello:1.0",
+        "--platform",
+        &amd64,
+        "--platform",
+        &arm64,
+        "--entrypoint",
+        "{root}/bin/hello",
+        "--env",
+        "GREETING=hi",
+        "--closure-json",
+    ]
+    .map(Into::into)
+    .into();
+    args.extend([closure.into(), "--store-root".into(), root.into()]);
+    args.extend(["-o".into(), out.into()]);
+    nixoci_build(&[], &args)
 }
 
 /// The digests that the fixture must give, as committed.
@@ -166,34 +186,16 @@ fn gzip_layers_are_the_same_for_any_jobs_and_any_cpu() {
         "narSize": 3_800_000, "references": [],
     }]);
     std::fs::write(&closure, entry.to_string()).unwrap();
+    let platform = format!("linux/amd64={ROOT}");
+    let store_root = tmp.path().join("root");
     let build = |runner: &[&str], jobs: &str, out: &Path| -> String {
-        let mut cmd = match runner {
-            [] => Command::new(env!("CARGO_BIN_EXE_nixoci")),
-            [prog, args @ ..] => {
-                let mut c = Command::new(prog);
-                c.args(args).arg(env!("CARGO_BIN_EXE_nixoci"));
-                c
-            }
-        };
-        let output = cmd
-            .env_remove("SOURCE_DATE_EPOCH")
-            .env_remove("NIX_STORE_DIR")
-            .args(["build", "--json", "--no-cache", "--jobs", jobs])
-            .args(["--platform", &format!("linux/amd64={ROOT}")])
-            .arg("--closure-json")
-            .arg(&closure)
-            .arg("--store-root")
-            .arg(tmp.path().join("root"))
-            .arg("-o")
-            .arg(out)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "build {runner:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let mut args: Vec<std::ffi::OsString> = ["--jobs", jobs, "--platform", &platform]
+            .map(Into::into)
+            .into();
+        args.extend(["--closure-json".into(), closure.clone().into()]);
+        args.extend(["--store-root".into(), store_root.clone().into()]);
+        args.extend(["-o".into(), out.into()]);
+        let report = nixoci_build(runner, &args);
         let layers = report["layers"].as_array().unwrap();
         assert_eq!(layers.len(), 1);
         layers[0]["digest"].as_str().unwrap().to_owned()
