@@ -589,19 +589,16 @@ pub fn push(
             .flatten()
             .unwrap_or_default();
     let wanted: BTreeSet<&Digest> = image.blobs.iter().map(|b| &b.digest).collect();
-    if !known.iter().any(|d| wanted.contains(d)) {
-        return push_once(
-            client,
-            image,
-            destination,
-            tag,
-            options,
-            events,
-            &BTreeSet::new(),
-        );
-    }
+    // Nothing in common: no blob is skipped, so a refused manifest has
+    // nothing to retry.
+    let known = if known.iter().any(|d| wanted.contains(d)) {
+        known
+    } else {
+        BTreeSet::new()
+    };
     match push_once(client, image, destination, tag, options, events, &known) {
-        Err(PushError::Manifest { .. }) => push_once(
+        // A blob the tag names is gone: push again, asking for every blob.
+        Err(PushError::Manifest { .. }) if !known.is_empty() => push_once(
             client,
             image,
             destination,
