@@ -64,6 +64,24 @@ fn build(out: &Path) -> serde_json::Value {
     nixoci_build(&[], &args)
 }
 
+/// With `UPDATE_GOLDEN` set, writes `got` to `path` as the new golden JSON
+/// and says so: the caller then returns instead of comparing.
+fn rewrite_golden(path: &Path, got: &serde_json::Value) -> bool {
+    if std::env::var_os("UPDATE_GOLDEN").is_none() {
+        return false;
+    }
+    let mut text = serde_json::to_string_pretty(got).unwrap();
+    text.push('\n');
+    std::fs::write(path, text).unwrap();
+    eprintln!("golden file {} rewritten", path.display());
+    true
+}
+
+/// The committed golden JSON at `path`.
+fn read_golden(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// The digests that the fixture must give, as committed.
 fn summary(report: &serde_json::Value, layout: &Path) -> serde_json::Value {
     let index_json = std::fs::read_to_string(layout.join("index.json")).unwrap();
@@ -99,16 +117,11 @@ fn fixture_tree_gives_committed_digests() {
 
     let expected_path = fixtures().join("expected.json");
     let manifest_path = fixtures().join("manifest-amd64.json");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        let mut text = serde_json::to_string_pretty(&got).unwrap();
-        text.push('\n');
-        std::fs::write(&expected_path, text).unwrap();
+    if rewrite_golden(&expected_path, &got) {
         std::fs::write(&manifest_path, &manifest).unwrap();
-        eprintln!("golden files rewritten");
         return;
     }
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&expected_path).unwrap()).unwrap();
+    let expected = read_golden(&expected_path);
     assert_eq!(
         got, expected,
         "digests changed; if on purpose, run UPDATE_GOLDEN=1 and record it in CHANGELOG.md"
@@ -293,16 +306,10 @@ fn save_archives_give_committed_digests_in_a_file_and_through_a_pipe() {
         );
     }
     let got = serde_json::Value::Object(got);
-    let expected_path = fixtures().join("save.json");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        let mut text = serde_json::to_string_pretty(&got).unwrap();
-        text.push('\n');
-        std::fs::write(&expected_path, text).unwrap();
-        eprintln!("golden files rewritten");
+    if rewrite_golden(&fixtures().join("save.json"), &got) {
         return;
     }
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&expected_path).unwrap()).unwrap();
+    let expected = read_golden(&fixtures().join("save.json"));
     assert_eq!(
         got, expected,
         "save's archives changed; if on purpose, run UPDATE_GOLDEN=1 and record it in CHANGELOG.md"
