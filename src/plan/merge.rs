@@ -213,7 +213,7 @@ impl Merger<'_> {
             .into_iter()
             .filter(|&b| self.mergeable(a, b))
             .collect();
-        in_order(&others, |&b| (self.key(a, b), b))
+        in_order(&others, others.len(), |&b| (self.key(a, b), b))
     }
 
     fn key(&self, a: usize, b: usize) -> Key {
@@ -504,14 +504,23 @@ fn run_merging(
     (units, true)
 }
 
-/// Below this many items, [`in_order`] works on the calling thread.
-const PARALLEL_FROM: usize = 256;
+/// Below this many weighings of a pair (some 10-20 ns each), work stays on
+/// the calling thread: waking rayon's threads and waiting for them costs
+/// tens of microseconds. Counted by items, a merge on a closure of a few
+/// hundred paths went parallel for a few microseconds of work and planned
+/// at half the speed of one thread.
+const PARALLEL_WORK: usize = 1 << 14;
 
-/// `f` of each item, in the items' order: on rayon's threads when there are
-/// many, so the result never depends on the threads.
-fn in_order<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
+/// `f` of each item, in the items' order: on rayon's threads when the
+/// `work` (in weighings of a pair) is worth it, so the result never depends
+/// on the threads.
+fn in_order<T: Sync, R: Send>(
+    items: &[T],
+    work: usize,
+    f: impl Fn(&T) -> R + Sync + Send,
+) -> Vec<R> {
     use rayon::prelude::*;
-    if items.len() >= PARALLEL_FROM {
+    if work >= PARALLEL_WORK {
         items.par_iter().map(f).collect()
     } else {
         items.iter().map(f).collect()
@@ -528,7 +537,7 @@ fn weigh_all_pairs(m: &mut Merger) {
     let rows: Vec<Vec<Option<Key>>> = {
         let m = &*m;
         let indices: Vec<usize> = (0..n).collect();
-        in_order(&indices, |&i| {
+        in_order(&indices, n * n.saturating_sub(1) / 2, |&i| {
             let a = live[i];
             live[i + 1..]
                 .iter()
@@ -798,56 +807,59 @@ fn best_move(
     let sets: Vec<Vec<usize>> = candidate_sets(g, unit, max_sets).into_iter().collect();
     let before_a = unit.mass * weight[a];
     // Each set's best move (the first unit with the greatest gain).
-    let per_set: Vec<Option<(f64, Move)>> = sets
-        .into_par_iter()
-        .map(|set| {
-            let mut rest_deps = BitSet::new(g.bits);
-            let mut set_deps = BitSet::new(g.bits);
-            let mut set_size = 0;
-            let mut set_mass = 0.0;
-            for &p in &unit.paths {
-                if set.binary_search(&p).is_ok() {
-                    set_deps.union_with(&g.deps[p]);
-                    set_size += g.size[p];
-                    set_mass += g.mass[p];
-                } else {
-                    rest_deps.union_with(&g.deps[p]);
-                }
+    let best_for = |set: Vec<usize>| {
+        let mut rest_deps = BitSet::new(g.bits);
+        let mut set_deps = BitSet::new(g.bits);
+        let mut set_size = 0;
+        let mut set_mass = 0.0;
+        for &p in &unit.paths {
+            if set.binary_search(&p).is_ok() {
+                set_deps.union_with(&g.deps[p]);
+                set_size += g.size[p];
+                set_mass += g.mass[p];
+            } else {
+                rest_deps.union_with(&g.deps[p]);
             }
-            let rest_weight = g.weight_of(&rest_deps);
-            let after_a = (unit.mass - set_mass) * rest_weight;
-            let mut best_here: Option<(f64, usize, f64)> = None;
-            for &b in free {
-                if b == a || units[b].class != unit.class {
-                    continue;
-                }
-                let to_weight = weight[b] + g.weight_minus(&set_deps, &units[b].deps);
-                let before_b = units[b].mass * weight[b];
-                let after_b = (units[b].mass + set_mass) * to_weight;
-                let gain = before_a + before_b - after_a - after_b;
-                // Rounding must not make paths go back and forth.
-                let enough = gain > 1e-9 * (before_a + before_b);
-                if enough && best_here.is_none_or(|(bg, _, _)| gain > bg) {
-                    best_here = Some((gain, b, to_weight));
-                }
+        }
+        let rest_weight = g.weight_of(&rest_deps);
+        let after_a = (unit.mass - set_mass) * rest_weight;
+        let mut best_here: Option<(f64, usize, f64)> = None;
+        for &b in free {
+            if b == a || units[b].class != unit.class {
+                continue;
             }
-            best_here.map(|(gain, to, to_weight)| {
-                (
-                    gain,
-                    Move {
-                        set,
-                        set_size,
-                        set_mass,
-                        set_deps,
-                        to,
-                        rest_deps,
-                        rest_weight,
-                        to_weight,
-                    },
-                )
-            })
+            let to_weight = weight[b] + g.weight_minus(&set_deps, &units[b].deps);
+            let before_b = units[b].mass * weight[b];
+            let after_b = (units[b].mass + set_mass) * to_weight;
+            let gain = before_a + before_b - after_a - after_b;
+            // Rounding must not make paths go back and forth.
+            let enough = gain > 1e-9 * (before_a + before_b);
+            if enough && best_here.is_none_or(|(bg, _, _)| gain > bg) {
+                best_here = Some((gain, b, to_weight));
+            }
+        }
+        best_here.map(|(gain, to, to_weight)| {
+            (
+                gain,
+                Move {
+                    set,
+                    set_size,
+                    set_mass,
+                    set_deps,
+                    to,
+                    rest_deps,
+                    rest_weight,
+                    to_weight,
+                },
+            )
         })
-        .collect();
+    };
+    // In parallel only when there is enough work (see PARALLEL_WORK).
+    let per_set: Vec<Option<(f64, Move)>> = if sets.len() * free.len() >= PARALLEL_WORK {
+        sets.into_par_iter().map(best_for).collect()
+    } else {
+        sets.into_iter().map(best_for).collect()
+    };
     let mut best: Option<(f64, Move)> = None;
     for (gain, m) in per_set.into_iter().flatten() {
         if best.as_ref().is_none_or(|(bg, _)| gain > *bg) {
