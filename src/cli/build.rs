@@ -3,6 +3,7 @@
 //! `cli::flags`), the run (progress, the report); `cli::resolve` turns the
 //! flags into a [`crate::pipeline::BuildRequest`].
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -12,11 +13,19 @@ use indicatif::ProgressStyle;
 use super::flags::{
     human_bytes, ByteSize, CopyToRoot, Created, ExposedPort, KeyValue, RegistryArgs,
 };
+use super::push::{
+    registry_destination, Counters, Destination, Notes, DEFAULT_JOBS, DEFAULT_RETRIES,
+};
 use super::resolve::{apply_structured_attrs, build_request};
-use super::Classify;
+use super::{usage, Classify};
 use crate::layer::{CacheStatus, Compression, Progress};
 use crate::oci::layout::LayoutArg;
-use crate::pipeline;
+use crate::oci::Digest;
+use crate::pipeline::{self, BuildReport, BuildRequest};
+use crate::publish::client::Client;
+use crate::publish::push::{self, PushOptions, PushReport, DEFAULT_CHUNK_SIZE};
+use crate::publish::reference::{tag_from_ref_name, Reference};
+use crate::publish::source::read_image;
 use crate::rootfs::{DirSpec, GroupSpec, PermRule, SymlinkSpec, UserSpec};
 
 fn chmod_rule(s: &str) -> Result<PermRule, crate::rootfs::RootFsError> {
@@ -64,6 +73,8 @@ const PERFORMANCE: &str = "Performance";
 ///
 ///   nixoci build --platform linux/amd64=/nix/store/…-hello \
 ///       --platform linux/arm/v7=/nix/store/…-hello-armv7 -o hello.oci
+///
+///   nixoci build .#app --tag 1.0 -o app.oci --push registry.example.org/app
 #[derive(Debug, Clone, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -305,10 +316,10 @@ pub struct Args {
     #[arg(long, requires = "previous", help_heading = LAYERING)]
     pub previous_optional: bool,
 
-    /// The registry of a --from or --previous image.
+    /// The registry of a --from or --previous image, and of --push.
     #[command(
         flatten,
-        next_help_heading = "Registry (of a --from or --previous image)"
+        next_help_heading = "Registry (of a --from or --previous image, and of --push)"
     )]
     pub registry: RegistryArgs,
 
@@ -329,6 +340,24 @@ pub struct Args {
     /// back as oci:DIR:TAG). Default: the image spec's tag, else latest.
     #[arg(long, help_heading = OUTPUT)]
     pub tag: Option<String>,
+
+    /// Push the image to a registry once the layout is written, as
+    /// `nixoci push LAYOUT REGISTRY/NAME[:TAG]` would (the same requests
+    /// and checks; without :TAG, the tag of --tag, its part after the last
+    /// ':' when it is a full reference; 4 blobs at once). While the
+    /// layers build, the registry is reached (scheme, and the credentials
+    /// `nixoci push` finds, with the Registry flags) and the image its tag
+    /// names now is read, so the push starts knowing which blobs are
+    /// there. The layout is written exactly as without --push; when the
+    /// push fails (exit 1), it is complete, and `nixoci push` pushes it.
+    /// With --json, the report's `push` holds the push's report.
+    #[arg(
+        long,
+        value_name = "REGISTRY/NAME[:TAG]",
+        value_parser = registry_destination,
+        help_heading = OUTPUT
+    )]
+    pub push: Option<Reference>,
 
     /// Print the build report as JSON on stdout.
     #[arg(long, help_heading = OUTPUT)]
@@ -393,12 +422,18 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         apply_structured_attrs(&mut args)?;
     }
     let req = build_request(&args)?;
+    let bar = super::bytes_bar("planning");
+    let notes = Notes::above(&bar);
+    // The registry is reached while the layout is built.
+    let pushing = match &args.push {
+        Some(dest) => Some(Pushing::start(dest.clone(), &args, &req, &notes)?),
+        None => None,
+    };
     // Bytes of the layers read, of the closure's total NAR size (and the
     // root layers' contents). A layer the cache or the layout already has
     // is taken out of the total when that is known, rather than counted as
     // read: counted, it would jump the position and make the rate and the
     // time left a fiction. Either way the position ends at the total.
-    let bar = super::bytes_bar("planning");
     let layers_done = AtomicUsize::new(0);
     let layer_count = AtomicUsize::new(0);
     let output = req.output.display();
@@ -450,7 +485,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         write_hydra_products(&req.output)?;
     }
 
-    if args.json {
+    if args.json && pushing.is_none() {
         super::print_json(&report)?;
     }
     for l in &report.layers {
@@ -473,5 +508,132 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         human_bytes(total),
         report.index.digest
     );
+    if let Some(pushing) = pushing {
+        let pushed = pushing.finish(&req, &notes)?;
+        if args.json {
+            super::print_json(&Report {
+                build: &report,
+                push: Some(&pushed),
+            })?;
+        }
+        super::push::summary(&pushed, "mounted");
+    }
     Ok(())
+}
+
+/// `build --json`'s report: the build's, and with --push the push's
+/// report as `push` (a field added to version 1).
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    #[serde(flatten)]
+    build: &'a BuildReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push: Option<&'a PushReport>,
+}
+
+/// What the connection made while the build runs gives: the client, and
+/// the blobs the destination's tag names now.
+type Prepared = anyhow::Result<(Client, BTreeSet<Digest>)>;
+
+/// A `--push` under way: its destination, and the thread that connects
+/// and reads what the tag names while the layout is built.
+struct Pushing {
+    destination: Reference,
+    tag: String,
+    prepared: std::thread::JoinHandle<Prepared>,
+}
+
+impl Pushing {
+    /// Checks the destination (a usage error comes before any building)
+    /// and starts connecting to it on a thread of its own.
+    fn start(
+        mut destination: Reference,
+        args: &Args,
+        req: &BuildRequest,
+        notes: &Notes,
+    ) -> anyhow::Result<Pushing> {
+        let tag = match &destination.tag {
+            Some(t) => t.clone(),
+            None => tag_from_ref_name(&req.tag).ok_or_else(|| {
+                usage(format!(
+                    "the tag '{}' is not a registry tag; give one as --push {destination}:TAG",
+                    req.tag
+                ))
+            })?,
+        };
+        destination.tag = Some(tag.clone());
+        // The repository of a --from base on this registry, as `nixoci
+        // push` finds it in the manifests the build writes.
+        let mount_from: Vec<String> = req
+            .base
+            .as_ref()
+            .and_then(|b| b.name.as_deref())
+            .and_then(|name| push::base_repository(name, &destination))
+            .into_iter()
+            .collect();
+        let target = Destination::new(
+            destination.clone(),
+            &args.registry,
+            &mount_from,
+            DEFAULT_RETRIES,
+        )?;
+        let notify = notes.notify();
+        let (reference, t) = (destination.clone(), tag.clone());
+        let prepared = std::thread::Builder::new()
+            .name("nixoci-push".into())
+            .spawn(move || -> Prepared {
+                let client = target.connect(notify)?;
+                let known = push::tagged_blobs(&client, &reference, &t);
+                Ok((client, known))
+            })
+            .context("starting the push's connection")?;
+        Ok(Pushing {
+            destination,
+            tag,
+            prepared,
+        })
+    }
+
+    /// Pushes the written layout's image with the client and the blobs
+    /// known. A failure says that the layout is written and how to push it.
+    fn finish(self, req: &BuildRequest, notes: &Notes) -> anyhow::Result<PushReport> {
+        let layout = format!("{}:{}", req.output.display(), req.tag);
+        let destination = self.destination.clone();
+        let written = || {
+            format!(
+                "{layout} is written but not pushed; `nixoci push {layout} {destination}` pushes it"
+            )
+        };
+        self.push(req, notes).with_context(written)
+    }
+
+    fn push(self, req: &BuildRequest, notes: &Notes) -> anyhow::Result<PushReport> {
+        let (client, known) = match self.prepared.join() {
+            Ok(prepared) => prepared?,
+            Err(_) => anyhow::bail!("the push's connection thread stopped"),
+        };
+        let image = read_image(&req.output, Some(&req.tag))
+            .with_context(|| format!("reading {}", req.output.display()))?;
+        let bar = super::bytes_bar("pushing");
+        notes.move_above(&bar);
+        let counters = Counters::default();
+        let events = |e: push::Event| counters.show(&bar, e);
+        let options = PushOptions {
+            jobs: DEFAULT_JOBS,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            mount_from: push::base_repositories(&image, &self.destination),
+        };
+        let report = push::push_known(
+            &client,
+            &image,
+            &self.destination,
+            &self.tag,
+            &options,
+            &events,
+            known,
+        )
+        .with_context(|| format!("pushing to {}", self.destination))?;
+        bar.finish_and_clear();
+        Ok(report)
+    }
 }

@@ -2,6 +2,7 @@
 //! S3 bucket as a static registry.
 
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -71,7 +72,7 @@ pub struct Args {
     pub mount_from: Vec<String>,
 
     /// Blobs pushed at once.
-    #[arg(long, short = 'j', default_value_t = 4, value_name = "N")]
+    #[arg(long, short = 'j', default_value_t = DEFAULT_JOBS, value_name = "N")]
     pub jobs: usize,
 
     /// Blobs up to SIZE go up in one request, larger ones in chunks of
@@ -83,7 +84,7 @@ pub struct Args {
     /// Retries of each blob or manifest after a connection error, a 5xx or
     /// a 429 answer, with backoff (or as Retry-After asks); a timeout is
     /// retried once.
-    #[arg(long, default_value_t = 5, value_name = "N")]
+    #[arg(long, default_value_t = DEFAULT_RETRIES, value_name = "N")]
     pub retries: u32,
 
     /// To s3:// only: a blob or manifest the bucket already has but last
@@ -104,6 +105,79 @@ pub struct Args {
     /// Print the push report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--jobs`'s default, and the blobs `build --push` pushes at once.
+pub const DEFAULT_JOBS: usize = 4;
+
+/// `--retries`'s default, and `build --push`'s retries.
+pub const DEFAULT_RETRIES: u32 = 5;
+
+/// A registry destination, REGISTRY/NAME[:TAG], as a flag's value
+/// (`build --push`): an s3:// destination is refused here.
+pub fn registry_destination(s: &str) -> Result<Reference, String> {
+    if s.starts_with("s3://") {
+        return Err(
+            "build --push takes a registry; to an S3 bucket, build, then `nixoci push LAYOUT s3://…`"
+                .to_owned(),
+        );
+    }
+    Reference::parse(s).map_err(|e| e.to_string())
+}
+
+/// A registry destination with its tag, checked, and what connecting to
+/// it takes: the credentials found for it, the token scopes (push to it,
+/// pull from the repositories blobs are mounted from) and the client's
+/// options. Made before anything is sent, so that a usage error (an
+/// unreadable auth file) comes first.
+pub struct Destination {
+    pub reference: Reference,
+    lookup: crate::publish::auth::Lookup,
+    scopes: Vec<String>,
+    options: ClientOptions,
+}
+
+impl Destination {
+    /// `reference` (its tag set) with the credentials `registry` finds for
+    /// it; `mount_from` are the repositories blobs may be mounted from.
+    pub fn new(
+        reference: Reference,
+        registry: &RegistryArgs,
+        mount_from: &[String],
+        retries: u32,
+    ) -> anyhow::Result<Destination> {
+        let lookup = registry
+            .credentials(&reference)
+            .map_err(|e| usage(error_chain(&e)))?;
+        let mut scopes = vec![format!("repository:{}:pull,push", reference.repository)];
+        for m in mount_from {
+            scopes.push(format!("repository:{m}:pull"));
+        }
+        let options = ClientOptions {
+            retries,
+            backoff: Duration::from_millis(500),
+            ..registry.client_options()
+        };
+        Ok(Destination {
+            reference,
+            lookup,
+            scopes,
+            options,
+        })
+    }
+
+    /// Connects (the scheme probe, `GET /v2/`, authentication).
+    pub fn connect(self, notify: Notify) -> anyhow::Result<Client> {
+        Client::connect(
+            &self.reference,
+            self.lookup.credentials,
+            self.lookup.helper_hint,
+            self.scopes,
+            self.options,
+            notify,
+        )
+        .with_context(|| format!("connecting to {}", self.reference.registry))
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -134,10 +208,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let tag = tag_for(dest.tag.as_ref(), &image, &args.destination)?;
     dest.tag = Some(tag.clone());
 
-    let found = args
-        .registry
-        .credentials(&dest)
-        .map_err(|e| usage(error_chain(&e)))?;
     // The base's repository (`build --from` on this registry) first, then
     // the --mount-from ones.
     let mut mount_from = push::base_repositories(&image, &dest);
@@ -146,26 +216,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             mount_from.push(m.clone());
         }
     }
-    let mut scopes = vec![format!("repository:{}:pull,push", dest.repository)];
-    for m in &mount_from {
-        scopes.push(format!("repository:{m}:pull"));
-    }
+    let destination = Destination::new(dest.clone(), &args.registry, &mount_from, args.retries)?;
 
     let (bar, notify) = progress();
-    let options = ClientOptions {
-        retries: args.retries,
-        backoff: Duration::from_millis(500),
-        ..args.registry.client_options()
-    };
-    let client = Client::connect(
-        &dest,
-        found.credentials,
-        found.helper_hint,
-        scopes,
-        options,
-        notify,
-    )
-    .with_context(|| format!("connecting to {}", dest.registry))?;
+    let client = destination.connect(notify)?;
 
     let counters = Counters::default();
     let events = |e: Event| counters.show(&bar, e);
@@ -215,26 +269,52 @@ fn tag_for(given: Option<&String>, image: &Image, destination: &str) -> anyhow::
 }
 
 /// Where notes of retries go.
-type Notify = Box<dyn Fn(&str) + Send + Sync>;
+pub type Notify = Box<dyn Fn(&str) + Send + Sync>;
 
 /// The progress bar (on a terminal only) and the notes of retries above it.
-fn progress() -> (ProgressBar, Notify) {
+pub fn progress() -> (ProgressBar, Notify) {
     let bar = super::bytes_bar("starting");
-    let notify_bar = bar.clone();
-    let notify: Notify = Box::new(move |msg| notify_bar.suspend(|| say!("nixoci: {msg}")));
+    let notify = Notes::above(&bar).notify();
     (bar, notify)
+}
+
+/// The bar the notes of retries are printed above: `build --push`
+/// connects while the build's bar is on the screen, and pushes under a
+/// bar of its own.
+#[derive(Clone)]
+pub struct Notes(Arc<Mutex<ProgressBar>>);
+
+impl Notes {
+    pub fn above(bar: &ProgressBar) -> Notes {
+        Notes(Arc::new(Mutex::new(bar.clone())))
+    }
+
+    /// Notes from now on go above `bar`.
+    pub fn move_above(&self, bar: &ProgressBar) {
+        if let Ok(mut b) = self.0.lock() {
+            *b = bar.clone();
+        }
+    }
+
+    pub fn notify(&self) -> Notify {
+        let notes = self.clone();
+        Box::new(move |msg| match notes.0.lock().map(|b| b.clone()) {
+            Ok(bar) => bar.suspend(|| say!("nixoci: {msg}")),
+            Err(_) => say!("nixoci: {msg}"),
+        })
+    }
 }
 
 /// What the bar shows.
 #[derive(Default)]
-struct Counters {
+pub struct Counters {
     position: AtomicI64,
     done_blobs: AtomicI64,
     total_blobs: AtomicI64,
 }
 
 impl Counters {
-    fn show(&self, bar: &ProgressBar, e: Event) {
+    pub fn show(&self, bar: &ProgressBar, e: Event) {
         match e {
             Event::Start { bytes, blobs } => {
                 bar.set_length(bytes);
@@ -261,6 +341,13 @@ fn finish(report: &PushReport, json: bool, mounted: &str) -> anyhow::Result<()> 
     if json {
         super::print_json(report)?;
     }
+    summary(report, mounted);
+    Ok(())
+}
+
+/// The line on stderr that sums up a push (`mounted`: what a mount is
+/// called there).
+pub fn summary(report: &PushReport, mounted: &str) {
     let platforms = report
         .manifests
         .iter()
@@ -283,7 +370,6 @@ fn finish(report: &PushReport, json: bool, mounted: &str) -> anyhow::Result<()> 
         report.skipped,
         report.digest
     );
-    Ok(())
 }
 
 /// `--refresh-after`'s default, half of `gc --grace`'s.

@@ -507,16 +507,22 @@ pub fn base_repositories(image: &Image, destination: &Reference) -> Vec<String> 
         let Some(name) = m.annotations.get(ANNOTATION_BASE_NAME) else {
             continue;
         };
-        if let Some((registry, repo)) = name.split_once('/') {
-            if registry == destination.registry
-                && repo != destination.repository
-                && super::reference::valid_repository(repo)
-            {
-                repos.insert(repo.to_owned());
-            }
+        if let Some(repo) = base_repository(name, destination) {
+            repos.insert(repo);
         }
     }
     repos.into_iter().collect()
+}
+
+/// The repository of the base named `name` (`REGISTRY/NAME`, as
+/// `build --from` writes it) when it is another repository of
+/// `destination`'s registry: one [`base_repositories`] mounts from.
+pub fn base_repository(name: &str, destination: &Reference) -> Option<String> {
+    let (registry, repo) = name.split_once('/')?;
+    (registry == destination.registry
+        && repo != destination.repository
+        && super::reference::valid_repository(repo))
+    .then(|| repo.to_owned())
 }
 
 fn with_digest(location: &Url, digest: &Digest) -> Url {
@@ -581,13 +587,35 @@ pub fn push(
     options: &PushOptions,
     events: &(dyn Fn(Event) + Sync),
 ) -> Result<PushReport, PushError> {
-    // What the tag names now: a hint only, so a failure to read it costs
-    // the HEADs it would have saved, nothing more.
-    let known =
-        super::fetch::tagged_blobs(client, tag, &format!("{}:{tag}", destination.repository))
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+    let known = tagged_blobs(client, destination, tag);
+    push_known(client, image, destination, tag, options, events, known)
+}
+
+/// The blobs the image `tag` names in the client's repository now reaches
+/// ([`super::fetch::tagged_blobs`]): what [`push_known`] takes as there.
+/// A hint only, so a failure to read it gives the empty set, which costs
+/// the `HEAD`s it would have saved, nothing more.
+pub fn tagged_blobs(client: &Client, destination: &Reference, tag: &str) -> BTreeSet<Digest> {
+    super::fetch::tagged_blobs(client, tag, &format!("{}:{tag}", destination.repository))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// [`push`] with the blobs the tag named, read before
+/// ([`tagged_blobs`], as `build --push` does while it builds): the same
+/// requests and checks. Should a manifest be refused after blobs of
+/// `known` were skipped, the push is done again with a `HEAD` for every
+/// blob.
+pub fn push_known(
+    client: &Client,
+    image: &Image,
+    destination: &Reference,
+    tag: &str,
+    options: &PushOptions,
+    events: &(dyn Fn(Event) + Sync),
+    known: BTreeSet<Digest>,
+) -> Result<PushReport, PushError> {
     let wanted: BTreeSet<&Digest> = image.blobs.iter().map(|b| &b.digest).collect();
     // Nothing in common: no blob is skipped, so a refused manifest has
     // nothing to retry.

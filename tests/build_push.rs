@@ -1,0 +1,207 @@
+//! `build --push`: the layout built, then pushed in the same command to a
+//! real Distribution registry on 127.0.0.1.
+//!
+//! What must hold: the registry's tag names the layout's image index (the
+//! same digest), and the layout is the one a build without --push writes;
+//! a second build --push after a change uploads only the new blobs and
+//! asks for none of those the tag already names; a registry that is not
+//! there fails the command (exit 1) with one line that says the layout is
+//! written and how to push it, and the layout verifies.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::publish::*;
+use common::*;
+use serde_json::Value;
+
+/// `build` of the golden two-platform image with `--env V=<v>` (a new
+/// config per platform for each `v`, the same layers), tagged `app:1`,
+/// into `dir/app.oci` with the layer cache `dir/cache`, and `extra`.
+fn build(dir: &Path, v: &str, extra: &[&str]) -> (PathBuf, Output) {
+    fs::create_dir_all(dir).expect("mkdir");
+    let out = dir.join("app.oci");
+    let o = output_of(
+        nixoci()
+            .args(golden_build_args())
+            .args(["--env", &format!("V={v}"), "--tag", "app:1", "-o"])
+            .arg(&out)
+            .args(extra)
+            .env("XDG_CACHE_HOME", dir.join("cache")),
+    );
+    (out, o)
+}
+
+fn count(lines: &[String], needle: &str) -> usize {
+    lines.iter().filter(|l| l.contains(needle)).count()
+}
+
+/// The digest of the manifest or index `reference` names in the registry,
+/// as skopeo reads it.
+fn remote_digest(reference: &str) -> String {
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"));
+    let o = run_bounded(cmd, Duration::from_secs(60), "skopeo inspect --raw");
+    assert!(o.status.success(), "skopeo inspect: {}", stderr(&o));
+    sha256_digest(&o.stdout)
+}
+
+fn blobs_with(report: &Value, status: &str) -> Vec<String> {
+    array_of(&report["blobs"])
+        .iter()
+        .filter(|b| str_of(&b["status"]) == status)
+        .map(|b| str_of(&b["digest"]).to_owned())
+        .collect()
+}
+
+#[test]
+fn build_push_puts_the_layouts_image_under_the_tag() {
+    if !require(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let tmp = tempdir();
+    let work = tmp.path();
+    let reg = Registry::start(&work.join("registry"), false);
+    let dest = format!("{}/app", reg.addr());
+    let (out, o) = build(&work.join("pushed"), "1", &["--json", "--push", &dest]);
+    let report = ok_json(&o, "nixoci build --push");
+    let err = stderr(&o);
+    assert!(err.contains("wrote ") && err.contains("pushed "), "{err}");
+
+    // The tag defaults to the build's; the registry names the layout's
+    // index, whose digest the report gives in both places.
+    let index = str_of(&report["index"]["digest"]);
+    let push = &report["push"];
+    assert_eq!(push["version"], 1, "{push:#}");
+    assert_eq!(str_of(&push["destination"]), format!("{dest}:1"));
+    assert_eq!(str_of(&push["digest"]), index);
+    assert_eq!(remote_digest(&format!("{dest}:1")), index);
+    assert_eq!(
+        str_of(&Layout(out.clone()).tag_descriptor("app:1")["digest"]),
+        index
+    );
+    // Every blob went up (an empty repository).
+    let blobs = array_of(&push["blobs"]).len();
+    assert_eq!(push["uploaded"], blobs as u64, "{push:#}");
+
+    // The layout is the one a build without --push writes, byte for byte.
+    let (plain, o) = build(&work.join("plain"), "1", &["--json"]);
+    let plain_report = ok_json(&o, "nixoci build");
+    assert!(plain_report.get("push").is_none(), "{plain_report:#}");
+    assert_eq!(str_of(&plain_report["index"]["digest"]), index);
+    assert_eq!(layout_digests(&out), layout_digests(&plain));
+    assert_eq!(
+        fs::read(out.join("index.json")).expect("index.json"),
+        fs::read(plain.join("index.json")).expect("index.json")
+    );
+
+    let o = skopeo_pull(&format!("{dest}:1"), None, &work.join("pulled"));
+    assert!(o.status.success(), "skopeo copy: {}", stderr(&o));
+}
+
+#[test]
+fn a_second_build_push_uploads_only_the_new_blobs() {
+    if !require(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let tmp = tempdir();
+    let work = tmp.path();
+    let reg = Registry::start(&work.join("registry"), false);
+    let dest = format!("{}/app:1", reg.addr());
+    let dir = work.join("app");
+    let (_, o) = build(&dir, "1", &["--json", "--push", &dest]);
+    let first = ok_json(&o, "the first build --push");
+    let first_blobs = blobs_with(&first["push"], "uploaded");
+    let heads = |lines: &[String]| count(lines, "\"HEAD /v2/app/blobs/");
+    let before = heads(&reg.access_lines());
+
+    // The change: a new config per platform, the same layers; into the
+    // same output and cache, as an update is built.
+    let (out, o) = build(&dir, "2", &["--json", "--push", &dest]);
+    let second = ok_json(&o, "the second build --push");
+    let push = &second["push"];
+    let uploaded = blobs_with(push, "uploaded");
+    assert_eq!(uploaded.len(), 2, "one new config per platform: {push:#}");
+    assert!(
+        uploaded.iter().all(|b| !first_blobs.contains(b)),
+        "{push:#}"
+    );
+    assert_eq!(push["uploaded"], 2, "{push:#}");
+    assert_eq!(push["mounted"], 0, "{push:#}");
+    let skipped = blobs_with(push, "skipped");
+    assert_eq!(push["skipped"], skipped.len() as u64, "{push:#}");
+    assert_eq!(skipped.len() + 2, array_of(&push["blobs"]).len());
+    // The blobs the tag named were known before the push: not asked for.
+    for b in array_of(&push["blobs"]) {
+        if str_of(&b["status"]) == "skipped" {
+            assert_eq!(b["attempts"], 0, "{b:#}");
+        }
+    }
+    assert_eq!(heads(&reg.access_lines()) - before, 2);
+
+    let index = str_of(&second["index"]["digest"]);
+    assert_eq!(str_of(&push["digest"]), index);
+    assert_eq!(remote_digest(&dest), index);
+    assert_eq!(
+        str_of(&Layout(out).tag_descriptor("app:1")["digest"]),
+        index
+    );
+    let o = skopeo_pull(&dest, None, &work.join("pulled"));
+    assert!(o.status.success(), "skopeo copy: {}", stderr(&o));
+}
+
+#[test]
+fn a_registry_that_is_not_there_fails_after_the_layout_is_written() {
+    let tmp = tempdir();
+    let work = tmp.path();
+    // A port nothing listens on.
+    let dest = format!("127.0.0.1:{}/app:1", free_port());
+    let (out, o) = build(&work.join("app"), "1", &["--json", "--push", &dest]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    // Notes of the retries (as `nixoci push` gives them), then one error.
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("nixoci: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {err}");
+    assert!(err.ends_with(&format!("{}\n", errors[0])), "{err}");
+    let layout = format!("{}:app:1", out.display());
+    assert!(
+        errors[0].contains(&format!("{layout} is written but not pushed"))
+            && errors[0].contains(&format!("`nixoci push {layout} {dest}`")),
+        "{err}"
+    );
+    // One JSON document on stdout: the error.
+    let json: Value = serde_json::from_slice(&o.stdout).expect("the error as JSON");
+    assert_eq!(json["error"]["kind"], "failed", "{json:#}");
+
+    // The layout is complete, and the command it names pushes it.
+    run(nixoci().arg("verify").arg(&layout)).success();
+    let (plain, o) = build(&work.join("plain"), "1", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(layout_digests(&out), layout_digests(&plain));
+}
+
+#[test]
+fn build_push_takes_a_registry_only() {
+    let tmp = tempdir();
+    let work = tmp.path();
+    let (out, o) = build(&work.join("app"), "1", &["--push", "s3://bucket/app:1"]);
+    let o = Run {
+        command: "build --push s3://…".into(),
+        code: o.status.code(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: stderr(&o),
+    };
+    o.refused("build --push takes a registry");
+    assert!(!out.exists(), "nothing is built on a usage error");
+    let (out, o) = build(&work.join("app"), "1", &["--push", "127.0.0.1:1/Bad Name"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!out.exists(), "nothing is built on a usage error");
+}
