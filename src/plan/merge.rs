@@ -631,11 +631,30 @@ fn refine(g: &Graph, units: &mut [Unit], min_size: u64) {
         .filter(|&u| units[u].kind == Kind::Free)
         .collect();
     let mut weight: Vec<f64> = units.iter().map(|u| g.weight_of(&u.deps)).collect();
+    let mut memo = Memo::new(units.len(), max_sets);
     for _ in 0..passes {
         let mut moved = false;
         for &a in &free {
             for _ in 0..moves.min(units[a].paths.len()) {
-                let Some(m) = best_move(g, units, &weight, &free, a, max_sets) else {
+                // After a search that found no move out of `a`, only the
+                // units changed since can take one: neither `a` nor the
+                // others changed, so neither did their gains.
+                let targets: Vec<usize> = match memo.no_move[a] {
+                    Some(t) => free
+                        .iter()
+                        .copied()
+                        .filter(|&b| memo.changed[b] > t)
+                        .collect(),
+                    None => free.clone(),
+                };
+                let found = if targets.is_empty() {
+                    None
+                } else {
+                    let parts = memo.parts(g, units, a);
+                    best_move(g, units, &weight, parts, &targets, a)
+                };
+                let Some(m) = found else {
+                    memo.no_move[a] = Some(memo.step);
                     break;
                 };
                 units[a].paths.retain(|p| m.set.binary_search(p).is_err());
@@ -650,17 +669,107 @@ fn refine(g: &Graph, units: &mut [Unit], min_size: u64) {
                 units[b].mass += m.set_mass;
                 units[b].deps.union_with(&m.set_deps);
                 weight[b] = m.to_weight;
+                memo.touch(a);
+                memo.touch(b);
                 moved = true;
             }
         }
         for _ in 0..splits {
-            if !split_and_remerge(g, units, &mut weight, &free, max_sets, min_size) {
+            let Some(changed) =
+                split_and_remerge(g, units, &mut weight, &free, &mut memo, min_size)
+            else {
                 break;
+            };
+            for u in changed {
+                memo.touch(u);
             }
             moved = true;
         }
         if !moved {
             break;
+        }
+    }
+}
+
+/// What [`refine`] keeps between searches: when each unit last changed,
+/// its [`Part`]s, and when a search for a move out of it last found none.
+struct Memo {
+    max_sets: usize,
+    /// Counts changes: a unit's `changed` is the step of its last one.
+    step: u64,
+    changed: Vec<u64>,
+    parts: Vec<Option<Vec<Part>>>,
+    no_move: Vec<Option<u64>>,
+}
+
+impl Memo {
+    fn new(units: usize, max_sets: usize) -> Memo {
+        Memo {
+            max_sets,
+            step: 0,
+            changed: vec![0; units],
+            parts: (0..units).map(|_| None).collect(),
+            no_move: vec![None; units],
+        }
+    }
+
+    /// `u` changed: what was known of it is gone.
+    fn touch(&mut self, u: usize) {
+        self.step += 1;
+        self.changed[u] = self.step;
+        self.parts[u] = None;
+        self.no_move[u] = None;
+    }
+
+    /// The parts of unit `a`, made once per state of the unit.
+    fn parts(&mut self, g: &Graph, units: &[Unit], a: usize) -> &[Part] {
+        let max_sets = self.max_sets;
+        self.parts[a].get_or_insert_with(|| {
+            candidate_sets(g, &units[a], max_sets)
+                .into_iter()
+                .map(|set| Part::new(g, &units[a], set))
+                .collect()
+        })
+    }
+}
+
+/// A set of paths a move or a split may take out of a unit (see
+/// [`candidate_sets`]), with what the unit would keep: numbers that depend
+/// on that unit only.
+struct Part {
+    set: Vec<usize>,
+    size: u64,
+    mass: f64,
+    deps: BitSet,
+    /// The weight of `deps`.
+    weight: f64,
+    rest_deps: BitSet,
+    rest_weight: f64,
+}
+
+impl Part {
+    fn new(g: &Graph, unit: &Unit, set: Vec<usize>) -> Part {
+        let mut rest_deps = BitSet::new(g.bits);
+        let mut deps = BitSet::new(g.bits);
+        let mut size = 0u64;
+        let mut mass = 0.0;
+        for &p in &unit.paths {
+            if set.binary_search(&p).is_ok() {
+                deps.union_with(&g.deps[p]);
+                size = size.saturating_add(g.size[p]);
+                mass += g.mass[p];
+            } else {
+                rest_deps.union_with(&g.deps[p]);
+            }
+        }
+        Part {
+            weight: g.weight_of(&deps),
+            rest_weight: g.weight_of(&rest_deps),
+            set,
+            size,
+            mass,
+            deps,
+            rest_deps,
         }
     }
 }
@@ -688,16 +797,16 @@ fn candidate_sets(g: &Graph, unit: &Unit, max_sets: usize) -> BTreeSet<Vec<usize
 /// Split-and-remerge: takes a set of paths out of a unit into a layer of
 /// its own and merges two other units of the same platforms to make room,
 /// when that lowers the total cost. Moves between existing units cannot
-/// reach such plans when the budget is full. Returns whether it changed
-/// anything.
+/// reach such plans when the budget is full. Returns the units it changed,
+/// if it changed anything.
 fn split_and_remerge(
     g: &Graph,
     units: &mut [Unit],
     weight: &mut [f64],
     free: &[usize],
-    max_sets: usize,
+    memo: &mut Memo,
     min_size: u64,
-) -> bool {
+) -> Option<[usize; 3]> {
     // The three cheapest merges of two free units, per class: at least one
     // leaves the unit to split alone.
     let mut best_pair: BTreeMap<u64, Vec<(f64, usize, usize)>> = BTreeMap::new();
@@ -720,46 +829,30 @@ fn split_and_remerge(
     }
     let mut best: Option<(f64, usize, Vec<usize>, usize, usize)> = None;
     for &a in free {
-        let unit = &units[a];
-        if unit.paths.len() < 2 {
+        if units[a].paths.len() < 2 {
             continue;
         }
-        let Some(pairs) = best_pair.get(&unit.class) else {
+        let Some(pairs) = best_pair.get(&units[a].class) else {
             continue;
         };
         let Some(&(d, b, c)) = pairs.iter().find(|(_, b, c)| *b != a && *c != a) else {
             continue;
         };
+        let unit = &units[a];
         let before = unit.mass * weight[a];
-        for set in candidate_sets(g, unit, max_sets) {
-            let mut rest_deps = BitSet::new(g.bits);
-            let mut set_deps = BitSet::new(g.bits);
-            let mut set_mass = 0.0;
-            let mut set_size = 0u64;
-            for &p in &unit.paths {
-                if set.binary_search(&p).is_ok() {
-                    set_deps.union_with(&g.deps[p]);
-                    set_mass += g.mass[p];
-                    set_size = set_size.saturating_add(g.size[p]);
-                } else {
-                    rest_deps.union_with(&g.deps[p]);
-                }
-            }
+        for part in memo.parts(g, units, a) {
             // Neither part may fall below the minimum layer size.
-            if set_size < min_size || unit.size - set_size < min_size {
+            if part.size < min_size || unit.size - part.size < min_size {
                 continue;
             }
-            let after = set_mass * g.weight_of(&set_deps)
-                + (unit.mass - set_mass) * g.weight_of(&rest_deps);
+            let after = part.mass * part.weight + (unit.mass - part.mass) * part.rest_weight;
             let gain = before - after - d;
             if gain > 1e-9 * before && best.as_ref().is_none_or(|x| gain > x.0) {
-                best = Some((gain, a, set, b, c));
+                best = Some((gain, a, part.set.clone(), b, c));
             }
         }
     }
-    let Some((_, a, set, b, c)) = best else {
-        return false;
-    };
+    let (_, a, set, b, c) = best?;
     // c joins b; the set takes c's place.
     let moved = std::mem::take(&mut units[c].paths);
     units[b].paths.extend(moved);
@@ -772,7 +865,7 @@ fn split_and_remerge(
     }
     units[c] = Unit::new(g, set, class, Kind::Free);
     weight[c] = g.weight_of(&units[c].deps);
-    true
+    Some([a, b, c])
 }
 
 /// Paths to move out of a unit, where to, and the units after the move.
@@ -787,86 +880,78 @@ struct Move {
     to_weight: f64,
 }
 
-/// The move out of unit `a` that lowers the cost most, if any does: the
-/// first, in the order of the candidate sets and then of the units, of the
-/// moves with the greatest gain. At most `max_sets` sets of paths are
-/// tried, in parallel; the choice does not depend on the threads.
+/// The move of one of `parts` out of unit `a` into one of `targets` that
+/// lowers the cost most, if any does: the first, in the order of the parts
+/// and then of the targets, of the moves with the greatest gain. Weighed
+/// in parallel when there are many; the choice does not depend on the
+/// threads.
 fn best_move(
     g: &Graph,
     units: &[Unit],
     weight: &[f64],
-    free: &[usize],
+    parts: &[Part],
+    targets: &[usize],
     a: usize,
-    max_sets: usize,
 ) -> Option<Move> {
     use rayon::prelude::*;
     let unit = &units[a];
     if unit.paths.len() < 2 {
         return None;
     }
-    let sets: Vec<Vec<usize>> = candidate_sets(g, unit, max_sets).into_iter().collect();
     let before_a = unit.mass * weight[a];
-    // Each set's best move (the first unit with the greatest gain).
-    let best_for = |set: Vec<usize>| {
-        let mut rest_deps = BitSet::new(g.bits);
-        let mut set_deps = BitSet::new(g.bits);
-        let mut set_size = 0;
-        let mut set_mass = 0.0;
-        for &p in &unit.paths {
-            if set.binary_search(&p).is_ok() {
-                set_deps.union_with(&g.deps[p]);
-                set_size += g.size[p];
-                set_mass += g.mass[p];
-            } else {
-                rest_deps.union_with(&g.deps[p]);
-            }
-        }
-        let rest_weight = g.weight_of(&rest_deps);
-        let after_a = (unit.mass - set_mass) * rest_weight;
+    // Each part's best move (the first unit with the greatest gain).
+    let best_for = |(i, part): (usize, &Part)| {
+        let after_a = (unit.mass - part.mass) * part.rest_weight;
         let mut best_here: Option<(f64, usize, f64)> = None;
-        for &b in free {
+        for &b in targets {
             if b == a || units[b].class != unit.class {
                 continue;
             }
-            let to_weight = weight[b] + g.weight_minus(&set_deps, &units[b].deps);
             let before_b = units[b].mass * weight[b];
-            let after_b = (units[b].mass + set_mass) * to_weight;
-            let gain = before_a + before_b - after_a - after_b;
             // Rounding must not make paths go back and forth.
-            let enough = gain > 1e-9 * (before_a + before_b);
-            if enough && best_here.is_none_or(|(bg, _, _)| gain > bg) {
+            let floor = 1e-9 * (before_a + before_b);
+            // `to_weight` is at least `weight[b]`, so the gain is at most
+            // `bound` (rounding is monotone too): a move that cannot win
+            // is not weighed, and the choice is the same.
+            let bound = before_a + before_b - after_a - (units[b].mass + part.mass) * weight[b];
+            if !(bound > floor) || best_here.is_some_and(|(bg, _, _)| !(bound > bg)) {
+                continue;
+            }
+            let to_weight = weight[b] + g.weight_minus(&part.deps, &units[b].deps);
+            let after_b = (units[b].mass + part.mass) * to_weight;
+            let gain = before_a + before_b - after_a - after_b;
+            if gain > floor && best_here.is_none_or(|(bg, _, _)| gain > bg) {
                 best_here = Some((gain, b, to_weight));
             }
         }
-        best_here.map(|(gain, to, to_weight)| {
-            (
-                gain,
-                Move {
-                    set,
-                    set_size,
-                    set_mass,
-                    set_deps,
-                    to,
-                    rest_deps,
-                    rest_weight,
-                    to_weight,
-                },
-            )
-        })
+        best_here.map(|(gain, to, to_weight)| (gain, i, to, to_weight))
     };
     // In parallel only when there is enough work (see PARALLEL_WORK).
-    let per_set: Vec<Option<(f64, Move)>> = if sets.len() * free.len() >= PARALLEL_WORK {
-        sets.into_par_iter().map(best_for).collect()
-    } else {
-        sets.into_iter().map(best_for).collect()
-    };
-    let mut best: Option<(f64, Move)> = None;
-    for (gain, m) in per_set.into_iter().flatten() {
-        if best.as_ref().is_none_or(|(bg, _)| gain > *bg) {
-            best = Some((gain, m));
+    let per_part: Vec<Option<(f64, usize, usize, f64)>> =
+        if parts.len() * targets.len() >= PARALLEL_WORK {
+            parts.par_iter().enumerate().map(best_for).collect()
+        } else {
+            parts.iter().enumerate().map(best_for).collect()
+        };
+    let mut best: Option<(f64, usize, usize, f64)> = None;
+    for (gain, i, to, to_weight) in per_part.into_iter().flatten() {
+        if best.as_ref().is_none_or(|(bg, ..)| gain > *bg) {
+            best = Some((gain, i, to, to_weight));
         }
     }
-    best.map(|(_, m)| m)
+    best.map(|(_, i, to, to_weight)| {
+        let part = &parts[i];
+        Move {
+            set: part.set.clone(),
+            set_size: part.size,
+            set_mass: part.mass,
+            set_deps: part.deps.clone(),
+            to,
+            rest_deps: part.rest_deps.clone(),
+            rest_weight: part.rest_weight,
+            to_weight,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -905,14 +990,8 @@ mod tests {
         ];
         let mut weight: Vec<f64> = units.iter().map(|u| g.weight_of(&u.deps)).collect();
         let before = total(&g, &units);
-        assert!(split_and_remerge(
-            &g,
-            &mut units,
-            &mut weight,
-            &[0, 1, 2],
-            256,
-            0
-        ));
+        let mut memo = Memo::new(units.len(), 256);
+        assert!(split_and_remerge(&g, &mut units, &mut weight, &[0, 1, 2], &mut memo, 0).is_some());
         assert!(total(&g, &units) < before);
         let mut layers: Vec<Vec<usize>> = units.iter().map(|u| u.paths.clone()).collect();
         layers.sort();
@@ -923,14 +1002,8 @@ mod tests {
             assert_eq!(*w, g.weight_of(&u.deps));
         }
         // Nothing left to gain.
-        assert!(!split_and_remerge(
-            &g,
-            &mut units,
-            &mut weight,
-            &[0, 1, 2],
-            256,
-            0
-        ));
+        let mut memo = Memo::new(units.len(), 256);
+        assert!(split_and_remerge(&g, &mut units, &mut weight, &[0, 1, 2], &mut memo, 0).is_none());
     }
 
     /// Planning groups (what closures of more than EXACT_UNITS units get;
