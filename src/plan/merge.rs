@@ -914,7 +914,7 @@ fn best_move(
             // `bound` (rounding is monotone too): a move that cannot win
             // is not weighed, and the choice is the same.
             let bound = before_a + before_b - after_a - (units[b].mass + part.mass) * weight[b];
-            if !(bound > floor) || best_here.is_some_and(|(bg, _, _)| !(bound > bg)) {
+            if bound <= floor || best_here.is_some_and(|(bg, _, _)| bound <= bg) {
                 continue;
             }
             let to_weight = weight[b] + g.weight_minus(&part.deps, &units[b].deps);
