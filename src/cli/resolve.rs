@@ -134,9 +134,13 @@ fn resolve(args: &Args, store_dir: &StoreDir, read_all: bool) -> anyhow::Result<
     if args.max_layers == Some(0) {
         bail!(UsageError("--max-layers 0: expected at least 1".into()));
     }
-    if args.previous.is_none() && args.from.is_none() && args.registry.given() {
+    if args.previous.is_none()
+        && args.from.is_none()
+        && args.push.is_none()
+        && args.registry.given()
+    {
         bail!(UsageError(
-            "--creds, --insecure, --ca-file and --timeout are for the registry of a --from or --previous image: give one".into()
+            "--creds, --insecure, --ca-file and --timeout are for the registry of a --from or --previous image or of --push: give one".into()
         ));
     }
     let created_flag = match &args.created {
