@@ -6,7 +6,9 @@
 //! a second build --push after a change uploads only the new blobs and
 //! asks for none of those the tag already names; a registry that is not
 //! there fails the command (exit 1) with one line that says the layout is
-//! written and how to push it, and the layout verifies.
+//! written and how to push it, and the layout verifies. To an S3 bucket
+//! (a real Garage), the static registry serves the layout's index under
+//! the tag.
 
 mod common;
 
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::garage::{Garage, WEB_BUCKET};
 use common::publish::*;
 use common::*;
 use serde_json::Value;
@@ -68,7 +71,20 @@ fn build_push_puts_the_layouts_image_under_the_tag() {
     let work = tmp.path();
     let reg = Registry::start(&work.join("registry"), false);
     let dest = format!("{}/app", reg.addr());
-    let (out, o) = build(&work.join("pushed"), "1", &["--json", "--push", &dest]);
+    // The registry flags serve --push (as they serve --from and --previous).
+    let (out, o) = build(
+        &work.join("pushed"),
+        "1",
+        &[
+            "--json",
+            "--push",
+            &dest,
+            "--creds",
+            "a:b",
+            "--timeout",
+            "20s",
+        ],
+    );
     let report = ok_json(&o, "nixoci build --push");
     let err = stderr(&o);
     assert!(err.contains("wrote ") && err.contains("pushed "), "{err}");
@@ -189,19 +205,74 @@ fn a_registry_that_is_not_there_fails_after_the_layout_is_written() {
 }
 
 #[test]
-fn build_push_takes_a_registry_only() {
+fn build_push_to_a_bucket_writes_the_static_registry() {
+    if !require(&["garage"]) {
+        return;
+    }
     let tmp = tempdir();
     let work = tmp.path();
-    let (out, o) = build(&work.join("app"), "1", &["--push", "s3://bucket/app:1"]);
-    let o = Run {
-        command: "build --push s3://…".into(),
-        code: o.status.code(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: stderr(&o),
+    let g = Garage::start(&work.join("garage"));
+    let dir = work.join("app");
+    let dest = format!("s3://{WEB_BUCKET}/app");
+    let build_s3 = |v: &str| {
+        fs::create_dir_all(&dir).expect("mkdir");
+        let mut c = nixoci();
+        c.args(golden_build_args())
+            .args(["--env", &format!("V={v}"), "--tag", "app:1", "-o"])
+            .arg(dir.join("app.oci"))
+            .args(["--json", "--push", &dest])
+            .env("XDG_CACHE_HOME", dir.join("cache"));
+        g.env(&mut c);
+        ok_json(&output_of(&mut c), "nixoci build --push s3://")
     };
-    o.refused("build --push takes a registry");
-    assert!(!out.exists(), "nothing is built on a usage error");
-    let (out, o) = build(&work.join("app"), "1", &["--push", "127.0.0.1:1/Bad Name"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(!out.exists(), "nothing is built on a usage error");
+    let first = build_s3("1");
+    let push = &first["push"];
+    assert_eq!(str_of(&push["destination"]), format!("{dest}:1"));
+    assert_eq!(push["uploaded"], array_of(&push["blobs"]).len() as u64);
+    let index = str_of(&first["index"]["digest"]);
+    assert_eq!(str_of(&push["digest"]), index);
+    // The web endpoint serves the layout's index under the tag.
+    let (status, _, body) = g.web_get("/v2/app/manifests/1");
+    assert_eq!(status, 200);
+    assert_eq!(sha256_digest(&body), index);
+
+    // An update: only its new configs go up.
+    let second = build_s3("2");
+    let push = &second["push"];
+    assert_eq!(push["uploaded"], 2, "{push:#}");
+    let (status, _, body) = g.web_get("/v2/app/manifests/1");
+    assert_eq!(status, 200);
+    assert_eq!(sha256_digest(&body), str_of(&second["index"]["digest"]));
+}
+
+#[test]
+fn build_push_refuses_what_does_not_go_together() {
+    let tmp = tempdir();
+    let work = tmp.path();
+    for (extra, says) in [
+        (&["--push", "127.0.0.1:1/Bad Name"][..], "--push"),
+        (&["--push", "s3://Bad_Bucket/app:1"][..], "--push"),
+        (
+            &["--push", "127.0.0.1:1/app", "--s3-region", "garage"][..],
+            "--s3-endpoint and --s3-region are for a --push s3:// destination",
+        ),
+        (
+            &["--s3-region", "garage"][..],
+            "--s3-endpoint and --s3-region are for a --push s3:// destination",
+        ),
+        (
+            &["--push", "s3://bucket/app", "--creds", "a:b"][..],
+            "--creds is for registries",
+        ),
+    ] {
+        let (out, o) = build(&work.join("app"), "1", extra);
+        let r = Run {
+            command: format!("build {extra:?}"),
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: stderr(&o),
+        };
+        r.refused(says);
+        assert!(!out.exists(), "nothing is built on a usage error");
+    }
 }

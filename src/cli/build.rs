@@ -11,22 +11,28 @@ use anyhow::Context;
 use indicatif::ProgressStyle;
 
 use super::flags::{
-    human_bytes, ByteSize, CopyToRoot, Created, ExposedPort, KeyValue, RegistryArgs,
+    human_bytes, ByteSize, CopyToRoot, Created, ExposedPort, KeyValue, RegistryArgs, S3Args,
 };
 use super::push::{
-    registry_destination, Counters, Destination, Notes, DEFAULT_JOBS, DEFAULT_RETRIES,
+    push_to_bucket, Counters, Destination, Notes, Target, DEFAULT_JOBS, DEFAULT_REFRESH_AFTER,
+    DEFAULT_RETRIES, S3_NO_CREDS,
 };
 use super::resolve::{apply_structured_attrs, build_request};
 use super::{usage, Classify};
+use crate::error::error_chain;
 use crate::layer::{CacheStatus, Compression, Progress};
 use crate::oci::layout::LayoutArg;
 use crate::oci::Digest;
 use crate::pipeline::{self, BuildReport, BuildRequest};
 use crate::publish::client::Client;
+use crate::publish::client::ClientOptions;
 use crate::publish::push::{self, PushOptions, PushReport, DEFAULT_CHUNK_SIZE};
 use crate::publish::reference::{tag_from_ref_name, Reference};
+use crate::publish::s3::{S3Config, S3Target, MIN_PART_SIZE};
+use crate::publish::s3_push::S3PushOptions;
 use crate::publish::source::read_image;
 use crate::rootfs::{DirSpec, GroupSpec, PermRule, SymlinkSpec, UserSpec};
+use std::time::Duration;
 
 fn chmod_rule(s: &str) -> Result<PermRule, crate::rootfs::RootFsError> {
     PermRule::chmod(s)
@@ -75,6 +81,9 @@ const PERFORMANCE: &str = "Performance";
 ///       --platform linux/arm/v7=/nix/store/…-hello-armv7 -o hello.oci
 ///
 ///   nixoci build .#app --tag 1.0 -o app.oci --push registry.example.org/app
+///
+///   AWS_PROFILE=garage nixoci build .#app -o app.oci \
+///       --push s3://registry/app:1.0 --s3-endpoint http://127.0.0.1:3900
 #[derive(Debug, Clone, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -341,23 +350,29 @@ pub struct Args {
     #[arg(long, help_heading = OUTPUT)]
     pub tag: Option<String>,
 
-    /// Push the image to a registry once the layout is written, as
-    /// `nixoci push LAYOUT REGISTRY/NAME[:TAG]` would (the same requests
-    /// and checks; without :TAG, the tag of --tag, its part after the last
-    /// ':' when it is a full reference; 4 blobs at once). While the
-    /// layers build, the registry is reached (scheme, and the credentials
-    /// `nixoci push` finds, with the Registry flags) and the image its tag
-    /// names now is read, so the push starts knowing which blobs are
-    /// there. The layout is written exactly as without --push; when the
-    /// push fails (exit 1), it is complete, and `nixoci push` pushes it.
-    /// With --json, the report's `push` holds the push's report.
+    /// Push the image once the layout is written, as `nixoci push LAYOUT
+    /// DEST` would (the same requests and checks, 4 blobs at once): to a
+    /// registry, REGISTRY/NAME[:TAG], or to an S3 bucket as a static
+    /// registry, s3://BUCKET/NAME[:TAG] (s3://BUCKET/PREFIX//NAME[:TAG]).
+    /// Without :TAG, the tag of --tag (its part after the last ':' when it
+    /// is a full reference). While the layers build, a registry is reached
+    /// (scheme, and the credentials `nixoci push` finds, with the Registry
+    /// flags) and the image its tag names now is read, so the push starts
+    /// knowing which blobs are there. The layout is written exactly as
+    /// without --push; when the push fails (exit 1), it is complete, and
+    /// `nixoci push` pushes it. With --json, the report's `push` holds the
+    /// push's report.
     #[arg(
         long,
-        value_name = "REGISTRY/NAME[:TAG]",
-        value_parser = registry_destination,
+        value_name = "REGISTRY/NAME[:TAG]|s3://BUCKET/NAME[:TAG]",
+        value_parser = Target::parse,
         help_heading = OUTPUT
     )]
-    pub push: Option<Reference>,
+    pub push: Option<Target>,
+
+    /// The bucket of a --push s3:// destination.
+    #[command(flatten, next_help_heading = "S3 (of a --push s3:// destination)")]
+    pub s3: S3Args,
 
     /// Print the build report as JSON on stdout.
     #[arg(long, help_heading = OUTPUT)]
@@ -425,10 +440,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let bar = super::bytes_bar("planning");
     let notes = Notes::above(&bar);
     // The registry is reached while the layout is built.
-    let pushing = match &args.push {
-        Some(dest) => Some(Pushing::start(dest.clone(), &args, &req, &notes)?),
-        None => None,
-    };
+    let pushing = Pushing::start(&args, &req, &notes)?;
     // Bytes of the layers read, of the closure's total NAR size (and the
     // root layers' contents). A layer the cache or the layout already has
     // is taken out of the total when that is known, rather than counted as
@@ -509,14 +521,14 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         report.index.digest
     );
     if let Some(pushing) = pushing {
-        let pushed = pushing.finish(&req, &notes)?;
+        let (pushed, mounted) = pushing.finish(&req, &notes)?;
         if args.json {
             super::print_json(&Report {
                 build: &report,
                 push: Some(&pushed),
             })?;
         }
-        super::push::summary(&pushed, "mounted");
+        super::push::summary(&pushed, mounted);
     }
     Ok(())
 }
@@ -535,32 +547,149 @@ struct Report<'a> {
 /// the blobs the destination's tag names now.
 type Prepared = anyhow::Result<(Client, BTreeSet<Digest>)>;
 
-/// A `--push` under way: its destination, and the thread that connects
+/// A `--push` under way.
+enum Pushing {
+    Registry(ToRegistry),
+    Bucket(Box<ToBucket>),
+}
+
+/// A `--push` to a registry: its destination, and the thread that connects
 /// and reads what the tag names while the layout is built.
-struct Pushing {
+struct ToRegistry {
     destination: Reference,
     tag: String,
     prepared: std::thread::JoinHandle<Prepared>,
 }
 
+/// A `--push s3://…`: the destination and how to reach the bucket, checked
+/// before the build; nothing is sent before the layout is written.
+struct ToBucket {
+    target: S3Target,
+    tag: String,
+    config: S3Config,
+    options: ClientOptions,
+}
+
+/// The tag to push under: the destination's, else the build's (its part
+/// after the last ':' when it is a full reference).
+fn push_tag(
+    given: Option<&String>,
+    req: &BuildRequest,
+    destination: &str,
+) -> anyhow::Result<String> {
+    match given {
+        Some(t) => Ok(t.clone()),
+        None => tag_from_ref_name(&req.tag).ok_or_else(|| {
+            usage(format!(
+                "the tag '{}' is not a registry tag; give one as --push {destination}:TAG",
+                req.tag
+            ))
+        }),
+    }
+}
+
 impl Pushing {
-    /// Checks the destination (a usage error comes before any building)
-    /// and starts connecting to it on a thread of its own.
+    /// Checks --push and the flags that go with it (a usage error comes
+    /// before any building) and, to a registry, starts connecting on a
+    /// thread of its own. `None` without --push.
+    fn start(args: &Args, req: &BuildRequest, notes: &Notes) -> anyhow::Result<Option<Pushing>> {
+        match &args.push {
+            None if args.s3.given() => Err(usage(
+                "--s3-endpoint and --s3-region are for a --push s3:// destination",
+            )),
+            None => Ok(None),
+            Some(Target::Registry(r)) => {
+                if args.s3.given() {
+                    return Err(usage(
+                        "--s3-endpoint and --s3-region are for a --push s3:// destination",
+                    ));
+                }
+                Ok(Some(Pushing::Registry(ToRegistry::start(
+                    r.clone(),
+                    args,
+                    req,
+                    notes,
+                )?)))
+            }
+            Some(Target::S3(t)) => {
+                if args.registry.creds.is_some() {
+                    return Err(usage(format!("--creds is for registries; {S3_NO_CREDS}")));
+                }
+                let config = args.s3.config().map_err(|e| usage(error_chain(&e)))?;
+                let tag = push_tag(t.tag.as_ref(), req, &t.to_string())?;
+                Ok(Some(Pushing::Bucket(Box::new(ToBucket {
+                    target: S3Target {
+                        tag: Some(tag.clone()),
+                        ..t.clone()
+                    },
+                    tag,
+                    config,
+                    options: ClientOptions {
+                        retries: DEFAULT_RETRIES,
+                        backoff: Duration::from_millis(500),
+                        ..args.registry.client_options()
+                    },
+                }))))
+            }
+        }
+    }
+
+    /// Pushes the written layout's image; returns the report and what a
+    /// mount is called there. A failure says that the layout is written
+    /// and how to push it.
+    fn finish(
+        self,
+        req: &BuildRequest,
+        notes: &Notes,
+    ) -> anyhow::Result<(PushReport, &'static str)> {
+        let layout = format!("{}:{}", req.output.display(), req.tag);
+        let destination = match &self {
+            Pushing::Registry(r) => r.destination.to_string(),
+            Pushing::Bucket(b) => b.target.to_string(),
+        };
+        let written = || {
+            format!(
+                "{layout} is written but not pushed; `nixoci push {layout} {destination}` pushes it"
+            )
+        };
+        match self {
+            Pushing::Registry(r) => r.push(req, notes).map(|p| (p, "mounted")),
+            Pushing::Bucket(b) => b.push(req, &layout).map(|p| (p, "copied in the bucket")),
+        }
+        .with_context(written)
+    }
+}
+
+impl ToBucket {
+    fn push(self, req: &BuildRequest, layout: &str) -> anyhow::Result<PushReport> {
+        let image = read_image(&req.output, Some(&req.tag))
+            .with_context(|| format!("reading {}", req.output.display()))?;
+        push_to_bucket(
+            &image,
+            layout,
+            &self.target,
+            &self.tag,
+            &self.config,
+            self.options,
+            &S3PushOptions {
+                jobs: DEFAULT_JOBS,
+                part_size: DEFAULT_CHUNK_SIZE.max(MIN_PART_SIZE),
+                refresh_after: DEFAULT_REFRESH_AFTER,
+            },
+        )
+    }
+}
+
+impl ToRegistry {
+    /// Checks the destination and starts connecting to it on a thread of
+    /// its own.
     fn start(
         mut destination: Reference,
         args: &Args,
         req: &BuildRequest,
         notes: &Notes,
-    ) -> anyhow::Result<Pushing> {
-        let tag = match &destination.tag {
-            Some(t) => t.clone(),
-            None => tag_from_ref_name(&req.tag).ok_or_else(|| {
-                usage(format!(
-                    "the tag '{}' is not a registry tag; give one as --push {destination}:TAG",
-                    req.tag
-                ))
-            })?,
-        };
+    ) -> anyhow::Result<ToRegistry> {
+        let tag = push_tag(destination.tag.as_ref(), req, &destination.to_string())?;
         destination.tag = Some(tag.clone());
         // The repository of a --from base on this registry, as `nixoci
         // push` finds it in the manifests the build writes.
@@ -587,7 +716,7 @@ impl Pushing {
                 Ok((client, known))
             })
             .context("starting the push's connection")?;
-        Ok(Pushing {
+        Ok(ToRegistry {
             destination,
             tag,
             prepared,
@@ -595,18 +724,7 @@ impl Pushing {
     }
 
     /// Pushes the written layout's image with the client and the blobs
-    /// known. A failure says that the layout is written and how to push it.
-    fn finish(self, req: &BuildRequest, notes: &Notes) -> anyhow::Result<PushReport> {
-        let layout = format!("{}:{}", req.output.display(), req.tag);
-        let destination = self.destination.clone();
-        let written = || {
-            format!(
-                "{layout} is written but not pushed; `nixoci push {layout} {destination}` pushes it"
-            )
-        };
-        self.push(req, notes).with_context(written)
-    }
-
+    /// known.
     fn push(self, req: &BuildRequest, notes: &Notes) -> anyhow::Result<PushReport> {
         let (client, known) = match self.prepared.join() {
             Ok(prepared) => prepared?,

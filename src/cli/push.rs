@@ -16,7 +16,7 @@ use crate::publish::client::{Client, ClientOptions};
 use crate::publish::push::PushReport;
 use crate::publish::push::{self, Event, PushOptions};
 use crate::publish::reference::{tag_from_ref_name, valid_repository, Reference};
-use crate::publish::s3::{Bucket, S3Target, MIN_PART_SIZE};
+use crate::publish::s3::{Bucket, S3Config, S3Target, MIN_PART_SIZE};
 use crate::publish::s3_push::{self, S3PushOptions};
 use crate::publish::source::{read_image, Image};
 
@@ -113,16 +113,27 @@ pub const DEFAULT_JOBS: usize = 4;
 /// `--retries`'s default, and `build --push`'s retries.
 pub const DEFAULT_RETRIES: u32 = 5;
 
-/// A registry destination, REGISTRY/NAME[:TAG], as a flag's value
-/// (`build --push`): an s3:// destination is refused here.
-pub fn registry_destination(s: &str) -> Result<Reference, String> {
-    if s.starts_with("s3://") {
-        return Err(
-            "build --push takes a registry; to an S3 bucket, build, then `nixoci push LAYOUT s3://…`"
-                .to_owned(),
-        );
+/// Where to push: a registry, or an S3 bucket as a static registry.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Registry(Reference),
+    S3(S3Target),
+}
+
+impl Target {
+    /// REGISTRY/NAME[:TAG] or s3://BUCKET/NAME[:TAG] as a flag's value
+    /// (`build --push`).
+    pub fn parse(s: &str) -> Result<Target, String> {
+        if s.starts_with("s3://") {
+            S3Target::parse(s)
+                .map(Target::S3)
+                .map_err(|e| e.to_string())
+        } else {
+            Reference::parse(s)
+                .map(Target::Registry)
+                .map_err(|e| e.to_string())
+        }
     }
-    Reference::parse(s).map_err(|e| e.to_string())
 }
 
 /// A registry destination with its tag, checked, and what connecting to
@@ -373,52 +384,70 @@ pub fn summary(report: &PushReport, mounted: &str) {
 }
 
 /// `--refresh-after`'s default, half of `gc --grace`'s.
-const DEFAULT_REFRESH_AFTER: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_REFRESH_AFTER: Duration = Duration::from_secs(30 * 60);
+
+/// `--creds` is refused with an s3:// destination for this reason.
+pub const S3_NO_CREDS: &str = "to S3, blobs another repository of the bucket has are copied server-side, and the access key comes from the AWS environment or profile";
+
+/// Pushes `image` into the bucket of `target` under `tag`, with a
+/// progress bar (`push s3://…`, `build --push s3://…`).
+pub fn push_to_bucket(
+    image: &Image,
+    source: &str,
+    target: &S3Target,
+    tag: &str,
+    config: &S3Config,
+    options: ClientOptions,
+    push_options: &S3PushOptions,
+) -> anyhow::Result<PushReport> {
+    let (bar, notify) = progress();
+    let bucket = Bucket::new(config, &target.url, options, notify)
+        .with_context(|| format!("connecting to {}", config.endpoint))?;
+    let counters = Counters::default();
+    let events = |e: Event| counters.show(&bar, e);
+    let report =
+        s3_push::push(&bucket, image, target, tag, push_options, &events).with_context(|| {
+            format!(
+                "pushing {source} to {} at {}",
+                S3Target {
+                    tag: Some(tag.to_owned()),
+                    ..target.clone()
+                },
+                bucket.endpoint()
+            )
+        })?;
+    bar.finish_and_clear();
+    Ok(report)
+}
 
 /// `push LAYOUT s3://…`.
 fn run_s3(args: Args) -> anyhow::Result<()> {
     let target = S3Target::parse(&args.destination).map_err(|e| usage(e.to_string()))?;
     if !args.mount_from.is_empty() || args.registry.creds.is_some() {
-        return Err(usage(
-            "--mount-from and --creds are for registries; to S3, blobs another repository of the bucket has are copied server-side, and the access key comes from the AWS environment or profile",
-        ));
+        return Err(usage(format!(
+            "--mount-from and --creds are for registries; {S3_NO_CREDS}"
+        )));
     }
     let config = args.s3.config().map_err(|e| usage(error_chain(&e)))?;
     let image = read_source(&args)?;
     let tag = tag_for(target.tag.as_ref(), &image, &args.destination)?;
-    let (bar, notify) = progress();
     let options = ClientOptions {
         retries: args.retries,
         backoff: Duration::from_millis(500),
         ..args.registry.client_options()
     };
-    let bucket = Bucket::new(&config, &target.url, options, notify)
-        .with_context(|| format!("connecting to {}", config.endpoint))?;
-    let counters = Counters::default();
-    let events = |e: Event| counters.show(&bar, e);
-    let report = s3_push::push(
-        &bucket,
+    let report = push_to_bucket(
         &image,
+        &args.source.to_string(),
         &target,
         &tag,
+        &config,
+        options,
         &S3PushOptions {
             jobs: args.jobs,
             part_size: args.chunk_size.0.max(MIN_PART_SIZE),
             refresh_after: args.refresh_after.map_or(DEFAULT_REFRESH_AFTER, |a| a.0),
         },
-        &events,
-    )
-    .with_context(|| {
-        format!(
-            "pushing {} to {} at {}",
-            args.source,
-            S3Target {
-                tag: Some(tag.clone()),
-                ..target.clone()
-            },
-            bucket.endpoint()
-        )
-    })?;
-    bar.finish_and_clear();
+    )?;
     finish(&report, args.json, "copied in the bucket")
 }
