@@ -138,3 +138,44 @@ fn a_blob_the_registry_lost_under_the_tag_is_found_and_uploaded() {
     );
     pulls_back(&reg, work, "pulled");
 }
+
+/// Manifests by digest are not asked for: those the tag's image names are
+/// skipped with no request, new ones are put at once (an update's are
+/// always new, and a `HEAD` would only cost a round trip).
+#[test]
+fn manifests_the_tag_names_are_skipped_and_others_put_without_a_head() {
+    if !require(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let tmp = tempdir();
+    let work = tmp.path();
+    let reg = Registry::start(&work.join("registry"), false);
+    let heads = |lines: &[String]| count(lines, "\"HEAD /v2/app/manifests/");
+    let puts = |lines: &[String]| count(lines, "\"PUT /v2/app/manifests/");
+    let statuses = |report: &Value| -> Vec<String> {
+        array_of(&report["manifests"])
+            .iter()
+            .map(|m| str_of(&m["status"]).to_owned())
+            .collect()
+    };
+    let first = layout(&work.join("one"), "1");
+    let report = push(&first, &reg);
+    // Two platforms' manifests and the index, each put once.
+    assert_eq!(statuses(&report), ["pushed", "pushed", "pushed"]);
+    let lines = reg.access_lines();
+    assert_eq!((heads(&lines), puts(&lines)), (0, 3));
+
+    // The same image again: the tag names both manifests.
+    let report = push(&first, &reg);
+    assert_eq!(statuses(&report), ["skipped", "skipped", "pushed"]);
+    let lines = reg.access_lines();
+    assert_eq!((heads(&lines), puts(&lines)), (0, 4), "only the tag is put");
+
+    // An update: new manifests, put without a HEAD.
+    let second = layout(&work.join("two"), "2");
+    let report = push(&second, &reg);
+    assert_eq!(statuses(&report), ["pushed", "pushed", "pushed"]);
+    let lines = reg.access_lines();
+    assert_eq!((heads(&lines), puts(&lines)), (0, 7));
+    pulls_back(&reg, work, "pulled");
+}
