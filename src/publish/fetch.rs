@@ -289,11 +289,10 @@ pub fn read_layers(
     })
 }
 
-/// The per-platform manifests the image `reference` (a tag) names in the
-/// client's repository, and the configs and layers they reach: what a
-/// registry that took those manifests held when it did (a registry checks
-/// that a manifest's blobs are there). `Ok(None)` when there is no such
-/// image.
+/// The configs and layers of every manifest the image `reference` (a tag)
+/// names in the client's repository reaches: blobs a registry that took
+/// those manifests held when it did (a registry checks that a manifest's
+/// blobs are there). `Ok(None)` when there is no such image.
 pub fn tagged_blobs(
     client: &Client,
     reference: &str,
@@ -323,7 +322,6 @@ impl<S: BlobSource> Visitor<S> for BlobsOf {
         _source: &mut S,
     ) -> Result<(), S::Error> {
         let what = format!("{} {}", Kind::Manifest.what(), d.digest);
-        self.0.insert(d.digest.clone());
         self.0.insert(manifest.config(&what)?.digest.clone());
         for l in manifest.layers(&what)? {
             self.0.insert(l.digest.clone());

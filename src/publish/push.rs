@@ -23,7 +23,9 @@ use std::sync::Mutex;
 use serde::Serialize;
 use url::Url;
 
-use super::client::{response_header, status_error, Body, Client, ClientError, Extra};
+use super::client::{
+    response_header, status_error, Body, Client, ClientError, Extra, MANIFEST_ACCEPT,
+};
 use super::reference::Reference;
 use super::source::{BlobRef, Document, Image};
 use crate::oci::image::ANNOTATION_BASE_NAME;
@@ -467,19 +469,22 @@ impl Pusher<'_> {
         })
     }
 
-    /// Pushes a manifest or index under `reference` (a digest or a tag).
-    /// One under its digest is skipped when the tag's image names it
-    /// (`known`), and otherwise put without asking first: a manifest is a
-    /// few kilobytes, and after an update it is a new one, whose `HEAD`
-    /// would only cost a round trip.
+    /// Pushes a manifest or index under `reference` (a digest or a tag);
+    /// one under its digest is skipped when the registry has it.
     fn document(&self, doc: &Document, reference: &str) -> Result<ManifestStatus, ClientError> {
-        if reference == doc.digest.as_str() && self.known.contains(&doc.digest) {
-            return Ok(ManifestStatus::Skipped);
-        }
         let c = self.client;
         let url = c.repo_url(&format!("manifests/{reference}"))?;
         self.client
             .with_retries(&format!("{} {}", what_doc(doc), doc.digest), |_| {
+                if reference == doc.digest.as_str() {
+                    let resp =
+                        c.send("HEAD", &url, &[("accept", MANIFEST_ACCEPT)], &Body::Empty)?;
+                    match resp.status().as_u16() {
+                        200 => return Ok(ManifestStatus::Skipped),
+                        404 => {}
+                        _ => return Err(status_error("HEAD", &url, resp)),
+                    }
+                }
                 let headers = [("content-type", doc.media_type.as_str())];
                 let resp = c.send("PUT", &url, &headers, &Body::Bytes(&doc.bytes))?;
                 self.check_created("PUT", &url, resp, &doc.digest, what_doc(doc))?;
