@@ -39,10 +39,6 @@ fn build(dir: &Path, v: &str, extra: &[&str]) -> (PathBuf, Output) {
     (out, o)
 }
 
-fn count(lines: &[String], needle: &str) -> usize {
-    lines.iter().filter(|l| l.contains(needle)).count()
-}
-
 /// The digest of the manifest or index `reference` names in the registry,
 /// as skopeo reads it.
 fn remote_digest(reference: &str) -> String {

@@ -40,10 +40,6 @@ fn assert_pulls_back(reference: &str, creds: Option<&str>, layout: &Path, work: 
     }
 }
 
-fn count(lines: &[String], needle: &str) -> usize {
-    lines.iter().filter(|l| l.contains(needle)).count()
-}
-
 #[test]
 fn push_with_basic_auth_then_pull_back() {
     if !require(&["docker-registry", "htpasswd", "skopeo"]) {

@@ -16,10 +16,6 @@ use common::publish::*;
 use common::*;
 use serde_json::Value;
 
-fn count(lines: &[String], needle: &str) -> usize {
-    lines.iter().filter(|l| l.contains(needle)).count()
-}
-
 /// The golden two-platform image with `--env V=<v>` (a new config per
 /// platform for each `v`, the same layers), tagged `app:1` in `dir`.
 fn layout(dir: &Path, v: &str) -> PathBuf {

@@ -321,6 +321,11 @@ impl Registry {
     }
 }
 
+/// How many of the access-log `lines` hold `needle`.
+pub fn count(lines: &[String], needle: &str) -> usize {
+    lines.iter().filter(|l| l.contains(needle)).count()
+}
+
 /// nginx on 127.0.0.1 with a server block that includes `snippet`.
 pub struct Nginx {
     pub port: u16,
