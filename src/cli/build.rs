@@ -32,7 +32,6 @@ use crate::publish::s3::{S3Config, S3Target, MIN_PART_SIZE};
 use crate::publish::s3_push::S3PushOptions;
 use crate::publish::source::read_image;
 use crate::rootfs::{DirSpec, GroupSpec, PermRule, SymlinkSpec, UserSpec};
-use std::time::Duration;
 
 fn chmod_rule(s: &str) -> Result<PermRule, crate::rootfs::RootFsError> {
     PermRule::chmod(s)
@@ -624,11 +623,7 @@ impl Pushing {
                     },
                     tag,
                     config,
-                    options: ClientOptions {
-                        retries: DEFAULT_RETRIES,
-                        backoff: Duration::from_millis(500),
-                        ..args.registry.client_options()
-                    },
+                    options: args.registry.push_options(DEFAULT_RETRIES),
                 }))))
             }
         }

@@ -399,6 +399,15 @@ impl RegistryArgs {
         }
     }
 
+    /// [`RegistryArgs::client_options`] for a push: `retries` retries of
+    /// each blob or manifest (`push --retries`, `build --push`).
+    pub fn push_options(&self, retries: u32) -> ClientOptions {
+        ClientOptions {
+            retries,
+            ..self.client_options()
+        }
+    }
+
     /// The credentials for `reference`: `--creds`, else the environment and
     /// the auth files.
     pub fn credentials(&self, reference: &Reference) -> Result<Lookup, auth::AuthError> {

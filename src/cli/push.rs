@@ -164,11 +164,7 @@ impl Destination {
         for m in mount_from {
             scopes.push(format!("repository:{m}:pull"));
         }
-        let options = ClientOptions {
-            retries,
-            backoff: Duration::from_millis(500),
-            ..registry.client_options()
-        };
+        let options = registry.push_options(retries);
         Ok(Destination {
             reference,
             lookup,
@@ -431,11 +427,7 @@ fn run_s3(args: Args) -> anyhow::Result<()> {
     let config = args.s3.config().map_err(|e| usage(error_chain(&e)))?;
     let image = read_source(&args)?;
     let tag = tag_for(target.tag.as_ref(), &image, &args.destination)?;
-    let options = ClientOptions {
-        retries: args.retries,
-        backoff: Duration::from_millis(500),
-        ..args.registry.client_options()
-    };
+    let options = args.registry.push_options(args.retries);
     let report = push_to_bucket(
         &image,
         &args.source.to_string(),
