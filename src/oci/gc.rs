@@ -18,9 +18,9 @@ use serde::Serialize;
 
 use super::files::{self, FileError};
 use super::layout::{self, LayoutError};
-use super::model::{parse, Descriptor, Index, Invalid, Manifest};
+use super::model::{parse, Index, Invalid};
 use super::temp;
-use super::walk::{self, At, BlobError, LayoutBlobs, Visitor};
+use super::walk::{self, BlobError, LayoutBlobs};
 use super::Digest;
 
 /// The most bytes an index or manifest may have.
@@ -95,40 +95,14 @@ fn read_top_index(dir: &Path) -> Result<Index, GcError> {
     Ok(parse(&bytes, "index.json")?)
 }
 
-/// The visitor that notes every digest a walk reaches.
-#[derive(Default)]
-struct Reach {
-    seen: BTreeSet<Digest>,
-}
-
-impl Visitor<LayoutBlobs<GcError>> for Reach {
-    fn enter(&mut self, d: &Descriptor, _: At<'_>) -> Result<bool, GcError> {
-        Ok(self.seen.insert(d.digest.clone()))
-    }
-
-    fn manifest(
-        &mut self,
-        _: &Descriptor,
-        m: &Manifest,
-        _: Vec<u8>,
-        _: At<'_>,
-        _: &mut LayoutBlobs<GcError>,
-    ) -> Result<(), GcError> {
-        for d in m.config.iter().chain(m.layers.iter().flatten()) {
-            self.seen.insert(d.digest.clone());
-        }
-        Ok(())
-    }
-}
-
 /// Every blob that `index.json` of the layout `dir` reaches: indexes,
 /// manifests, configs and layers. A reached index or manifest that is
 /// missing (or not what its descriptor says) is an error; a missing config
 /// or layer is not (`verify` says so), it is simply not there to keep.
 pub fn reachable(dir: &Path) -> Result<BTreeSet<Digest>, GcError> {
     let top = read_top_index(dir)?;
-    let mut source = LayoutBlobs::new(dir).with_limit(MAX_DOCUMENT);
-    let mut reach = Reach::default();
+    let mut source = LayoutBlobs::<GcError>::new(dir).with_limit(MAX_DOCUMENT);
+    let mut reach = walk::Reach::default();
     for entry in top.manifests.iter().flatten() {
         walk::walk(&mut source, entry, &mut reach)?;
     }

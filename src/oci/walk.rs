@@ -9,6 +9,7 @@
 //! one in `publish::fetch`. `verify`, `gc`, `push`, `export-static` and
 //! `build --previous` are visitors.
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -87,6 +88,33 @@ pub trait Visitor<S: BlobSource> {
 
     /// A descriptor that is neither an image index nor a manifest.
     fn other(&mut self, _d: &Descriptor, _at: At<'_>) -> Result<(), S::Error> {
+        Ok(())
+    }
+}
+
+/// The visitor that notes every digest a walk reaches: indexes and
+/// manifests (each walked once), configs and layers.
+#[derive(Default)]
+pub struct Reach {
+    pub seen: BTreeSet<Digest>,
+}
+
+impl<S: BlobSource> Visitor<S> for Reach {
+    fn enter(&mut self, d: &Descriptor, _: At<'_>) -> Result<bool, S::Error> {
+        Ok(self.seen.insert(d.digest.clone()))
+    }
+
+    fn manifest(
+        &mut self,
+        _: &Descriptor,
+        m: &Manifest,
+        _: Vec<u8>,
+        _: At<'_>,
+        _: &mut S,
+    ) -> Result<(), S::Error> {
+        for d in m.config.iter().chain(m.layers.iter().flatten()) {
+            self.seen.insert(d.digest.clone());
+        }
         Ok(())
     }
 }

@@ -15,10 +15,9 @@ use super::client::{
 use std::collections::BTreeSet;
 
 use crate::oci::base::BaseImage;
-use crate::oci::model::Manifest;
 use crate::oci::model::{parse, Descriptor, Invalid, Mismatch};
 use crate::oci::previous::{from_documents, ImageLayers};
-use crate::oci::walk::{self, At, BlobSource, Kind, Visitor};
+use crate::oci::walk::{self, BlobSource, Kind};
 use crate::oci::{Digest, DigestWriter, MediaType};
 use crate::platform::Platform;
 
@@ -289,10 +288,11 @@ pub fn read_layers(
     })
 }
 
-/// The configs and layers of every manifest the image `reference` (a tag)
-/// names in the client's repository reaches: blobs a registry that took
-/// those manifests held when it did (a registry checks that a manifest's
-/// blobs are there). `Ok(None)` when there is no such image.
+/// Every digest the image `reference` (a tag) names in the client's
+/// repository reaches: its index and manifests, their configs and layers,
+/// which a registry that took those manifests held when it did (a
+/// registry checks that a manifest's blobs are there). `Ok(None)` when
+/// there is no such image.
 pub fn tagged_blobs(
     client: &Client,
     reference: &str,
@@ -303,31 +303,9 @@ pub fn tagged_blobs(
         Err(e) if e.is_missing() => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut blobs = BlobsOf::default();
-    walk::walk(&mut registry, &root, &mut blobs)?;
-    Ok(Some(blobs.0))
-}
-
-/// The visitor of [`tagged_blobs`].
-#[derive(Default)]
-struct BlobsOf(BTreeSet<Digest>);
-
-impl<S: BlobSource> Visitor<S> for BlobsOf {
-    fn manifest(
-        &mut self,
-        d: &Descriptor,
-        manifest: &Manifest,
-        _bytes: Vec<u8>,
-        _at: At<'_>,
-        _source: &mut S,
-    ) -> Result<(), S::Error> {
-        let what = format!("{} {}", Kind::Manifest.what(), d.digest);
-        self.0.insert(manifest.config(&what)?.digest.clone());
-        for l in manifest.layers(&what)? {
-            self.0.insert(l.digest.clone());
-        }
-        Ok(())
-    }
+    let mut reach = walk::Reach::default();
+    walk::walk(&mut registry, &root, &mut reach)?;
+    Ok(Some(reach.seen))
 }
 
 /// Reads the platforms `wanted` of the base image `reference` (a tag or a
