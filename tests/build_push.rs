@@ -13,31 +13,13 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use common::garage::{Garage, WEB_BUCKET};
 use common::publish::*;
 use common::*;
 use serde_json::Value;
-
-/// `build` of the golden two-platform image with `--env V=<v>` (a new
-/// config per platform for each `v`, the same layers), tagged `app:1`,
-/// into `dir/app.oci` with the layer cache `dir/cache`, and `extra`.
-fn build(dir: &Path, v: &str, extra: &[&str]) -> (PathBuf, Output) {
-    fs::create_dir_all(dir).expect("mkdir");
-    let out = dir.join("app.oci");
-    let o = output_of(
-        nixoci()
-            .args(golden_build_args())
-            .args(["--env", &format!("V={v}"), "--tag", "app:1", "-o"])
-            .arg(&out)
-            .args(extra)
-            .env("XDG_CACHE_HOME", dir.join("cache")),
-    );
-    (out, o)
-}
 
 /// The digest of the manifest or index `reference` names in the registry,
 /// as skopeo reads it.
@@ -68,7 +50,7 @@ fn build_push_puts_the_layouts_image_under_the_tag() {
     let reg = Registry::start(&work.join("registry"), false);
     let dest = format!("{}/app", reg.addr());
     // The registry flags serve --push (as they serve --from and --previous).
-    let (out, o) = build(
+    let (out, o) = golden_variant(
         &work.join("pushed"),
         "1",
         &[
@@ -102,7 +84,7 @@ fn build_push_puts_the_layouts_image_under_the_tag() {
     assert_eq!(push["uploaded"], blobs as u64, "{push:#}");
 
     // The layout is the one a build without --push writes, byte for byte.
-    let (plain, o) = build(&work.join("plain"), "1", &["--json"]);
+    let (plain, o) = golden_variant(&work.join("plain"), "1", &["--json"]);
     let plain_report = ok_json(&o, "nixoci build");
     assert!(plain_report.get("push").is_none(), "{plain_report:#}");
     assert_eq!(str_of(&plain_report["index"]["digest"]), index);
@@ -126,7 +108,7 @@ fn a_second_build_push_uploads_only_the_new_blobs() {
     let reg = Registry::start(&work.join("registry"), false);
     let dest = format!("{}/app:1", reg.addr());
     let dir = work.join("app");
-    let (_, o) = build(&dir, "1", &["--json", "--push", &dest]);
+    let (_, o) = golden_variant(&dir, "1", &["--json", "--push", &dest]);
     let first = ok_json(&o, "the first build --push");
     let first_blobs = blobs_with(&first["push"], "uploaded");
     let heads = |lines: &[String]| count(lines, "\"HEAD /v2/app/blobs/");
@@ -134,7 +116,7 @@ fn a_second_build_push_uploads_only_the_new_blobs() {
 
     // The change: a new config per platform, the same layers; into the
     // same output and cache, as an update is built.
-    let (out, o) = build(&dir, "2", &["--json", "--push", &dest]);
+    let (out, o) = golden_variant(&dir, "2", &["--json", "--push", &dest]);
     let second = ok_json(&o, "the second build --push");
     let push = &second["push"];
     let uploaded = blobs_with(push, "uploaded");
@@ -173,7 +155,7 @@ fn a_registry_that_is_not_there_fails_after_the_layout_is_written() {
     let work = tmp.path();
     // A port nothing listens on.
     let dest = format!("127.0.0.1:{}/app:1", free_port());
-    let (out, o) = build(&work.join("app"), "1", &["--json", "--push", &dest]);
+    let (out, o) = golden_variant(&work.join("app"), "1", &["--json", "--push", &dest]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     // Notes of the retries (as `nixoci push` gives them), then one error.
@@ -195,7 +177,7 @@ fn a_registry_that_is_not_there_fails_after_the_layout_is_written() {
 
     // The layout is complete, and the command it names pushes it.
     run(nixoci().arg("verify").arg(&layout)).success();
-    let (plain, o) = build(&work.join("plain"), "1", &[]);
+    let (plain, o) = golden_variant(&work.join("plain"), "1", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(layout_digests(&out), layout_digests(&plain));
 }
@@ -261,7 +243,7 @@ fn build_push_refuses_what_does_not_go_together() {
             "--creds is for registries",
         ),
     ] {
-        let (out, o) = build(&work.join("app"), "1", extra);
+        let (out, o) = golden_variant(&work.join("app"), "1", extra);
         let r = Run {
             command: format!("build {extra:?}"),
             code: o.status.code(),

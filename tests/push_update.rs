@@ -19,15 +19,7 @@ use serde_json::Value;
 /// The golden two-platform image with `--env V=<v>` (a new config per
 /// platform for each `v`, the same layers), tagged `app:1` in `dir`.
 fn layout(dir: &Path, v: &str) -> PathBuf {
-    fs::create_dir_all(dir).expect("mkdir");
-    let out = dir.join("app.oci");
-    let o = output_of(
-        nixoci()
-            .args(golden_build_args())
-            .args(["--env", &format!("V={v}"), "--tag", "app:1", "-o"])
-            .arg(&out)
-            .env("XDG_CACHE_HOME", dir.join("cache")),
-    );
+    let (out, o) = golden_variant(dir, v, &[]);
     assert!(o.status.success(), "nixoci build: {}", stderr(&o));
     out
 }

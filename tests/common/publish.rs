@@ -113,6 +113,23 @@ pub fn golden_layout(dir: &Path, tag: &str) -> PathBuf {
     out
 }
 
+/// `build` of the golden two-platform image with `--env V=<v>` (a new
+/// config per platform for each `v`, the same layers), tagged `app:1`,
+/// into `dir/app.oci` with the layer cache `dir/cache`, and `extra`.
+pub fn golden_variant(dir: &Path, v: &str, extra: &[&str]) -> (PathBuf, Output) {
+    fs::create_dir_all(dir).expect("mkdir");
+    let out = dir.join("app.oci");
+    let o = output_of(
+        nixoci()
+            .args(golden_build_args())
+            .args(["--env", &format!("V={v}"), "--tag", "app:1", "-o"])
+            .arg(&out)
+            .args(extra)
+            .env("XDG_CACHE_HOME", dir.join("cache")),
+    );
+    (out, o)
+}
+
 /// Deterministic bytes that gzip cannot shrink.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
