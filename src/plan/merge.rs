@@ -119,33 +119,17 @@ struct Candidates {
 }
 
 impl Candidates {
-    /// The `CANDIDATES` best of `all`, selected without sorting the rest
-    /// (keys are distinct: they hold the partner's number), in a list of
-    /// their own so that `all` can be reused.
-    fn from(mut all: impl AsMut<[(Key, usize)]>) -> Candidates {
-        let all = all.as_mut();
-        let floor = if all.len() > CANDIDATES {
-            all.select_nth_unstable(CANDIDATES);
-            Some(all[CANDIDATES].0)
-        } else {
-            None
-        };
-        let mut list = Vec::with_capacity(CANDIDATES);
-        list.extend_from_slice(&all[..all.len().min(CANDIDATES)]);
-        list.sort_unstable();
-        Candidates {
-            list,
-            floor,
-            partial: false,
+    /// The `CANDIDATES` best of `all`, offered one by one: the list holds
+    /// the best and the floor is the best of the others (keys are
+    /// distinct: they hold the partner's number), and most offers stop at
+    /// the floor. With `partial`, only likely partners were weighed.
+    fn from(all: impl IntoIterator<Item = (Key, usize)>, partial: bool) -> Candidates {
+        let mut c = Candidates::default();
+        for (key, unit) in all {
+            c.offer(key, unit);
         }
-    }
-
-    /// The best of `likely`, knowing that others were not weighed.
-    fn partial(likely: Vec<(Key, usize)>) -> Candidates {
-        Candidates {
-            partial: true,
-            ..Candidates::from(likely)
-        }
+        c.partial = partial;
+        c
     }
 
     /// Offers a new partner; true if it is now the best.
@@ -205,15 +189,16 @@ impl Merger<'_> {
             && self.units[b].kind != Kind::Pinned
     }
 
-    /// The keys of `a` with each mergeable unit of `others`, in their
-    /// order; weighed in parallel when there are many (the same keys with
-    /// any number of threads).
-    fn keys_with(&self, a: usize, others: impl IntoIterator<Item = usize>) -> Vec<(Key, usize)> {
-        let others: Vec<usize> = others
+    /// The keys of `a` with each mergeable unit of `others`.
+    fn keys_with<'m, I>(&'m self, a: usize, others: I) -> impl Iterator<Item = (Key, usize)> + 'm
+    where
+        I: IntoIterator<Item = usize>,
+        I::IntoIter: 'm,
+    {
+        others
             .into_iter()
-            .filter(|&b| self.mergeable(a, b))
-            .collect();
-        in_order(&others, others.len(), |&b| (self.key(a, b), b))
+            .filter(move |&b| self.mergeable(a, b))
+            .map(move |b| (self.key(a, b), b))
     }
 
     fn key(&self, a: usize, b: usize) -> Key {
@@ -243,14 +228,9 @@ impl Merger<'_> {
         self.cands[a].list.retain(|(_, b)| alive[*b]);
         let c = &self.cands[a];
         if c.list.is_empty() && (c.floor.is_some() || c.partial) {
-            let all: Vec<(Key, usize)> = self.keys_with(a, 0..self.units.len());
-            self.cands[a] = if self.exact {
-                Candidates::from(all)
-            } else {
-                // Exact now, but units merged later are offered only to
-                // likely partners.
-                Candidates::partial(all)
-            };
+            // Exact now, but when not weighing every pair, units merged
+            // later are offered only to likely partners.
+            self.cands[a] = Candidates::from(self.keys_with(a, 0..self.units.len()), !self.exact);
         }
         let best = self.cands[a].list.first().copied();
         if let Some((_, old)) = self.head[a] {
@@ -326,24 +306,24 @@ impl Merger<'_> {
         }
         self.live -= 1;
         // The new unit's partners, and the new unit offered to them.
-        let mut all = Vec::new();
         let mut better = Vec::new();
         let partners: Vec<usize> = if self.exact {
             (0..new).collect()
         } else {
             likely.into_iter().collect()
         };
-        for (k, x) in self.keys_with(new, partners) {
-            all.push((k, x));
-            if self.cands[x].offer(k, new) {
-                better.push(x);
+        let mut mine = Candidates::default();
+        for x in partners {
+            if self.mergeable(new, x) {
+                let k = self.key(new, x);
+                mine.offer(k, x);
+                if self.cands[x].offer(k, new) {
+                    better.push(x);
+                }
             }
         }
-        self.cands[new] = if self.exact {
-            Candidates::from(all)
-        } else {
-            Candidates::partial(all)
-        };
+        mine.partial = !self.exact;
+        self.cands[new] = mine;
         self.refresh(new);
         // Units whose best partner just disappeared, or is the new unit.
         let mut stale: BTreeSet<usize> = self.watchers[a]
@@ -504,64 +484,30 @@ fn run_merging(
     (units, true)
 }
 
-/// Below this many weighings of a pair (some 10-20 ns each), work stays on
-/// the calling thread: waking rayon's threads and waiting for them costs
-/// tens of microseconds. Counted by items, a merge on a closure of a few
-/// hundred paths went parallel for a few microseconds of work and planned
-/// at half the speed of one thread.
+/// Below this many weighings of a move (some 10-20 ns each), the local
+/// search stays on the calling thread: waking rayon's threads and waiting
+/// for them costs tens of microseconds. (Merging weighs on one thread: a
+/// merge is a few microseconds of work.)
 const PARALLEL_WORK: usize = 1 << 14;
 
-/// `f` of each item, in the items' order: on rayon's threads when the
-/// `work` (in weighings of a pair) is worth it, so the result never depends
-/// on the threads.
-fn in_order<T: Sync, R: Send>(
-    items: &[T],
-    work: usize,
-    f: impl Fn(&T) -> R + Sync + Send,
-) -> Vec<R> {
-    use rayon::prelude::*;
-    if work >= PARALLEL_WORK {
-        items.par_iter().map(f).collect()
-    } else {
-        items.iter().map(f).collect()
-    }
-}
-
-/// Fills every live unit's partners by weighing every pair, each once.
+/// Fills every live unit's partners by weighing every pair, each once, and
+/// offering the key to both units.
 fn weigh_all_pairs(m: &mut Merger) {
     let live: Vec<usize> = (0..m.units.len()).filter(|&u| m.alive[u]).collect();
-    let n = live.len();
-    // The keys of the pairs (i, j) of live units with i < j, row by row,
-    // in one allocation: no list grows pair by pair.
-    let row = |i: usize| i * n - i * (i + 1) / 2;
-    let rows: Vec<Vec<Option<Key>>> = {
-        let m = &*m;
-        let indices: Vec<usize> = (0..n).collect();
-        in_order(&indices, n * n.saturating_sub(1) / 2, |&i| {
-            let a = live[i];
-            live[i + 1..]
-                .iter()
-                .map(|&b| m.mergeable(a, b).then(|| m.key(a, b)))
-                .collect()
-        })
-    };
-    let mut keys: Vec<Option<Key>> = Vec::with_capacity(n * n.saturating_sub(1) / 2);
-    for r in rows {
-        keys.extend(r);
+    for &a in &live {
+        m.cands[a] = Candidates::default();
+    }
+    for (i, &a) in live.iter().enumerate() {
+        for &b in &live[i + 1..] {
+            if m.mergeable(a, b) {
+                let k = m.key(a, b);
+                m.cands[a].offer(k, b);
+                m.cands[b].offer(k, a);
+            }
+        }
     }
     m.heap.clear();
-    let mut all: Vec<(Key, usize)> = Vec::with_capacity(n);
-    for (i, &a) in live.iter().enumerate() {
-        all.clear();
-        for (j, &b) in live.iter().enumerate() {
-            let k = match j.cmp(&i) {
-                std::cmp::Ordering::Less => keys[row(j) + i - j - 1],
-                std::cmp::Ordering::Equal => None,
-                std::cmp::Ordering::Greater => keys[row(i) + j - i - 1],
-            };
-            all.extend(k.map(|k| (k, b)));
-        }
-        m.cands[a] = Candidates::from(&mut all);
+    for &a in &live {
         m.refresh(a);
     }
 }
@@ -601,12 +547,7 @@ fn weigh_likely_pairs(m: &mut Merger) {
             .flat_map(|p| unit_of[p].iter().copied())
             .collect();
         partners.extend(a.saturating_sub(4)..(a + 5).min(n));
-        let all: Vec<(Key, usize)> = partners
-            .into_iter()
-            .filter(|&b| m.mergeable(a, b))
-            .map(|b| (m.key(a, b), b))
-            .collect();
-        m.cands[a] = Candidates::partial(all);
+        m.cands[a] = Candidates::from(m.keys_with(a, partners), true);
         m.refresh(a);
     }
 }
@@ -631,7 +572,7 @@ fn refine(g: &Graph, units: &mut [Unit], min_size: u64) {
         .filter(|&u| units[u].kind == Kind::Free)
         .collect();
     let mut weight: Vec<f64> = units.iter().map(|u| g.weight_of(&u.deps)).collect();
-    let mut memo = Memo::new(units.len(), max_sets);
+    let mut memo = Memo::new(units.len(), max_sets, &free);
     for _ in 0..passes {
         let mut moved = false;
         for &a in &free {
@@ -692,7 +633,8 @@ fn refine(g: &Graph, units: &mut [Unit], min_size: u64) {
 }
 
 /// What [`refine`] keeps between searches: when each unit last changed,
-/// its [`Part`]s, and when a search for a move out of it last found none.
+/// its [`Part`]s, when a search for a move out of it last found none, and
+/// what merging two free units would cost.
 struct Memo {
     max_sets: usize,
     /// Counts changes: a unit's `changed` is the step of its last one.
@@ -700,16 +642,29 @@ struct Memo {
     changed: Vec<u64>,
     parts: Vec<Option<Vec<Part>>>,
     no_move: Vec<Option<u64>>,
+    /// Each unit's place among the free units.
+    place: Vec<Option<usize>>,
+    /// The cost of merging the free units at places `i` and `j`, at
+    /// `i * free + j` with `i < j`, while neither changed.
+    pair: Vec<Option<f64>>,
+    free: usize,
 }
 
 impl Memo {
-    fn new(units: usize, max_sets: usize) -> Memo {
+    fn new(units: usize, max_sets: usize, free: &[usize]) -> Memo {
+        let mut place = vec![None; units];
+        for (i, &u) in free.iter().enumerate() {
+            place[u] = Some(i);
+        }
         Memo {
             max_sets,
             step: 0,
             changed: vec![0; units],
             parts: (0..units).map(|_| None).collect(),
             no_move: vec![None; units],
+            place,
+            pair: vec![None; free.len() * free.len()],
+            free: free.len(),
         }
     }
 
@@ -719,6 +674,25 @@ impl Memo {
         self.changed[u] = self.step;
         self.parts[u] = None;
         self.no_move[u] = None;
+        if let Some(i) = self.place[u] {
+            for j in 0..self.free {
+                self.pair[i.min(j) * self.free + i.max(j)] = None;
+            }
+        }
+    }
+
+    /// The cost of merging free units `b` and `c`, at places `i < j`.
+    fn pair(
+        &mut self,
+        g: &Graph,
+        units: &[Unit],
+        (i, b): (usize, usize),
+        (j, c): (usize, usize),
+    ) -> f64 {
+        *self.pair[i * self.free + j].get_or_insert_with(|| {
+            units[b].mass * g.weight_minus(&units[c].deps, &units[b].deps)
+                + units[c].mass * g.weight_minus(&units[b].deps, &units[c].deps)
+        })
     }
 
     /// The parts of unit `a`, made once per state of the unit.
@@ -811,15 +785,14 @@ fn split_and_remerge(
     // leaves the unit to split alone.
     let mut best_pair: BTreeMap<u64, Vec<(f64, usize, usize)>> = BTreeMap::new();
     for (i, &b) in free.iter().enumerate() {
-        for &c in &free[i + 1..] {
+        for (j, &c) in free.iter().enumerate().skip(i + 1) {
             if units[b].class != units[c].class
                 || units[b].paths.is_empty()
                 || units[c].paths.is_empty()
             {
                 continue;
             }
-            let d = units[b].mass * g.weight_minus(&units[c].deps, &units[b].deps)
-                + units[c].mass * g.weight_minus(&units[b].deps, &units[c].deps);
+            let d = memo.pair(g, units, (i, b), (j, c));
             best_pair.entry(units[b].class).or_default().push((d, b, c));
         }
     }
@@ -990,7 +963,7 @@ mod tests {
         ];
         let mut weight: Vec<f64> = units.iter().map(|u| g.weight_of(&u.deps)).collect();
         let before = total(&g, &units);
-        let mut memo = Memo::new(units.len(), 256);
+        let mut memo = Memo::new(units.len(), 256, &[0, 1, 2]);
         assert!(split_and_remerge(&g, &mut units, &mut weight, &[0, 1, 2], &mut memo, 0).is_some());
         assert!(total(&g, &units) < before);
         let mut layers: Vec<Vec<usize>> = units.iter().map(|u| u.paths.clone()).collect();
@@ -1002,7 +975,7 @@ mod tests {
             assert_eq!(*w, g.weight_of(&u.deps));
         }
         // Nothing left to gain.
-        let mut memo = Memo::new(units.len(), 256);
+        let mut memo = Memo::new(units.len(), 256, &[0, 1, 2]);
         assert!(split_and_remerge(&g, &mut units, &mut weight, &[0, 1, 2], &mut memo, 0).is_none());
     }
 
