@@ -221,26 +221,56 @@ impl Merger<'_> {
         (tier, cost.max(0.0).to_bits(), a.min(b), a.max(b))
     }
 
-    /// Drops dead partners from `a`'s list, recomputing it when none is
-    /// left but some may exist, and queues the best.
+    /// Drops dead partners from `a`'s list and queues the best. When none
+    /// is left but some may exist: weighing every pair, every partner of
+    /// `a` has a key at least the list's floor, so `a` is queued with the
+    /// floor and a partner of its own number, and weighed again only when
+    /// that entry comes first ([`Merger::weigh_again`]); the merges are the
+    /// same, and the units that are never merged again are never weighed
+    /// again. Otherwise (likely partners only) the list is made again now.
     fn refresh(&mut self, a: usize) {
         let alive = &self.alive;
         self.cands[a].list.retain(|(_, b)| alive[*b]);
         let c = &self.cands[a];
-        if c.list.is_empty() && (c.floor.is_some() || c.partial) {
-            // Exact now, but when not weighing every pair, units merged
-            // later are offered only to likely partners.
-            self.cands[a] = Candidates::from(self.keys_with(a, 0..self.units.len()), !self.exact);
-        }
-        let best = self.cands[a].list.first().copied();
+        let best = match (c.list.first(), c.floor) {
+            (Some(&best), _) => Some(best),
+            (None, Some(floor)) if !c.partial => Some((floor, a)),
+            (None, floor) if floor.is_some() || c.partial => {
+                // Exact now, but when not weighing every pair, units merged
+                // later are offered only to likely partners.
+                self.cands[a] =
+                    Candidates::from(self.keys_with(a, 0..self.units.len()), !self.exact);
+                self.cands[a].list.first().copied()
+            }
+            (None, _) => None,
+        };
         if let Some((_, old)) = self.head[a] {
             self.watchers[old].remove(&a);
         }
         self.head[a] = best;
         if let Some((key, b)) = best {
-            self.watchers[b].insert(a);
+            if b != a {
+                self.watchers[b].insert(a);
+            }
             self.heap.push(Reverse((key, a, b)));
         }
+    }
+
+    /// `a`'s entry with its floor came first: weighs every partner of `a`
+    /// and queues the best, unless no merge with `a` can happen any more
+    /// (its platforms within the budget and no small unit left to merge
+    /// with; merging makes neither come back).
+    fn weigh_again(&mut self, a: usize) {
+        let class = self.units[a].class;
+        let needed = self.over_budget(class)
+            || (0..self.units.len())
+                .any(|u| self.alive[u] && self.units[u].class == class && self.small(u));
+        if !needed {
+            self.head[a] = None;
+            return;
+        }
+        self.cands[a] = Candidates::from(self.keys_with(a, 0..self.units.len()), false);
+        self.refresh(a);
     }
 
     fn over_budget(&self, class: u64) -> bool {
@@ -447,6 +477,10 @@ fn run_merging(
     }
     while let Some(Reverse((key, a, b))) = m.heap.pop() {
         if !m.alive[a] || !m.alive[b] || m.head[a] != Some((key, b)) {
+            continue;
+        }
+        if a == b {
+            m.weigh_again(a);
             continue;
         }
         if !m.exact && m.live <= EXACT_UNITS {
