@@ -40,7 +40,8 @@ use std::io::BufWriter;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -423,14 +424,39 @@ fn write_blob(
         path: blob.clone(),
         source: e,
     })?;
-    start_writeback(&file);
+    sync_soon(file);
     Ok((diff_id, digest, size))
 }
 
-/// Asks the kernel to start writing `file` to disk now, without waiting, so
-/// that the layout's commit, which syncs every new blob, finds little left
-/// to write (and waits for it). Best effort: the commit's sync is what makes
-/// the blob durable.
+/// Makes a finished blob durable on a thread of its own, one blob after
+/// the other, while later layers still build; the layout's commit, which
+/// syncs every new blob again (that sync is the one that counts and
+/// reports errors), then finds little left to wait for. Without it the
+/// commit waited for the file system's journal and the disk at the end of
+/// every build (30-240 ms for the 100 blobs of a 218 MiB build here).
+/// Best effort: a blob the thread cannot take only has its writing to disk
+/// started.
+fn sync_soon(file: File) {
+    static SYNCER: OnceLock<Option<Sender<File>>> = OnceLock::new();
+    let syncer = SYNCER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<File>();
+        std::thread::Builder::new()
+            .name("blob-sync".into())
+            .spawn(move || {
+                for file in rx {
+                    let _ = file.sync_data();
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    start_writeback(&file);
+    if let Some(tx) = syncer {
+        let _ = tx.send(file);
+    }
+}
+
+/// Asks the kernel to start writing `file` to disk now, without waiting.
 // sync_file_range has no safe form in std.
 #[allow(unsafe_code)]
 fn start_writeback(file: &File) {
