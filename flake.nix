@@ -49,6 +49,7 @@
             "tests"
             "benches"
             "examples"
+            "vendor"
             "README.md"
           ];
       };
