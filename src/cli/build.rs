@@ -403,9 +403,9 @@ pub struct Args {
     pub compression: String,
 
     /// Compression level, a bigger number for smaller and slower output:
-    /// gzip 0 (stored) to 12 [default: 5] (libdeflate's levels: 5 is
-    /// already smaller than `gzip -6`; 10 to 12 are very slow), zstd 1 to 19
-    /// [default: 3]; none takes no level.
+    /// gzip 0 (stored) to 12 [default: 5] (libdeflate's levels, 5 with a
+    /// shorter search: already smaller than `gzip -6`; 10 to 12 are very
+    /// slow), zstd 1 to 19 [default: 3]; none takes no level.
     #[arg(long, value_name = "N", allow_negative_numbers = true, help_heading = PERFORMANCE)]
     pub level: Option<i32>,
 

@@ -50,6 +50,11 @@ pub const ZSTD_JOB: u32 = 2 << 20;
 /// every gzip layer's cache key.
 pub const LIBDEFLATE_VERSION: &str = "1.26";
 
+/// nixoci's change to libdeflate, built from `vendor/libdeflate-sys`
+/// (`NIXOCI.md` there): level 5 searches less. Part of every gzip layer's
+/// cache key; a unit test checks the vendored source against it.
+pub const LIBDEFLATE_TUNING: &str = "level 5 lazy depth 10 nice 24";
+
 /// Highest gzip level: libdeflate's 12 (levels 10 to 12 search for the
 /// optimal parse, slowly).
 pub const MAX_GZIP_LEVEL: u32 = 12;
@@ -77,8 +82,9 @@ impl Default for Compression {
 }
 
 impl Compression {
-    /// libdeflate's level 5: smaller than `pigz -6` and `gzip -6` on real
-    /// closures, at 2.8 times pigz's speed on two cores
+    /// libdeflate's level 5, with nixoci's shorter search
+    /// ([`LIBDEFLATE_TUNING`]): smaller than `pigz -6` and `gzip -6` on
+    /// the benchmark's closures, at about 3 times pigz's speed on two cores
     /// (docs/performance.md).
     pub const DEFAULT_GZIP_LEVEL: u32 = 5;
     pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
@@ -174,7 +180,7 @@ impl Compression {
     pub fn engine(&self) -> String {
         match *self {
             Compression::Gzip { level } => format!(
-                "gzip level {level} libdeflate {LIBDEFLATE_VERSION} members of {CHUNK} os {GZIP_OS_UNKNOWN}"
+                "gzip level {level} libdeflate {LIBDEFLATE_VERSION} ({LIBDEFLATE_TUNING}) members of {CHUNK} os {GZIP_OS_UNKNOWN}"
             ),
             Compression::Zstd { level } => format!(
                 "zstd level {level} libzstd {} multithreaded job {ZSTD_JOB} checksum",
@@ -1004,5 +1010,36 @@ mod tests {
             .unwrap();
         let minor: Vec<&str> = locked.split('.').take(2).collect();
         assert_eq!(minor.join("."), LIBDEFLATE_VERSION);
+    }
+
+    #[test]
+    fn libdeflate_tuning_is_the_vendored_one() {
+        // The cache key names nixoci's change to libdeflate's level 5: it
+        // must be the one the vendored source has.
+        let source = include_str!("../../vendor/libdeflate-sys/libdeflate/lib/deflate_compress.c");
+        let level5 = source.split("\tcase 5:").nth(1).unwrap();
+        let level5 = &level5[..level5.find("break;").unwrap()];
+        let number = |field: &str| -> String {
+            let at = level5.find(&format!("c->{field} = ")).unwrap() + field.len() + 6;
+            level5[at..].split(';').next().unwrap().to_owned()
+        };
+        assert!(level5.contains("c->impl = deflate_compress_lazy;"));
+        assert_eq!(
+            format!(
+                "level 5 lazy depth {} nice {}",
+                number("max_search_depth"),
+                number("nice_match_length")
+            ),
+            LIBDEFLATE_TUNING
+        );
+        let lock = include_str!("../../Cargo.lock");
+        let entry = lock
+            .split("[[package]]")
+            .find(|p| p.contains("name = \"libdeflate-sys\""))
+            .unwrap();
+        assert!(
+            !entry.contains("source = "),
+            "libdeflate-sys must come from vendor/, not a registry"
+        );
     }
 }

@@ -3950,9 +3950,14 @@ libdeflate_alloc_compressor_ex(int compression_level,
 		c->nice_match_length = 30;
 		break;
 	case 5:
+		/*
+		 * nixoci: a shorter search than libdeflate's 16 and 30 (see
+		 * vendor/libdeflate-sys/NIXOCI.md): about 8% faster for 0.4%
+		 * more output, 0.999 of zlib level 6's on nixoci's benchmark.
+		 */
 		c->impl = deflate_compress_lazy;
-		c->max_search_depth = 16;
-		c->nice_match_length = 30;
+		c->max_search_depth = 10;
+		c->nice_match_length = 24;
 		break;
 	case 6:
 		c->impl = deflate_compress_lazy;
