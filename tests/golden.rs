@@ -13,18 +13,39 @@ fn fixtures() -> PathBuf {
 const AMD64_ROOT: &str = "/nix/store/1s2v3w4x5y6z7a8b9c0d1f2g3h4i5j6k-hello";
 const ARM64_ROOT: &str = "/nix/store/2c3d4f5g6h7i8j9k0l1m2n3p4q5r6s7v-hello";
 
-/// `nixoci build --json --no-cache ARGS` (under `runner`, an emulator and
-/// its arguments, when not empty), which must succeed: its report.
-fn nixoci_build(runner: &[&str], args: &[std::ffi::OsString]) -> serde_json::Value {
-    let mut cmd = match runner {
+/// nixoci, under `runner` (an emulator and its arguments) when not empty.
+fn nixoci(runner: &[&str]) -> Command {
+    match runner {
         [] => Command::new(env!("CARGO_BIN_EXE_nixoci")),
         [prog, rest @ ..] => {
             let mut c = Command::new(prog);
             c.args(rest).arg(env!("CARGO_BIN_EXE_nixoci"));
             c
         }
-    };
-    let output = cmd
+    }
+}
+
+/// The x86-64 emulator for runs on a CPU without POPCNT, PCLMULQDQ, AVX2
+/// or SHA (`qemu64`): `None` when it is not installed, outside CI (under
+/// `CI=true` the run goes on and fails).
+fn emulated_cpu() -> Option<[&'static str; 3]> {
+    let qemu = "qemu-x86_64-static";
+    let has_qemu = Command::new(qemu)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let ci = matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"));
+    if !has_qemu && !ci {
+        eprintln!("skipping the emulated CPU: {qemu} is not installed");
+        return None;
+    }
+    Some([qemu, "-cpu", "qemu64"])
+}
+
+/// `nixoci build --json --no-cache ARGS` (under `runner`, an emulator and
+/// its arguments, when not empty), which must succeed: its report.
+fn nixoci_build(runner: &[&str], args: &[std::ffi::OsString]) -> serde_json::Value {
+    let output = nixoci(runner)
         .env_remove("SOURCE_DATE_EPOCH")
         .env_remove("NIX_STORE_DIR")
         .args(["build", "--json", "--no-cache"])
@@ -223,17 +244,10 @@ fn gzip_layers_are_the_same_for_any_jobs_and_any_cpu() {
             "digests changed; if on purpose, record it in CHANGELOG.md"
         );
     }
-    let qemu = "qemu-x86_64-static";
-    let has_qemu = std::process::Command::new(qemu)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let ci = matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"));
-    if !has_qemu && !ci {
-        eprintln!("skipping the emulated CPU: {qemu} is not installed");
+    let Some(emulator) = emulated_cpu() else {
         return;
-    }
-    let emulated = build(&[qemu, "-cpu", "qemu64"], "2", &tmp.path().join("qemu64"));
+    };
+    let emulated = build(&emulator, "2", &tmp.path().join("qemu64"));
     assert_eq!(
         emulated, one,
         "on an emulated CPU without PCLMULQDQ, AVX2, SHA"
@@ -286,15 +300,7 @@ fn plans_are_the_same_on_any_cpu() {
     std::fs::write(&closure, serde_json::Value::from(entries).to_string()).unwrap();
     std::fs::create_dir_all(tmp.path().join("root").join(&root[1..])).unwrap();
     let plan = |runner: &[&str]| -> String {
-        let mut cmd = match runner {
-            [] => Command::new(env!("CARGO_BIN_EXE_nixoci")),
-            [prog, rest @ ..] => {
-                let mut c = Command::new(prog);
-                c.args(rest).arg(env!("CARGO_BIN_EXE_nixoci"));
-                c
-            }
-        };
-        let output = cmd
+        let output = nixoci(runner)
             .args(["plan", "--json", "--no-cache", "--max-layers", "12"])
             .arg("--closure-json")
             .arg(&closure)
@@ -316,21 +322,10 @@ fn plans_are_the_same_on_any_cpu() {
         .unwrap()
         .len();
     assert!((2..=12).contains(&layers), "{layers} layers");
-    let qemu = "qemu-x86_64-static";
-    let has_qemu = Command::new(qemu)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let ci = matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"));
-    if !has_qemu && !ci {
-        eprintln!("skipping the emulated CPU: {qemu} is not installed");
+    let Some(emulator) = emulated_cpu() else {
         return;
-    }
-    assert_eq!(
-        plan(&[qemu, "-cpu", "qemu64"]),
-        native,
-        "on qemu64 (no POPCNT)"
-    );
+    };
+    assert_eq!(plan(&emulator), native, "on qemu64 (no POPCNT)");
 }
 
 /// The pipe buffer `nixoci save -o -` asks for (src/cli/save.rs).
