@@ -592,24 +592,19 @@ impl Pushing {
     /// before any building) and, to a registry, starts connecting on a
     /// thread of its own. `None` without --push.
     fn start(args: &Args, req: &BuildRequest, notes: &Notes) -> anyhow::Result<Option<Pushing>> {
-        match &args.push {
-            None if args.s3.given() => Err(usage(
+        if args.s3.given() && !matches!(args.push, Some(Target::S3(_))) {
+            return Err(usage(
                 "--s3-endpoint and --s3-region are for a --push s3:// destination",
-            )),
+            ));
+        }
+        match &args.push {
             None => Ok(None),
-            Some(Target::Registry(r)) => {
-                if args.s3.given() {
-                    return Err(usage(
-                        "--s3-endpoint and --s3-region are for a --push s3:// destination",
-                    ));
-                }
-                Ok(Some(Pushing::Registry(ToRegistry::start(
-                    r.clone(),
-                    args,
-                    req,
-                    notes,
-                )?)))
-            }
+            Some(Target::Registry(r)) => Ok(Some(Pushing::Registry(ToRegistry::start(
+                r.clone(),
+                args,
+                req,
+                notes,
+            )?))),
             Some(Target::S3(t)) => {
                 if args.registry.creds.is_some() {
                     return Err(usage(format!("--creds is for registries; {S3_NO_CREDS}")));
