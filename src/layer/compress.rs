@@ -996,16 +996,22 @@ mod tests {
         );
     }
 
+    /// libdeflate-sys's entry in Cargo.lock.
+    fn locked_libdeflate_sys() -> &'static str {
+        include_str!("../../Cargo.lock")
+            .split("[[package]]")
+            .find(|p| p.contains("name = \"libdeflate-sys\""))
+            .unwrap()
+    }
+
     #[test]
     fn libdeflate_version_is_the_locked_one() {
         // The cache key names the deflate engine's version: it must follow
         // Cargo.lock (libdeflate-sys 1.X.Y builds libdeflate 1.X) and the
         // library itself.
-        let lock = include_str!("../../Cargo.lock");
-        let locked = lock
-            .split("[[package]]")
-            .find(|p| p.contains("name = \"libdeflate-sys\""))
-            .and_then(|p| p.lines().find(|l| l.starts_with("version = ")))
+        let locked = locked_libdeflate_sys()
+            .lines()
+            .find(|l| l.starts_with("version = "))
             .map(|l| l.trim_start_matches("version = ").trim_matches('"'))
             .unwrap();
         let minor: Vec<&str> = locked.split('.').take(2).collect();
@@ -1032,13 +1038,8 @@ mod tests {
             ),
             LIBDEFLATE_TUNING
         );
-        let lock = include_str!("../../Cargo.lock");
-        let entry = lock
-            .split("[[package]]")
-            .find(|p| p.contains("name = \"libdeflate-sys\""))
-            .unwrap();
         assert!(
-            !entry.contains("source = "),
+            !locked_libdeflate_sys().contains("source = "),
             "libdeflate-sys must come from vendor/, not a registry"
         );
     }

@@ -433,7 +433,7 @@ fn write_blob(
 /// syncs every new blob again (that sync is the one that counts and
 /// reports errors), then finds little left to wait for. Without it the
 /// commit waited for the file system's journal and the disk at the end of
-/// every build (30-240 ms for the 100 blobs of a 218 MiB build here).
+/// every build (30-315 ms for the 100 blobs of a 218 MiB build here).
 /// Best effort: a blob the thread cannot take only has its writing to disk
 /// started.
 fn sync_soon(file: File) {
