@@ -193,15 +193,10 @@ fn build_push_to_a_bucket_writes_the_static_registry() {
     let dir = work.join("app");
     let dest = format!("s3://{WEB_BUCKET}/app");
     let build_s3 = |v: &str| {
-        fs::create_dir_all(&dir).expect("mkdir");
-        let mut c = nixoci();
-        c.args(golden_build_args())
-            .args(["--env", &format!("V={v}"), "--tag", "app:1", "-o"])
-            .arg(dir.join("app.oci"))
-            .args(["--json", "--push", &dest])
-            .env("XDG_CACHE_HOME", dir.join("cache"));
-        g.env(&mut c);
-        ok_json(&output_of(&mut c), "nixoci build --push s3://")
+        let (_, o) = golden_variant_with(&dir, v, &["--json", "--push", &dest], |c| {
+            g.env(c);
+        });
+        ok_json(&o, "nixoci build --push s3://")
     };
     let first = build_s3("1");
     let push = &first["push"];

@@ -117,16 +117,27 @@ pub fn golden_layout(dir: &Path, tag: &str) -> PathBuf {
 /// config per platform for each `v`, the same layers), tagged `app:1`,
 /// into `dir/app.oci` with the layer cache `dir/cache`, and `extra`.
 pub fn golden_variant(dir: &Path, v: &str, extra: &[&str]) -> (PathBuf, Output) {
+    golden_variant_with(dir, v, extra, |_| {})
+}
+
+/// [`golden_variant`], with `setup` given the command before it runs (a
+/// server's environment).
+pub fn golden_variant_with(
+    dir: &Path,
+    v: &str,
+    extra: &[&str],
+    setup: impl FnOnce(&mut Command),
+) -> (PathBuf, Output) {
     fs::create_dir_all(dir).expect("mkdir");
     let out = dir.join("app.oci");
-    let o = output_of(
-        nixoci()
-            .args(golden_build_args())
-            .args(["--env", &format!("V={v}"), "--tag", "app:1", "-o"])
-            .arg(&out)
-            .args(extra)
-            .env("XDG_CACHE_HOME", dir.join("cache")),
-    );
+    let mut cmd = nixoci();
+    cmd.args(golden_build_args())
+        .args(["--env", &format!("V={v}"), "--tag", "app:1", "-o"])
+        .arg(&out)
+        .args(extra)
+        .env("XDG_CACHE_HOME", dir.join("cache"));
+    setup(&mut cmd);
+    let o = output_of(&mut cmd);
     (out, o)
 }
 
